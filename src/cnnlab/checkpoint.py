@@ -1,0 +1,73 @@
+"""Reading cnnlab checkpoints safely and rebuilding the model they hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.errors import CheckpointError
+from cnnlab.training.callbacks import CHECKPOINT_KEY
+from cnnlab.training.classifier import ImageClassifier
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file with ``weights_only=True`` (no code runs from the file).
+
+    Raises :class:`CheckpointError` when the file is missing, is not a checkpoint, or was not
+    written by cnnlab's training task.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass ckpt_path=<a .ckpt file from a run's checkpoints/ folder>")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise CheckpointError(f"cannot read checkpoint {path} safely (weights_only=True): {error}") from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    if CHECKPOINT_KEY not in checkpoint:
+        raise CheckpointError(
+            f"{path} was not written by cnnlab's training (it has no '{CHECKPOINT_KEY}' record of its config); "
+            f"use a checkpoint from a run of scripts/train.py"
+        )
+    return checkpoint
+
+
+def checkpoint_config(checkpoint: dict[str, Any]) -> DictConfig:
+    """The resolved config of the run that wrote ``checkpoint``."""
+    return OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"])
+
+
+def model_name(model_cfg: DictConfig) -> str:
+    """A short description of a model config, for error messages."""
+    net = model_cfg.get("net", {})
+    return str(net.get("arch") or net.get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+def build_model_from_checkpoint(checkpoint: dict[str, Any], model_cfg: DictConfig | None = None) -> ImageClassifier:
+    """Rebuild the classifier a checkpoint holds and load its weights.
+
+    ``model_cfg`` defaults to the config stored in the checkpoint. Pretrained weights are not
+    fetched again: every weight comes from the checkpoint, so rebuilding works offline.
+    """
+    stored = checkpoint_config(checkpoint).model
+    model_cfg = stored if model_cfg is None else model_cfg
+    model_cfg = OmegaConf.merge(model_cfg, {"num_classes": stored.num_classes})
+    if "weights" in model_cfg.net:
+        model_cfg.net.weights = None
+    if "weights_path" in model_cfg.net:
+        model_cfg.net.weights_path = None
+    model: ImageClassifier = instantiate(model_cfg, class_names=checkpoint[CHECKPOINT_KEY]["class_names"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"the checkpoint holds a {model_name(stored)} model, which does not fit the requested "
+            f"{model_name(model_cfg)} model; drop the model=... override to evaluate the checkpoint's own model.\n"
+            f"({str(error).splitlines()[0]})"
+        ) from error
+    return model

@@ -1,0 +1,88 @@
+"""Pretrained weights through torchvision's weights API, with a local-file path and a clear offline error."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import Weights, get_model_weights
+
+from cnnlab.errors import WeightsUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_weights(arch: str, weights: str | None) -> Weights | None:
+    """Look up torchvision's weights enum entry (e.g. ``IMAGENET1K_V1`` or ``DEFAULT``) for ``arch``."""
+    if weights is None:
+        return None
+    enum = get_model_weights(arch)
+    try:
+        return enum[weights] if weights != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        known = ", ".join(["DEFAULT", *enum.__members__])
+        raise WeightsUnavailableError(f"{arch} has no weights named {weights!r}; choose one of: {known}, or null") from None
+
+
+def torchvision_cache_file(weights: Weights) -> Path:
+    """Where torchvision keeps (or would download) the file of these weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def _read_local_weights(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise WeightsUnavailableError(f"model weights file {path} does not exist (model.net.weights_path)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise WeightsUnavailableError(f"cannot read weights file {path}: {error}") from error
+    # Accept a bare state dict or the common {"state_dict": ...} / {"model": ...} wrappers.
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise WeightsUnavailableError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def _download_weights(arch: str, weights: Weights) -> dict[str, Any]:
+    cache_file = torchvision_cache_file(weights)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as error:  # noqa: BLE001 - offline, proxy, corrupt partial file: same remedy
+        raise WeightsUnavailableError(
+            f"pretrained weights {type(weights).__name__}.{weights.name} for {arch} are not in torchvision's "
+            f"cache and could not be downloaded ({type(error).__name__}: {error}).\n"
+            f"Supply them one of two ways:\n"
+            f"  1. copy the file {cache_file.name} (from {weights.url}) to {cache_file}\n"
+            f"     (torchvision's cache; set TORCH_HOME to move it), or\n"
+            f"  2. pass model.net.weights_path=/path/to/{cache_file.name}\n"
+            f"To train from random initialisation instead, pass model.net.weights=null."
+        ) from error
+
+
+def load_pretrained(model: nn.Module, arch: str, weights: str | None, weights_path: str | None) -> None:
+    """Load pretrained weights into a freshly built torchvision ``model`` of architecture ``arch``.
+
+    ``weights_path`` (a local file) wins over ``weights`` (a torchvision weights name, fetched
+    into torchvision's cache when online). With neither, the model keeps its random init.
+    """
+    if weights_path:
+        source = str(weights_path)
+        state = _read_local_weights(Path(weights_path).expanduser())
+    else:
+        resolved = resolve_weights(arch, weights)
+        if resolved is None:
+            log.info("%s: no pretrained weights, random initialisation", arch)
+            return
+        source = f"{type(resolved).__name__}.{resolved.name}"
+        state = _download_weights(arch, resolved)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise WeightsUnavailableError(f"weights from {source} do not fit {arch}: {error}") from error
+    log.info("%s: loaded pretrained weights from %s", arch, source)

@@ -1,0 +1,56 @@
+"""The classic scratch CNN for 32x32 images: three conv/pool stages and a two-layer classifier."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class SimpleCNN(nn.Module):
+    """conv 3->32->64->128 (3x3, padding 1), each + [BatchNorm] + ReLU + 2x2 max-pool,
+    then fc (128 * (S/8)^2)->512, ReLU, dropout, fc 512->num_classes.
+
+    Args:
+        num_classes: size of the output layer.
+        input_size: side of the square input images (32 for CIFAR); must be divisible by 8.
+        in_channels: input channels (3 for RGB).
+        batch_norm: add BatchNorm after every convolution (``simple_cnn_bn``). The conv then
+            has no bias of its own, since BatchNorm's shift makes it redundant.
+        channels: output channels of the three conv stages.
+        hidden: width of the hidden fully connected layer.
+        dropout: dropout probability before the last layer.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        input_size: int = 32,
+        in_channels: int = 3,
+        batch_norm: bool = False,
+        channels: tuple[int, ...] = (32, 64, 128),
+        hidden: int = 512,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        downsample = 2 ** len(channels)
+        if input_size % downsample:
+            raise ValueError(f"input_size {input_size} must be divisible by {downsample} ({len(channels)} 2x2 pools)")
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for width in channels:
+            layers.append(nn.Conv2d(previous, width, kernel_size=3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(width))
+            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            previous = width
+        self.features = nn.Sequential(*layers)
+        flat = previous * (input_size // downsample) ** 2
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(flat, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))

@@ -1,0 +1,55 @@
+"""The evaluation task: test a saved checkpoint on the data it was trained with, or on other data."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, model_name, read_checkpoint
+from cnnlab.errors import CheckpointError
+from cnnlab.tasks.results import metric_values, write_metrics
+from cnnlab.utils.config import instantiate_all, print_config
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Test the checkpoint at ``cfg.ckpt_path``; return and record its test metrics.
+
+    The network and, unless ``data=...`` is given, the data pipeline come from the config the
+    checkpoint stores, so the test split and its preprocessing are exactly those of training.
+    """
+    if not cfg.get("ckpt_path"):
+        raise CheckpointError("eval needs ckpt_path=<path to a .ckpt file from a training run>")
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    trained = checkpoint_config(checkpoint)
+
+    model_cfg = cfg.get("model") or None
+    if model_cfg is not None and model_name(model_cfg) != model_name(trained.model):
+        raise CheckpointError(
+            f"{cfg.ckpt_path} holds a {model_name(trained.model)} model, not {model_name(model_cfg)}; "
+            f"drop the model=... override (eval rebuilds the checkpoint's own model)"
+        )
+    if not cfg.get("data"):
+        with open_dict(cfg):
+            cfg.data = trained.data
+    datamodule = instantiate(cfg.data)
+    if datamodule.num_classes != trained.model.num_classes:
+        raise CheckpointError(
+            f"the data has {datamodule.num_classes} classes but the checkpoint's model was trained on "
+            f"{trained.model.num_classes}; evaluate it on data with the same classes"
+        )
+    model = build_model_from_checkpoint(checkpoint, model_cfg)
+    print_config(cfg, ["ckpt_path", "data", "trainer"])
+
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=instantiate_all(cfg.get("callbacks")))
+    trainer.test(model, datamodule=datamodule)
+    results: dict[str, Any] = metric_values(trainer.callback_metrics, prefixes=("test/",))
+    results.update(model.parameter_counts(), ckpt_path=str(Path(cfg.ckpt_path).resolve()))
+    write_metrics(Path(cfg.paths.output_dir) / "metrics.json", results)
+    return results

@@ -1,0 +1,155 @@
+"""The LightningModule that trains any image classification network in cnnlab."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
+SchedulerFactory = Callable[..., LRScheduler]
+
+
+def _accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        },
+        prefix=prefix,
+    )
+
+
+class ImageClassifier(L.LightningModule):
+    """Cross-entropy training of ``net`` with top-1/top-5 accuracy for train, val and test.
+
+    Args:
+        net: the network, mapping a normalised (N, C, H, W) batch to (N, num_classes) logits.
+        num_classes: number of classes.
+        optimizer: a factory taking the trainable parameters, e.g. ``partial(torch.optim.Adam, lr=1e-3)``.
+        scheduler: a factory taking the optimizer, or None for a constant learning rate. A
+            ``total_steps`` (OneCycleLR) or ``T_max`` (CosineAnnealingLR) argument left unset is
+            filled with the run's length in steps or epochs, per ``scheduler_interval``.
+        scheduler_interval: ``step`` or ``epoch``: when the scheduler advances.
+        label_smoothing: label smoothing of the cross-entropy loss.
+        class_names: names for per-class metrics; defaults to the class indices.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        label_smoothing: float = 0.0,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        self.net = net
+        self.num_classes = num_classes
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_metrics = _accuracy_metrics(num_classes, "train/")
+        self.val_metrics = _accuracy_metrics(num_classes, "val/")
+        self.test_metrics = _accuracy_metrics(num_classes, "test/")
+        self.test_per_class = MulticlassAccuracy(num_classes, average=None)
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Total and trainable parameter counts of the network."""
+        params = list(self.net.parameters())
+        return {
+            "params_total": sum(p.numel() for p in params),
+            "params_trainable": sum(p.numel() for p in params if p.requires_grad),
+        }
+
+    # --- steps ------------------------------------------------------------------------------
+    def _loss_and_logits(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        images, labels = batch
+        logits = self(images)
+        return self.criterion(logits, labels), logits, labels
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, logits, labels = self._loss_and_logits(batch)
+        self.train_metrics.update(logits.detach(), labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, logits, labels = self._loss_and_logits(batch)
+        self.val_metrics.update(logits, labels)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=labels.shape[0])
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, logits, labels = self._loss_and_logits(batch)
+        self.test_metrics.update(logits, labels)
+        self.test_per_class.update(logits, labels)
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=labels.shape[0])
+
+    # --- epoch ends: compute (synchronised across processes under DDP), log, reset ------------
+    def on_train_start(self) -> None:
+        # The sanity check's validation batches must not count as the best epoch.
+        self.val_metrics.reset()
+        self.val_acc_best.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute())
+        self.train_metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict(values, prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self.val_acc_best.update(values["val/acc"])
+            self.log("val/acc_best", self.val_acc_best.compute())
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        per_class = self.test_per_class.compute()
+        self.log_dict({f"test/acc_class/{name}": acc for name, acc in zip(self.class_names, per_class)})
+        self.test_metrics.reset()
+        self.test_per_class.reset()
+
+    # --- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> Optimizer | dict[str, Any]:
+        # Frozen parameters are not handed to the optimizer at all (no weight decay, no state).
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(trainable)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, **self._schedule_length_kwargs())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def _schedule_length_kwargs(self) -> dict[str, int]:
+        """Fill a scheduler's length argument from the trainer when the config leaves it out."""
+        factory = self.scheduler_factory
+        given = getattr(factory, "keywords", {})
+        target = getattr(factory, "func", factory)
+        accepted = inspect.signature(target).parameters
+        if self.scheduler_interval == "step":
+            length = int(self.trainer.estimated_stepping_batches)
+        else:
+            length = int(self.trainer.max_epochs)
+        if length <= 0:
+            raise ValueError("a learning-rate schedule needs trainer.max_epochs (or max_steps) to be set")
+        return {name: length for name in ("total_steps", "T_max") if name in accepted and name not in given}
