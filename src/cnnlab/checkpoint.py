@@ -48,26 +48,27 @@ def model_name(model_cfg: DictConfig) -> str:
     return str(net.get("arch") or net.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
-def build_model_from_checkpoint(checkpoint: dict[str, Any], model_cfg: DictConfig | None = None) -> ImageClassifier:
-    """Rebuild the classifier a checkpoint holds and load its weights.
-
-    ``model_cfg`` defaults to the config stored in the checkpoint. Pretrained weights are not
-    fetched again: every weight comes from the checkpoint, so rebuilding works offline.
-    """
+def ensure_same_model(checkpoint: dict[str, Any], model_cfg: DictConfig, ckpt_path: str | Path) -> None:
+    """Fail clearly when ``model_cfg`` asks for another network than the checkpoint holds."""
     stored = checkpoint_config(checkpoint).model
-    model_cfg = stored if model_cfg is None else model_cfg
-    model_cfg = OmegaConf.merge(model_cfg, {"num_classes": stored.num_classes})
+    if model_name(model_cfg) != model_name(stored):
+        raise CheckpointError(
+            f"{ckpt_path} holds a {model_name(stored)} model, not {model_name(model_cfg)}; "
+            f"choose the checkpoint's model (model=...) or a checkpoint of this one"
+        )
+
+
+def build_model_from_checkpoint(checkpoint: dict[str, Any]) -> ImageClassifier:
+    """Rebuild the classifier a checkpoint holds, from its stored config, and load its weights.
+
+    Pretrained weights are not fetched again: every weight comes from the checkpoint, so
+    rebuilding works offline.
+    """
+    model_cfg = checkpoint_config(checkpoint).model
     if "weights" in model_cfg.net:
         model_cfg.net.weights = None
     if "weights_path" in model_cfg.net:
         model_cfg.net.weights_path = None
     model: ImageClassifier = instantiate(model_cfg, class_names=checkpoint[CHECKPOINT_KEY]["class_names"])
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:
-        raise CheckpointError(
-            f"the checkpoint holds a {model_name(stored)} model, which does not fit the requested "
-            f"{model_name(model_cfg)} model; drop the model=... override to evaluate the checkpoint's own model.\n"
-            f"({str(error).splitlines()[0]})"
-        ) from error
+    model.load_state_dict(checkpoint["state_dict"])
     return model

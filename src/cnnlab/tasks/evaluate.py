@@ -10,7 +10,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, model_name, read_checkpoint
+from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, ensure_same_model, read_checkpoint
 from cnnlab.errors import CheckpointError
 from cnnlab.tasks.results import metric_values, write_metrics
 from cnnlab.utils.config import instantiate_all, print_config
@@ -29,12 +29,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = read_checkpoint(cfg.ckpt_path)
     trained = checkpoint_config(checkpoint)
 
-    model_cfg = cfg.get("model") or None
-    if model_cfg is not None and model_name(model_cfg) != model_name(trained.model):
-        raise CheckpointError(
-            f"{cfg.ckpt_path} holds a {model_name(trained.model)} model, not {model_name(model_cfg)}; "
-            f"drop the model=... override (eval rebuilds the checkpoint's own model)"
-        )
+    if cfg.get("model"):
+        ensure_same_model(checkpoint, cfg.model, cfg.ckpt_path)
     if not cfg.get("data"):
         with open_dict(cfg):
             cfg.data = trained.data
@@ -44,7 +40,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"the data has {datamodule.num_classes} classes but the checkpoint's model was trained on "
             f"{trained.model.num_classes}; evaluate it on data with the same classes"
         )
-    model = build_model_from_checkpoint(checkpoint, model_cfg)
+    model = build_model_from_checkpoint(checkpoint)
     print_config(cfg, ["ckpt_path", "data", "trainer"])
 
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=instantiate_all(cfg.get("callbacks")))

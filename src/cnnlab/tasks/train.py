@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.checkpoint import ensure_same_model, read_checkpoint
 from cnnlab.errors import RunDirectoryInUseError
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
 from cnnlab.training.callbacks import RunRecordInCheckpoint
@@ -53,7 +54,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resolved config (Hydra's ``.hydra/``) and ``metrics.json``.
     """
     output_dir = Path(cfg.paths.output_dir)
-    ensure_fresh_run_dir(output_dir)
+    if cfg.get("ckpt_path"):
+        ensure_same_model(read_checkpoint(cfg.ckpt_path), cfg.model, cfg.ckpt_path)
+    else:
+        ensure_fresh_run_dir(output_dir)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 

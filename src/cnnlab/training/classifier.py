@@ -14,6 +14,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from cnnlab.data.augment import NormalizeBatch
+
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
 
@@ -34,6 +36,10 @@ class ImageClassifier(L.LightningModule):
     Args:
         net: the network, mapping a normalised (N, C, H, W) batch to (N, num_classes) logits.
         num_classes: number of classes.
+        normalize: turns the incoming batch (uint8, or augmented floats in [0, 1]) into the
+            network's input. It belongs to the model, not the data: it is the input contract
+            of the weights (ImageNet statistics for a pretrained ResNet), so evaluating on
+            other data or predicting single images always applies the right one.
         optimizer: a factory taking the trainable parameters, e.g. ``partial(torch.optim.Adam, lr=1e-3)``.
         scheduler: a factory taking the optimizer, or None for a constant learning rate. A
             ``total_steps`` (OneCycleLR) or ``T_max`` (CosineAnnealingLR) argument left unset is
@@ -47,6 +53,7 @@ class ImageClassifier(L.LightningModule):
         self,
         net: nn.Module,
         num_classes: int,
+        normalize: NormalizeBatch,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
@@ -59,6 +66,7 @@ class ImageClassifier(L.LightningModule):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.net = net
+        self.normalize = normalize
         self.num_classes = num_classes
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -72,7 +80,8 @@ class ImageClassifier(L.LightningModule):
         self.val_acc_best = MaxMetric()
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.net(images)
+        """Logits for a batch of images: uint8 (0..255) or floats in [0, 1], on the model's device."""
+        return self.net(self.normalize(images))
 
     def parameter_counts(self) -> dict[str, int]:
         """Total and trainable parameter counts of the network."""

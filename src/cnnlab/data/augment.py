@@ -1,0 +1,168 @@
+"""Batch-level image augmentation and normalisation that run on the batch's device.
+
+Images travel from the data module to the device as uint8 tensors of shape (N, C, H, W).
+Lightning's ``on_after_batch_transfer`` hook then calls :class:`RandomBatchAugment` (training
+batches only) and :class:`NormalizeBatch` (every batch). Each sample of a batch draws its own
+random parameters, as a per-image torchvision pipeline would, but the whole batch is handled
+by a few tensor operations instead of N PIL calls.
+
+Why not torchvision.transforms.v2 or kornia: v2 transforms draw one set of parameters per
+call, so a batch would share one crop; kornia draws per sample but costs several
+milliseconds per op on a 2-core CPU, which is more than the scratch CNN's own step budget.
+The crop and flip here are one integer gather, exact to the pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ITU-R 601 luma weights, as torchvision's rgb_to_grayscale uses for contrast.
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+class RandomBatchAugment(nn.Module):
+    """Random crop with zero padding, horizontal flip, rotation and colour jitter, per sample.
+
+    Args:
+        crop_padding: pad each side by this many zero pixels, then crop back to the input
+            size at a random offset (torchvision's ``RandomCrop(size, padding=p)``). 0 disables.
+        hflip: flip each image left-right with probability 0.5.
+        rotation_degrees: rotate each image by an angle drawn uniformly from
+            [-rotation_degrees, rotation_degrees] (bilinear, zero fill). 0 disables.
+        brightness: multiply each image by a factor drawn from [1 - b, 1 + b]. 0 disables.
+        contrast: blend each image with its mean grey level by a factor drawn from
+            [1 - c, 1 + c]. 0 disables.
+
+    Input: uint8 (N, C, H, W). Output: float32 (N, C, H, W) in [0, 1].
+    """
+
+    def __init__(
+        self,
+        crop_padding: int = 0,
+        hflip: bool = False,
+        rotation_degrees: float = 0.0,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if crop_padding < 0 or rotation_degrees < 0 or brightness < 0 or contrast < 0:
+            raise ValueError("augmentation strengths must be non-negative")
+        if brightness >= 1 or contrast >= 1:
+            raise ValueError("brightness and contrast must be below 1 (a factor range of [1-x, 1+x])")
+        self.crop_padding = int(crop_padding)
+        self.hflip = bool(hflip)
+        self.rotation_degrees = float(rotation_degrees)
+        self.brightness = float(brightness)
+        self.contrast = float(contrast)
+
+    def extra_repr(self) -> str:
+        return (
+            f"crop_padding={self.crop_padding}, hflip={self.hflip}, "
+            f"rotation_degrees={self.rotation_degrees}, brightness={self.brightness}, "
+            f"contrast={self.contrast}"
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dtype != torch.uint8:
+            raise TypeError(f"expected a uint8 image batch, got {images.dtype}")
+        images = self._crop_and_flip(images)
+        images = images.float().div_(255.0)
+        if self.rotation_degrees > 0:
+            images = self._rotate(images)
+        if self.brightness > 0 or self.contrast > 0:
+            images = self._jitter(images)
+        return images
+
+    def _crop_and_flip(self, images: Tensor) -> Tensor:
+        n, _, h, w = images.shape
+        pad = self.crop_padding
+        if pad == 0 and not self.hflip:
+            return images
+        device = images.device
+        flip = torch.rand(n, device=device) < 0.5 if self.hflip else None
+        if pad == 0:
+            assert flip is not None
+            return torch.where(flip[:, None, None, None], images.flip(3), images)
+        padded = F.pad(images, (pad, pad, pad, pad))
+        top = torch.randint(0, 2 * pad + 1, (n, 1), device=device)
+        left = torch.randint(0, 2 * pad + 1, (n, 1), device=device)
+        cols = torch.arange(w, device=device)
+        if flip is not None:
+            cols = torch.where(flip[:, None], cols.flip(0), cols)
+        row_index = top + torch.arange(h, device=device)  # (N, H)
+        col_index = left + cols  # (N, W)
+        sample_index = torch.arange(n, device=device)[:, None, None]
+        # Advanced indices around a slice put their dims first: the result is (N, H, W, C).
+        cropped = padded[sample_index, :, row_index[:, :, None], col_index[:, None, :]]
+        return cropped.permute(0, 3, 1, 2)
+
+    def _rotate(self, images: Tensor) -> Tensor:
+        n, _, h, w = images.shape
+        angle = (torch.rand(n, device=images.device) * 2 - 1) * math.radians(self.rotation_degrees)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        zero = torch.zeros_like(cos)
+        # Rotation in pixel space, expressed in affine_grid's normalised coordinates.
+        theta = torch.stack(
+            [
+                torch.stack([cos, -sin * h / w, zero], dim=1),
+                torch.stack([sin * w / h, cos, zero], dim=1),
+            ],
+            dim=1,
+        )
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _jitter(self, images: Tensor) -> Tensor:
+        n = images.shape[0]
+        shape = (n, 1, 1, 1)
+        if self.brightness > 0:
+            factor = 1 + (torch.rand(shape, device=images.device) * 2 - 1) * self.brightness
+            images = (images * factor).clamp_(0, 1)
+        if self.contrast > 0:
+            factor = 1 + (torch.rand(shape, device=images.device) * 2 - 1) * self.contrast
+            if images.shape[1] == 3:
+                luma = torch.tensor(_LUMA_WEIGHTS, device=images.device).view(1, 3, 1, 1)
+                grey_mean = (images * luma).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+            else:
+                grey_mean = images.mean(dim=(1, 2, 3), keepdim=True)
+            images = ((images - grey_mean) * factor + grey_mean).clamp_(0, 1)
+        return images
+
+
+class NormalizeBatch(nn.Module):
+    """Turn a uint8 (or [0, 1] float) batch into float32 normalised by per-channel mean and std.
+
+    ``mean`` and ``std`` are in [0, 1] units, as torchvision's ``Normalize`` after ``ToTensor``.
+    ``channels_last`` returns the batch in channels-last memory order (faster convolutions on
+    recent GPUs with mixed precision).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channels_last: bool = False) -> None:
+        super().__init__()
+        if len(mean) != len(std):
+            raise ValueError(f"normalisation mean {list(mean)} and std {list(std)} differ in length")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"normalisation std must be positive, got {list(std)}")
+        mean_t = torch.tensor([float(m) for m in mean]).view(1, -1, 1, 1)
+        std_t = torch.tensor([float(s) for s in std]).view(1, -1, 1, 1)
+        self.register_buffer("scale", 1.0 / std_t, persistent=False)
+        self.register_buffer("shift", -mean_t / std_t, persistent=False)
+        self.channels_last = channels_last
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.shape[1] != self.scale.shape[1]:
+            raise ValueError(
+                f"images have {images.shape[1]} channels but the normalisation has {self.scale.shape[1]}"
+            )
+        if images.dtype == torch.uint8:
+            out = images.float() * (self.scale / 255.0) + self.shift
+        else:
+            out = images * self.scale + self.shift
+        if self.channels_last:
+            return out.contiguous(memory_format=torch.channels_last)
+        return out.contiguous()

@@ -1,0 +1,201 @@
+"""The in-memory data module every dataset in cnnlab builds on.
+
+A dataset is decoded once into uint8 tensors (N, C, H, W) that stay in host memory. A batch
+is one indexing operation on those tensors; it travels to the device as uint8 (4x less
+traffic than float32) and is augmented there, in ``on_after_batch_transfer``. The model then
+normalises it on the same device as the first step of its forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from cnnlab.data.augment import RandomBatchAugment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageSplit:
+    """Images (uint8, N x C x H x W) and integer labels (N) of one split."""
+
+    images: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError("there must be exactly one label per image")
+        self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, indices: Tensor) -> ImageSplit:
+        return ImageSplit(self.images[indices], self.labels[indices])
+
+
+class TensorBatchDataset(Dataset[tuple[Tensor, Tensor]]):
+    """A map-style dataset over in-memory tensors that hands out whole batches at once.
+
+    ``DataLoader`` calls ``__getitems__`` with a batch's indices when a dataset defines it, so a
+    batch costs one gather instead of ``batch_size`` item lookups and a ``torch.stack``.
+    Samplers (shuffling, Lightning's ``DistributedSampler``) work as with any dataset.
+    """
+
+    def __init__(self, split: ImageSplit) -> None:
+        self.images = split.images
+        self.labels = split.labels
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index], self.labels[index]
+
+
+def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Collate function for :class:`TensorBatchDataset`: its batches arrive already stacked."""
+    return batch
+
+
+def seeded_split(n: int, sizes: list[int], seed: int) -> list[Tensor]:
+    """Split ``range(n)`` into disjoint random index sets of the given sizes (rest goes last).
+
+    The permutation comes from its own generator, so the split depends on ``seed`` alone and
+    not on the training seed: evaluation later rebuilds exactly the same held-out set.
+    """
+    if sum(sizes) > n:
+        raise ValueError(f"cannot take {sizes} samples out of {n}")
+    permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(permutation[start : start + size])
+        start += size
+    parts.append(permutation[start:])
+    return parts
+
+
+def split_size(spec: float | int, total: int, name: str) -> int:
+    """Turn a split spec (a fraction in (0, 1) or a count) into a number of samples."""
+    if isinstance(spec, bool) or spec < 0:
+        raise ValueError(f"{name} must be a fraction in [0, 1) or a non-negative count, got {spec!r}")
+    if isinstance(spec, float) and spec < 1:
+        return int(round(spec * total))
+    count = int(spec)
+    if count >= total:
+        raise ValueError(f"{name}={spec} would leave no training images (only {total} available)")
+    return count
+
+
+class InMemoryImageDataModule(L.LightningDataModule):
+    """Base data module: uint8 splits in memory, augmentation on the device.
+
+    Subclasses implement :meth:`load_splits` (returning train, val, test) and
+    :attr:`class_names`.
+
+    Args:
+        batch_size: training batch size (per device).
+        eval_batch_size: batch size for validation and test; defaults to ``batch_size``.
+        augment: the training augmentation, or None for none.
+        num_workers: DataLoader worker processes. Batches are single tensor gathers, so 0
+            (gathering in the main process) is the fastest choice on one device.
+        drop_last: drop the last incomplete training batch.
+    """
+
+    def __init__(
+        self,
+        augment: RandomBatchAugment | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.augment = augment
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.drop_last = drop_last
+        self.train_split: ImageSplit | None = None
+        self.val_split: ImageSplit | None = None
+        self.test_split: ImageSplit | None = None
+
+    # --- what a subclass provides -------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def load_splits(self) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
+        """Return the (train, val, test) splits as uint8 tensors."""
+        raise NotImplementedError
+
+    # --- Lightning hooks -------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_split is None:
+            self.train_split, self.val_split, self.test_split = self.load_splits()
+            log.info(
+                "data: %d train, %d val, %d test images of shape %s, %d classes",
+                len(self.train_split),
+                len(self.val_split),
+                len(self.test_split),
+                tuple(self.train_split.images.shape[1:]),
+                self.num_classes,
+            )
+
+    def _loader(self, split: ImageSplit | None, train: bool) -> DataLoader:
+        if split is None:
+            raise RuntimeError("the data module is not set up; call setup() first")
+        pin = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
+        return DataLoader(
+            TensorBatchDataset(split),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=self.drop_last and train,
+            num_workers=self.num_workers,
+            collate_fn=keep_batch,
+            pin_memory=pin,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_split, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_split, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split, train=False)
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.transform(images, train=training), labels
+
+    def transform(self, images: Tensor, train: bool = False) -> Tensor:
+        """Augment a uint8 batch (if ``train``) on whatever device it is on.
+
+        Returns floats in [0, 1] when augmented, else the uint8 batch unchanged; the model
+        normalises either.
+        """
+        if train and self.augment is not None:
+            return self.augment(images)
+        return images

@@ -1,0 +1,228 @@
+"""A folder of the user's own images: ``root/train/<class>/*``, optional ``root/val``, ``root/test``.
+
+Every image is decoded once, resized to ``image_size`` x ``image_size`` and kept as uint8. The
+decoded tensors are cached on disk under a key made of the files' paths, sizes and
+modification times and the decode settings, so an edited folder is decoded afresh and never
+served stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from cnnlab.data.augment import RandomBatchAugment
+from cnnlab.data.base import ImageSplit, InMemoryImageDataModule, seeded_split, split_size
+from cnnlab.errors import CorruptImageError, DatasetNotFoundError
+from cnnlab.utils.io import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+# Bump when the decoded output for the same files would change.
+CACHE_FORMAT_VERSION = 2
+
+
+def list_class_dirs(split_dir: Path) -> list[str]:
+    """Class names of a split folder: its visible sub-folders, sorted."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan_split(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]]:
+    """List ``(file, label)`` for every image file under ``split_dir/<class>/``, sorted."""
+    unknown = sorted(set(list_class_dirs(split_dir)) - set(class_names))
+    if unknown:
+        raise DatasetNotFoundError(
+            f"{split_dir} has class folders {unknown} that train/ does not have; "
+            f"every class in val/ or test/ needs a folder in train/ too"
+        )
+    samples = []
+    for label, name in enumerate(class_names):
+        class_dir = split_dir / name
+        if not class_dir.is_dir():
+            continue
+        for path in sorted(class_dir.rglob("*")):
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and not path.name.startswith("."):
+                samples.append((path, label))
+    return samples
+
+
+def decode_image_file(path: Path, image_size: int) -> Tensor:
+    """Decode one image file as RGB uint8 (3, S, S): shorter side resized to S, centre crop.
+
+    Pillow reads every common format (and releases the GIL while decoding, so threads help).
+    Raises ``ValueError`` for a file it cannot decode.
+    """
+    try:
+        with Image.open(path) as pil_image:
+            pixels = np.array(pil_image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ValueError(str(error)) from error
+    image = torch.from_numpy(pixels).permute(2, 0, 1)
+    if image.shape[-2:] != (image_size, image_size):
+        image = TF.resize(image, image_size, antialias=True)
+        image = TF.center_crop(image, [image_size, image_size])
+    return image.contiguous()
+
+
+def decode_files(paths: list[Path], image_size: int, workers: int) -> Tensor:
+    """Decode many files in a thread pool (the decoders release the GIL).
+
+    Raises :class:`CorruptImageError` naming every file that could not be decoded.
+    """
+
+    def decode(path: Path) -> Tensor | str:
+        try:
+            return decode_image_file(path, image_size)
+        except ValueError as error:
+            return f"{path}: {error}"
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        decoded = list(pool.map(decode, paths, chunksize=256))
+    failures = [d for d in decoded if isinstance(d, str)]
+    if failures:
+        shown = "\n  ".join(failures[:20])
+        more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+        raise CorruptImageError(
+            f"{len(failures)} image file(s) could not be decoded:\n  {shown}{more}\n"
+            f"Remove or replace these files, then run again."
+        )
+    if not decoded:
+        return torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
+    return torch.stack(decoded)
+
+
+def cache_key(samples: list[tuple[Path, int]], root: Path, image_size: int) -> str:
+    """A digest that changes whenever a file, its label, or the decode settings change."""
+    digest = hashlib.sha256(f"v{CACHE_FORMAT_VERSION}|size={image_size}".encode())
+    for path, label in samples:
+        stat = path.stat()
+        digest.update(f"|{path.relative_to(root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+class ImageFolderDataModule(InMemoryImageDataModule):
+    """The user's own labelled images.
+
+    Args:
+        root: folder with ``train/<class>/*`` and optionally ``val/<class>/*`` and ``test/<class>/*``.
+        image_size: every image is resized (shorter side) and centre-cropped to this square size.
+        val_split: where ``val/`` is missing, this many training images (count or fraction) are held out.
+        test_split: where ``test/`` is missing, this many training images are held out for test.
+        split_seed: seed of those held-out splits, independent of the training seed.
+        cache_dir: where decoded tensors are cached; None disables the disk cache.
+        decode_workers: threads used for decoding.
+        **kwargs: batch sizes and augmentation (see InMemoryImageDataModule).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        augment: RandomBatchAugment | None = None,
+        image_size: int = 32,
+        val_split: float | int = 0.1,
+        test_split: float | int = 0.1,
+        split_seed: int = 0,
+        cache_dir: str | None = None,
+        decode_workers: int = 2,
+        **kwargs,
+    ) -> None:
+        super().__init__(augment=augment, **kwargs)
+        if root is None:
+            raise DatasetNotFoundError("data=folder needs data.root=DIR, a folder with DIR/train/<class>/*.jpg")
+        self.root = Path(root).expanduser()
+        self.image_size = image_size
+        self.val_split = val_split
+        self.test_split = test_split
+        self.split_seed = split_seed
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.decode_workers = decode_workers
+        self._class_names: list[str] | None = None
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            if not self.train_dir.is_dir():
+                raise DatasetNotFoundError(
+                    f"no training images: {self.train_dir} does not exist. data=folder expects "
+                    f"data.root=DIR with DIR/train/<class>/<image files> (and optionally DIR/val/, DIR/test/)"
+                )
+            names = list_class_dirs(self.train_dir)
+            if len(names) < 2:
+                raise DatasetNotFoundError(
+                    f"{self.train_dir} has {len(names)} class folder(s); a classifier needs at least two "
+                    f"(DIR/train/<class>/<image files>)"
+                )
+            self._class_names = names
+        return self._class_names
+
+    def _load_split_dir(self, split_dir: Path) -> ImageSplit:
+        samples = scan_split(split_dir, self.class_names)
+        if not samples:
+            raise DatasetNotFoundError(f"{split_dir} has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        cache_file = None
+        if self.cache_dir is not None:
+            key = cache_key(samples, self.root, self.image_size)
+            cache_file = self.cache_dir / f"folder-{split_dir.name}-{key[:24]}.pt"
+            cached = self._read_cache(cache_file, len(samples))
+            if cached is not None:
+                return cached
+        log.info("decoding %d images from %s", len(samples), split_dir)
+        images = decode_files([path for path, _ in samples], self.image_size, self.decode_workers)
+        split = ImageSplit(images, torch.tensor([label for _, label in samples]))
+        if cache_file is not None:
+            atomic_torch_save(cache_file, {"images": split.images, "labels": split.labels})
+            log.info("cached decoded images in %s", cache_file)
+        return split
+
+    @staticmethod
+    def _read_cache(cache_file: Path, expected: int) -> ImageSplit | None:
+        if not cache_file.is_file():
+            return None
+        try:
+            data = torch.load(cache_file, map_location="cpu", weights_only=True)
+            split = ImageSplit(data["images"], data["labels"])
+        except Exception as error:  # noqa: BLE001 - an unreadable cache is rebuilt, never trusted
+            log.warning("ignoring unreadable cache %s (%s); decoding again", cache_file, error)
+            return None
+        if len(split) != expected:
+            log.warning("ignoring cache %s with %d images (expected %d)", cache_file, len(split), expected)
+            return None
+        log.info("loaded %d decoded images from cache %s", len(split), cache_file)
+        return split
+
+    def load_splits(self) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
+        train = self._load_split_dir(self.train_dir)
+        val_dir, test_dir = self.root / "val", self.root / "test"
+        val = self._load_split_dir(val_dir) if val_dir.is_dir() else None
+        test = self._load_split_dir(test_dir) if test_dir.is_dir() else None
+        held_out = []
+        if val is None:
+            held_out.append(("val", split_size(self.val_split, len(train), "data.val_split")))
+        if test is None:
+            held_out.append(("test", split_size(self.test_split, len(train), "data.test_split")))
+        if held_out:
+            parts = seeded_split(len(train), [size for _, size in held_out], self.split_seed)
+            taken = {name: train.subset(index) for (name, _), index in zip(held_out, parts)}
+            train = train.subset(parts[-1])
+            val = taken.get("val", val)
+            test = taken.get("test", test)
+            for name, size in held_out:
+                log.warning(
+                    "%s/ not found in %s: holding out %d training images (seed %d) as the %s split",
+                    name, self.root, size, self.split_seed, name,
+                )
+        assert val is not None and test is not None
+        return train, val, test

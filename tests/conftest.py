@@ -1,0 +1,130 @@
+"""Fixtures: tiny CIFAR-format files, image folders and random weights, made on the spot.
+
+Nothing here downloads anything; the whole suite runs offline on a CPU.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+from torchvision.models import resnet18
+
+from cnnlab.utils.config import register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+register_resolvers()
+
+
+def class_images(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 images (N, 3, size, size) whose mean colour depends on the label, plus noise."""
+    colours = np.linspace(30, 225, 10)[labels % 10]
+    base = np.stack([colours, 255 - colours, (colours * 7) % 255], axis=1)
+    noise = rng.integers(-30, 30, size=(len(labels), 3, size, size))
+    return np.clip(base[:, :, None, None] + noise, 0, 255).astype(np.uint8)
+
+
+def write_cifar_batches(root: Path, per_batch: int = 24, n_test: int = 30, seed: int = 0) -> Path:
+    """Write a miniature CIFAR-10 in the official python format under ``root/cifar-10-batches-py``."""
+    rng = np.random.default_rng(seed)
+    batch_dir = root / "cifar-10-batches-py"
+    batch_dir.mkdir(parents=True)
+
+    def dump(name: str, n: int) -> None:
+        labels = rng.integers(0, 10, size=n)
+        data = class_images(labels, 32, rng).reshape(n, -1)
+        with (batch_dir / name).open("wb") as f:
+            pickle.dump({"data": data, "labels": labels.tolist(), "batch_label": name}, f)
+
+    for i in range(1, 6):
+        dump(f"data_batch_{i}", per_batch)
+    dump("test_batch", n_test)
+    with (batch_dir / "batches.meta").open("wb") as f:
+        pickle.dump({"label_names": CIFAR_CLASSES, "num_vis": 3072}, f)
+    return root
+
+
+def write_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"), per_class: int = 12,
+                       size: tuple[int, int] = (40, 30), splits: tuple[str, ...] = ("train",), seed: int = 0) -> Path:
+    """Write ``root/<split>/<class>/<i>.{png,jpg}`` images of a non-square size."""
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            pixels = class_images(np.full(per_class, label * 3), max(size), rng)
+            for i in range(per_class):
+                image = Image.fromarray(pixels[i].transpose(1, 2, 0)).resize(size)
+                image.save(folder / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_cifar_batches(tmp_path_factory.mktemp("cifar10"))
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("folder"))
+
+
+@pytest.fixture(scope="session")
+def resnet_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ResNet-18 state dict with random weights, standing in for the ImageNet file."""
+    torch.manual_seed(0)
+    model = resnet18()
+    # Non-trivial BatchNorm statistics, so a test can tell whether they moved.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("weights") / "resnet18-random.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+# Overrides that keep a training run to a few seconds on a CPU.
+FAST = [
+    "trainer=cpu",
+    "trainer.max_epochs=2",
+    "trainer.log_every_n_steps=1",
+    "+trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar",
+    "data.batch_size=16",
+    "data.eval_batch_size=32",
+]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, cifar_root: Path) -> Callable[..., DictConfig]:
+    """Compose ``conf/<name>.yaml`` as the scripts would, writing into this test's tmp folder."""
+
+    def make(name: str = "train", overrides: list[str] | None = None, run_dir: Path | None = None) -> DictConfig:
+        run_dir = run_dir or tmp_path / "run"
+        base = [
+            f"paths.root_dir={tmp_path}",
+            f"paths.output_dir={run_dir}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ]
+        overrides = list(overrides or [])
+        if name == "train":
+            base += FAST
+            if not any(o.startswith("data=") for o in overrides):
+                base += [f"data.root={cifar_root}", "data.val_split=20", "data.download=false"]
+        else:
+            base += ["trainer=cpu", "+trainer.enable_progress_bar=false"]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(name, overrides=base + overrides)
+
+    return make

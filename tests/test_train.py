@@ -1,0 +1,109 @@
+"""End to end through the Hydra configs: train, test, record, evaluate, and refuse bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cnnlab.checkpoint import read_checkpoint
+from cnnlab.errors import CheckpointError, RunDirectoryInUseError
+from cnnlab.tasks.evaluate import evaluate
+from cnnlab.tasks.train import train
+
+
+def tensorboard_tags(run_dir: Path) -> set[str]:
+    tags: set[str] = set()
+    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    return tags
+
+
+@pytest.mark.parametrize("model", ["simple_cnn", "simple_cnn_bn", "resnet18_ft"])
+def test_every_model_trains_tests_and_evaluates(model, make_config, resnet_weights, tmp_path):
+    extra = [f"model.net.weights_path={resnet_weights}"] if model == "resnet18_ft" else []
+    results = train(make_config(overrides=[f"model={model}", *extra]))
+    run = tmp_path / "run"
+
+    recorded = json.loads((run / "metrics.json").read_text())
+    for key in ("val/acc", "val/acc_best", "val/loss", "test/acc", "test/acc_top5", "test/loss",
+                "test/acc_class/cat", "params_total", "params_trainable"):
+        assert key in recorded, key
+    assert recorded["epochs"] == 2 and 0 <= recorded["test/acc"] <= 1
+    expected_trainable = {"simple_cnn": 1_147_466, "simple_cnn_bn": 1_147_690, "resnet18_ft": 5_130}[model]
+    assert recorded["params_trainable"] == expected_trainable
+    assert {p.name for p in (run / "checkpoints").iterdir()} >= {"last.ckpt", Path(recorded["best_checkpoint"]).name}
+    assert {"train/loss_step", "val/acc", "val/acc_top5", "test/acc", "hparams/test/acc", "lr-Adam"} <= tensorboard_tags(run)
+
+    evaluated = evaluate(make_config("eval", [f"ckpt_path={recorded['best_checkpoint']}"], run_dir=tmp_path / "eval"))
+    for key in ("test/acc", "test/acc_top5", "test/acc_class/cat"):
+        assert evaluated[key] == results[key], key
+    assert evaluated["test/loss"] == pytest.approx(results["test/loss"], rel=1e-6)
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_frozen_backbone_weights_and_batchnorm_statistics_do_not_move(make_config, resnet_weights, tmp_path):
+    results = train(make_config(overrides=["model=resnet18_ft", f"model.net.weights_path={resnet_weights}",
+                                           "optimizer.lr=0.05"]))
+    start = torch.load(resnet_weights, weights_only=True)
+    trained = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    # The checkpoint names frozen stages net.frozen.<i>; map them back to torchvision's names.
+    stage_names = ["conv1|bn1", "layer1", "layer2", "layer3", "layer4"]
+    compared = 0
+    for name, value in trained.items():
+        if not name.startswith("net.frozen."):
+            continue
+        stage, rest = name.removeprefix("net.frozen.").split(".", 1)
+        if stage == "0":
+            rest = {"0": "conv1", "1": "bn1"}[rest.split(".", 1)[0]] + "." + rest.split(".", 1)[1]
+        else:
+            rest = f"{stage_names[int(stage)]}.{rest}"
+        assert torch.equal(value, start[rest]), f"{rest} changed during training"
+        compared += 1
+    assert compared == len(start) - 2  # every backbone tensor except the old fc weight and bias
+    assert any(n.endswith("running_mean") for n in trained)
+    assert results["global_step"] > 0
+    assert not torch.equal(trained["net.head.1.weight"], torch.zeros_like(trained["net.head.1.weight"]))
+
+
+def test_folder_data_trains(make_config, image_folder):
+    results = train(make_config(overrides=["data=folder", f"data.root={image_folder}", "data.image_size=16"]))
+    assert results["params_total"] == 128 * 2 * 2 * 512 + 512 + 513 * 3 + 93_248
+    assert results["test/acc"] >= 0
+
+
+def test_same_seed_repeats_a_cpu_run(make_config, tmp_path):
+    first = train(make_config(overrides=["seed=7"], run_dir=tmp_path / "a"))
+    second = train(make_config(overrides=["seed=7"], run_dir=tmp_path / "b"))
+    for key in ("train/loss", "val/loss", "test/loss", "test/acc"):
+        assert first[key] == second[key], key
+
+
+def test_a_used_run_folder_is_never_overwritten(make_config, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"test/acc": 0.9}')
+    with pytest.raises(RunDirectoryInUseError, match="nothing was overwritten"):
+        train(make_config())
+    assert (run / "metrics.json").read_text() == '{"test/acc": 0.9}'
+    assert not (run / "checkpoints").exists()
+
+
+def test_eval_rejects_missing_foreign_and_mismatched_checkpoints(make_config, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        evaluate(make_config("eval", [f"ckpt_path={tmp_path / 'nope.ckpt'}"]))
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    with pytest.raises(CheckpointError, match="not written by cnnlab"):
+        evaluate(make_config("eval", [f"ckpt_path={foreign}"]))
+    train(make_config(overrides=["trainer.max_epochs=1"]))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match="holds a SimpleCNN model, not resnet18"):
+        evaluate(make_config("eval", [f"ckpt_path={last}", "model=resnet18_ft"], run_dir=tmp_path / "eval"))
+    with pytest.raises(CheckpointError, match="holds a SimpleCNN model, not resnet18"):
+        train(make_config(overrides=["model=resnet18_ft", f"ckpt_path={last}"], run_dir=tmp_path / "resumed"))
