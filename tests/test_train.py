@@ -10,18 +10,22 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnnlab.checkpoint import read_checkpoint
+from conftest import CONF_DIR
+from hydra import compose, initialize_config_dir
 from cnnlab.errors import CheckpointError, RunDirectoryInUseError
 from cnnlab.tasks.evaluate import evaluate
 from cnnlab.tasks.train import train
 
 
-def tensorboard_tags(run_dir: Path) -> set[str]:
-    tags: set[str] = set()
-    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
+    """Every scalar series in a run's TensorBoard event files (fit, test and hparams write separate files)."""
+    series: dict[str, list[float]] = {}
+    for events in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
         accumulator = EventAccumulator(str(events))
         accumulator.Reload()
-        tags |= set(accumulator.Tags()["scalars"])
-    return tags
+        for tag in accumulator.Tags()["scalars"]:
+            series.setdefault(tag, []).extend(event.value for event in accumulator.Scalars(tag))
+    return series
 
 
 @pytest.mark.parametrize("model", ["simple_cnn", "simple_cnn_bn", "resnet18_ft"])
@@ -38,7 +42,7 @@ def test_every_model_trains_tests_and_evaluates(model, make_config, resnet_weigh
     expected_trainable = {"simple_cnn": 1_147_466, "simple_cnn_bn": 1_147_690, "resnet18_ft": 5_130}[model]
     assert recorded["params_trainable"] == expected_trainable
     assert {p.name for p in (run / "checkpoints").iterdir()} >= {"last.ckpt", Path(recorded["best_checkpoint"]).name}
-    assert {"train/loss_step", "val/acc", "val/acc_top5", "test/acc", "hparams/test/acc", "lr-Adam"} <= tensorboard_tags(run)
+    assert {"train/loss_step", "val/acc", "val/acc_top5", "test/acc", "hparams/test/acc", "lr-Adam"} <= set(tensorboard_scalars(run))
 
     evaluated = evaluate(make_config("eval", [f"ckpt_path={recorded['best_checkpoint']}"], run_dir=tmp_path / "eval"))
     for key in ("test/acc", "test/acc_top5", "test/acc_class/cat"):
@@ -107,3 +111,33 @@ def test_eval_rejects_missing_foreign_and_mismatched_checkpoints(make_config, tm
         evaluate(make_config("eval", [f"ckpt_path={last}", "model=resnet18_ft"], run_dir=tmp_path / "eval"))
     with pytest.raises(CheckpointError, match="holds a SimpleCNN model, not resnet18"):
         train(make_config(overrides=["model=resnet18_ft", f"ckpt_path={last}"], run_dir=tmp_path / "resumed"))
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_sgd_with_a_schedule_changes_the_learning_rate(schedule, make_config, tmp_path):
+    train(make_config(overrides=["optimizer=sgd", f"scheduler={schedule}", "model.label_smoothing=0.1"]))
+    rates = tensorboard_scalars(tmp_path / "run")["lr-SGD"]
+    assert len(rates) >= 10 and len(set(rates)) == len(rates), "the rate must move every step"
+    if schedule == "onecycle":
+        assert max(rates) == pytest.approx(0.05, rel=0.02) and rates[0] < 0.01  # warm-up to optimizer.lr
+    else:
+        assert rates[0] == pytest.approx(0.05) and rates[-1] < rates[0]
+
+
+def test_csv_logger(make_config, tmp_path):
+    train(make_config(overrides=["logger=csv", "trainer.max_epochs=1"]))
+    header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val/acc", "test/acc", "train/loss_step"} <= set(header)
+
+
+def test_fast_dev_run_smoke_test(make_config, tmp_path):
+    results = train(make_config(overrides=["debug=fast_dev_run"]))
+    assert results["best_checkpoint"] == ""  # fast_dev_run saves no checkpoint; the run still tests
+    assert results["global_step"] == 1 and "test/acc" in results
+
+
+def test_tutorial_experiment_composes_the_tutorial_recipe():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=tutorial"])
+    assert cfg.model.net._target_.endswith("SimpleCNN") and cfg.optimizer._target_ == "torch.optim.Adam"
+    assert (cfg.optimizer.lr, cfg.data.batch_size, cfg.trainer.max_epochs) == (1e-3, 64, 5)

@@ -1,0 +1,63 @@
+"""The scripts as a user runs them: multirun sweeps, simultaneous runs and eval from the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import FAST, ROOT
+
+
+def script_command(script: str, tmp_path: Path, *overrides: str, multirun: bool = False) -> list[str]:
+    flags = ["-m"] if multirun else []
+    return [sys.executable, str(ROOT / "scripts" / script), *flags, f"paths.root_dir={tmp_path}", *overrides]
+
+
+def train_overrides(cifar_root: Path) -> list[str]:
+    return [*FAST, "trainer.max_epochs=1", f"data.root={cifar_root}", "data.val_split=20", "data.download=false"]
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_multirun_gives_one_folder_and_result_per_job(tmp_path: Path, cifar_root: Path):
+    run(script_command("train.py", tmp_path, "model=simple_cnn,simple_cnn_bn", *train_overrides(cifar_root), multirun=True))
+    sweeps = list((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    counts = {json.loads((job / "metrics.json").read_text())["params_total"] for job in jobs}
+    assert counts == {1_147_466, 1_147_690}
+    for job in jobs:
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert list((job / "tensorboard").glob("events.out.tfevents.*"))
+        assert (job / ".hydra" / "config.yaml").is_file()
+
+
+def test_runs_started_together_get_separate_folders_and_eval_reproduces(tmp_path: Path, cifar_root: Path):
+    command = script_command("train.py", tmp_path, *train_overrides(cifar_root))
+    processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 2 and all((r / "metrics.json").is_file() for r in runs)
+
+    trained = json.loads((runs[0] / "metrics.json").read_text())
+    result = run(script_command("eval.py", tmp_path, f"ckpt_path={trained['best_checkpoint']}", "trainer=cpu"))
+    assert "test/acc" in result.stdout
+    evaluated = json.loads(next((tmp_path / "logs" / "eval" / "runs").glob("*/metrics.json")).read_text())
+    assert evaluated["test/acc"] == trained["test/acc"]
+
+
+def test_a_typo_in_an_override_is_reported_by_name(tmp_path: Path):
+    result = subprocess.run(script_command("train.py", tmp_path, "model=simple_cnnn"), capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode != 0
+    assert "simple_cnnn" in result.stderr and "simple_cnn_bn" in result.stderr  # Hydra lists the valid options
