@@ -7,6 +7,7 @@ reproduces the test metrics that training reported.
 import hydra
 from omegaconf import DictConfig
 
+from cnnlab.errors import plain_user_errors
 from cnnlab.utils.config import register_resolvers
 
 register_resolvers()
@@ -16,7 +17,8 @@ register_resolvers()
 def main(cfg: DictConfig) -> None:
     from cnnlab.tasks.evaluate import evaluate
 
-    evaluate(cfg)
+    with plain_user_errors():
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

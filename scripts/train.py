@@ -7,6 +7,7 @@ values (``python scripts/train.py -m model=simple_cnn,simple_cnn_bn``). See conf
 import hydra
 from omegaconf import DictConfig
 
+from cnnlab.errors import plain_user_errors
 from cnnlab.utils.config import register_resolvers
 
 register_resolvers()
@@ -16,7 +17,8 @@ register_resolvers()
 def main(cfg: DictConfig) -> float | None:
     from cnnlab.tasks.train import train
 
-    results = train(cfg)
+    with plain_user_errors():
+        results = train(cfg)
     # The value a Hydra sweeper (e.g. Optuna) optimises.
     metric = cfg.get("optimized_metric")
     return results.get(metric) if metric else None

@@ -34,6 +34,18 @@ def test_simple_cnn_has_the_tutorial_architecture_and_parameter_count():
     assert net(torch.zeros(4, 3, 32, 32)).shape == (4, 10)
 
 
+def test_networks_normalise_their_input_first(resnet_weights: Path):
+    normalize = NormalizeBatch([0.5] * 3, [0.25] * 3)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    for net in (SimpleCNN(normalize=normalize), ResNetFineTuner(10, weights=None, normalize=normalize)):
+        net.eval()
+        seen = []
+        first = net.features[0] if isinstance(net, SimpleCNN) else net.frozen[0][0]
+        first.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+        net(images)
+        assert torch.allclose(seen[0], (images.float() / 255 - 0.5) / 0.25, atol=1e-5)
+
+
 def test_simple_cnn_bn_adds_batchnorm_after_each_conv():
     net = SimpleCNN(num_classes=10, batch_norm=True)
     assert len([m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]) == 3
@@ -52,8 +64,7 @@ def test_resnet_backbone_is_frozen_and_only_the_head_is_optimised(resnet_weights
     net = ResNetFineTuner(num_classes=7, weights=None, weights_path=str(resnet_weights))
     assert count(net, trainable_only=True) == 512 * 7 + 7
     assert count(net) == 11_176_512 + 512 * 7 + 7  # ResNet-18 without its fc, plus the new head
-    model = ImageClassifier(net, num_classes=7, normalize=NormalizeBatch([0.5] * 3, [0.5] * 3),
-                            optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+    model = ImageClassifier(net, num_classes=7, optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
     optimizer = model.configure_optimizers()
     optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert optimised == {id(p) for p in net.head.parameters()}
@@ -98,7 +109,7 @@ def test_offline_without_weights_names_the_file_and_both_fixes(tmp_path: Path, m
         ResNetFineTuner(num_classes=10, weights="IMAGENET1K_V1")
     message = str(error.value)
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
-    assert "model.net.weights_path=" in message and "model.net.weights=null" in message
+    assert "model.weights_path=" in message and "model.weights=null" in message
 
 
 def test_bad_weights_file_and_name_are_clear_errors(tmp_path: Path):

@@ -61,3 +61,13 @@ def test_a_typo_in_an_override_is_reported_by_name(tmp_path: Path):
                             cwd=ROOT, timeout=120)
     assert result.returncode != 0
     assert "simple_cnnn" in result.stderr and "simple_cnn_bn" in result.stderr  # Hydra lists the valid options
+
+
+def test_a_user_error_prints_as_written_not_as_a_repr(tmp_path: Path, cifar_root: Path):
+    missing = tmp_path / "resnet18.pth"
+    result = subprocess.run(script_command("train.py", tmp_path, *train_overrides(cifar_root), "model=resnet18_ft",
+                                           f"model.weights_path={missing}"),
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode != 0
+    assert f"WeightsUnavailableError: model weights file {missing} does not exist (model.weights_path)" in result.stderr
+    assert not list((tmp_path / "logs" / "train" / "runs").glob("*/checkpoints"))

@@ -30,7 +30,7 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
 
 @pytest.mark.parametrize("model", ["simple_cnn", "simple_cnn_bn", "resnet18_ft"])
 def test_every_model_trains_tests_and_evaluates(model, make_config, resnet_weights, tmp_path):
-    extra = [f"model.net.weights_path={resnet_weights}"] if model == "resnet18_ft" else []
+    extra = [f"model.weights_path={resnet_weights}"] if model == "resnet18_ft" else []
     results = train(make_config(overrides=[f"model={model}", *extra]))
     run = tmp_path / "run"
 
@@ -52,7 +52,7 @@ def test_every_model_trains_tests_and_evaluates(model, make_config, resnet_weigh
 
 
 def test_frozen_backbone_weights_and_batchnorm_statistics_do_not_move(make_config, resnet_weights, tmp_path):
-    results = train(make_config(overrides=["model=resnet18_ft", f"model.net.weights_path={resnet_weights}",
+    results = train(make_config(overrides=["model=resnet18_ft", f"model.weights_path={resnet_weights}",
                                            "optimizer.lr=0.05"]))
     start = torch.load(resnet_weights, weights_only=True)
     trained = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
@@ -115,7 +115,7 @@ def test_eval_rejects_missing_foreign_and_mismatched_checkpoints(make_config, tm
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 def test_sgd_with_a_schedule_changes_the_learning_rate(schedule, make_config, tmp_path):
-    train(make_config(overrides=["optimizer=sgd", f"scheduler={schedule}", "model.label_smoothing=0.1"]))
+    train(make_config(overrides=["optimizer=sgd", f"scheduler={schedule}", "loss.label_smoothing=0.1"]))
     rates = tensorboard_scalars(tmp_path / "run")["lr-SGD"]
     assert len(rates) >= 10 and len(set(rates)) == len(rates), "the rate must move every step"
     if schedule == "onecycle":
@@ -139,5 +139,5 @@ def test_fast_dev_run_smoke_test(make_config, tmp_path):
 def test_tutorial_experiment_composes_the_tutorial_recipe():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=tutorial"])
-    assert cfg.model.net._target_.endswith("SimpleCNN") and cfg.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.model._target_.endswith("SimpleCNN") and cfg.optimizer._target_ == "torch.optim.Adam"
     assert (cfg.optimizer.lr, cfg.data.batch_size, cfg.trainer.max_epochs) == (1e-3, 64, 5)

@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import CheckpointError
 from cnnlab.training.callbacks import CHECKPOINT_KEY
 from cnnlab.training.classifier import ImageClassifier
+from cnnlab.training.factory import build_classifier
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -44,8 +44,7 @@ def checkpoint_config(checkpoint: dict[str, Any]) -> DictConfig:
 
 def model_name(model_cfg: DictConfig) -> str:
     """A short description of a model config, for error messages."""
-    net = model_cfg.get("net", {})
-    return str(net.get("arch") or net.get("_target_", "?")).rsplit(".", 1)[-1]
+    return str(model_cfg.get("arch") or model_cfg.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
 def ensure_same_model(checkpoint: dict[str, Any], model_cfg: DictConfig, ckpt_path: str | Path) -> None:
@@ -64,11 +63,10 @@ def build_model_from_checkpoint(checkpoint: dict[str, Any]) -> ImageClassifier:
     Pretrained weights are not fetched again: every weight comes from the checkpoint, so
     rebuilding works offline.
     """
-    model_cfg = checkpoint_config(checkpoint).model
-    if "weights" in model_cfg.net:
-        model_cfg.net.weights = None
-    if "weights_path" in model_cfg.net:
-        model_cfg.net.weights_path = None
-    model: ImageClassifier = instantiate(model_cfg, class_names=checkpoint[CHECKPOINT_KEY]["class_names"])
+    cfg = checkpoint_config(checkpoint)
+    for key in ("weights", "weights_path"):
+        if key in cfg.model:
+            cfg.model[key] = None
+    model = build_classifier(cfg, checkpoint[CHECKPOINT_KEY]["class_names"], train=False)
     model.load_state_dict(checkpoint["state_dict"])
     return model

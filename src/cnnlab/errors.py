@@ -1,5 +1,10 @@
 """Errors cnnlab raises for bad input. Each message names the problem and the fix."""
 
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
 
 class CnnlabError(Exception):
     """Base class of the errors a user can act on."""
@@ -23,3 +28,24 @@ class CheckpointError(CnnlabError, ValueError):
 
 class RunDirectoryInUseError(CnnlabError, FileExistsError):
     """A run would write into a folder that already holds another run's results."""
+
+
+@contextlib.contextmanager
+def plain_user_errors() -> Iterator[None]:
+    """Re-raise a :class:`CnnlabError` as itself when a library wrapped it.
+
+    ``hydra.utils.instantiate`` wraps whatever a constructor raises in an
+    ``InstantiationException`` whose text is the error's repr, newlines escaped. Our messages
+    are written to be read, so the scripts show them as they are.
+    """
+    try:
+        yield
+    except CnnlabError:
+        raise
+    except Exception as error:
+        cause = error.__cause__
+        while cause is not None and not isinstance(cause, CnnlabError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause.with_traceback(None) from None

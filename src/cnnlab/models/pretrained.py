@@ -35,7 +35,7 @@ def torchvision_cache_file(weights: Weights) -> Path:
 
 def _read_local_weights(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise WeightsUnavailableError(f"model weights file {path} does not exist (model.net.weights_path)")
+        raise WeightsUnavailableError(f"model weights file {path} does not exist (model.weights_path)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001
@@ -60,8 +60,8 @@ def _download_weights(arch: str, weights: Weights) -> dict[str, Any]:
             f"Supply them one of two ways:\n"
             f"  1. copy the file {cache_file.name} (from {weights.url}) to {cache_file}\n"
             f"     (torchvision's cache; set TORCH_HOME to move it), or\n"
-            f"  2. pass model.net.weights_path=/path/to/{cache_file.name}\n"
-            f"To train from random initialisation instead, pass model.net.weights=null."
+            f"  2. pass model.weights_path=/path/to/{cache_file.name}\n"
+            f"To train from random initialisation instead, pass model.weights=null."
         ) from error
 
 

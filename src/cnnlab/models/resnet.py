@@ -30,6 +30,7 @@ class ResNetFineTuner(nn.Module):
         trainable_stages: how many of the last stages (of stem, layer1..layer4) to train;
             0 freezes the whole backbone (a linear probe), 5 fine-tunes everything.
         head_dropout: dropout before the head.
+        normalize: the input normalisation, applied first (ImageNet statistics for ImageNet weights).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class ResNetFineTuner(nn.Module):
         input_size: int = 32,
         trainable_stages: int = 0,
         head_dropout: float = 0.0,
+        normalize: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= trainable_stages <= RESNET_STAGES:
@@ -48,6 +50,7 @@ class ResNetFineTuner(nn.Module):
         backbone = get_model(arch, weights=None)
         load_pretrained(backbone, arch, weights, weights_path)
         self.input_size = input_size
+        self.normalize = normalize or nn.Identity()
         stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool)
         stages = [stem, backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
         n_frozen = RESNET_STAGES - trainable_stages
@@ -69,7 +72,8 @@ class ResNetFineTuner(nn.Module):
         return self
 
     def features(self, x: Tensor) -> Tensor:
-        """Pooled backbone features (N, C) for a normalised batch."""
+        """Pooled backbone features (N, C) for a batch of images."""
+        x = self.normalize(x)
         if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         if self.training:

@@ -18,6 +18,7 @@ class SimpleCNN(nn.Module):
         channels: output channels of the three conv stages.
         hidden: width of the hidden fully connected layer.
         dropout: dropout probability before the last layer.
+        normalize: the input normalisation, applied first (see ``cnnlab.data.augment.NormalizeBatch``).
     """
 
     def __init__(
@@ -29,8 +30,10 @@ class SimpleCNN(nn.Module):
         channels: tuple[int, ...] = (32, 64, 128),
         hidden: int = 512,
         dropout: float = 0.5,
+        normalize: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        self.normalize = normalize or nn.Identity()
         downsample = 2 ** len(channels)
         if input_size % downsample:
             raise ValueError(f"input_size {input_size} must be divisible by {downsample} ({len(channels)} 2x2 pools)")
@@ -53,4 +56,4 @@ class SimpleCNN(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(self.features(self.normalize(x)))

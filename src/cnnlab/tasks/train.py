@@ -18,6 +18,7 @@ from cnnlab.errors import RunDirectoryInUseError
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
 from cnnlab.training.callbacks import RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
+from cnnlab.training.factory import build_classifier
 from cnnlab.utils.config import flatten, instantiate_all, print_config
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ def ensure_fresh_run_dir(output_dir: Path) -> None:
 def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier, L.Trainer]:
     """Instantiate the data module, the model (sized to the data's classes) and the trainer."""
     datamodule = instantiate(cfg.data)
+    # Recorded in the config (and so in checkpoints): the network's size follows the data.
     OmegaConf.update(cfg, "model.num_classes", datamodule.num_classes, merge=False)
-    model: ImageClassifier = instantiate(cfg.model, class_names=datamodule.class_names)
+    model = build_classifier(cfg, datamodule.class_names)
     record = RunRecordInCheckpoint(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True), datamodule.class_names)
     callbacks = [*instantiate_all(cfg.get("callbacks")), record]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False)

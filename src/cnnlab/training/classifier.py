@@ -14,8 +14,6 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from cnnlab.data.augment import NormalizeBatch
-
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
 
@@ -34,13 +32,12 @@ class ImageClassifier(L.LightningModule):
     """Cross-entropy training of ``net`` with top-1/top-5 accuracy for train, val and test.
 
     Args:
-        net: the network, mapping a normalised (N, C, H, W) batch to (N, num_classes) logits.
+        net: the network, mapping a batch of images (uint8, or floats in [0, 1] after
+            augmentation) to (N, num_classes) logits. cnnlab's networks normalise their input
+            as their first layer, so a checkpoint carries the statistics its weights expect.
         num_classes: number of classes.
-        normalize: turns the incoming batch (uint8, or augmented floats in [0, 1]) into the
-            network's input. It belongs to the model, not the data: it is the input contract
-            of the weights (ImageNet statistics for a pretrained ResNet), so evaluating on
-            other data or predicting single images always applies the right one.
-        optimizer: a factory taking the trainable parameters, e.g. ``partial(torch.optim.Adam, lr=1e-3)``.
+        optimizer: a factory taking the trainable parameters, e.g. ``partial(torch.optim.Adam, lr=1e-3)``;
+            None for a model that is only evaluated.
         scheduler: a factory taking the optimizer, or None for a constant learning rate. A
             ``total_steps`` (OneCycleLR) or ``T_max`` (CosineAnnealingLR) argument left unset is
             filled with the run's length in steps or epochs, per ``scheduler_interval``.
@@ -53,8 +50,7 @@ class ImageClassifier(L.LightningModule):
         self,
         net: nn.Module,
         num_classes: int,
-        normalize: NormalizeBatch,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
         label_smoothing: float = 0.0,
@@ -66,7 +62,6 @@ class ImageClassifier(L.LightningModule):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.net = net
-        self.normalize = normalize
         self.num_classes = num_classes
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -81,7 +76,7 @@ class ImageClassifier(L.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits for a batch of images: uint8 (0..255) or floats in [0, 1], on the model's device."""
-        return self.net(self.normalize(images))
+        return self.net(images)
 
     def parameter_counts(self) -> dict[str, int]:
         """Total and trainable parameter counts of the network."""
@@ -142,6 +137,8 @@ class ImageClassifier(L.LightningModule):
     # --- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self) -> Optimizer | dict[str, Any]:
         # Frozen parameters are not handed to the optimizer at all (no weight decay, no state).
+        if self.optimizer_factory is None:
+            raise ValueError("this classifier was built without an optimizer; it can be evaluated, not trained")
         trainable = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(trainable)
         if self.scheduler_factory is None:
