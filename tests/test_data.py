@@ -72,13 +72,14 @@ def test_missing_cifar_offline_says_where_to_put_it(tmp_path: Path, monkeypatch:
 def test_batches_are_uint8_until_the_device_hook(cifar_root: Path):
     dm = cifar(cifar_root, val_split=20, batch_size=16, augment=RandomBatchAugment(crop_padding=4, hflip=True))
     dm.setup("fit")
-    images, labels = next(iter(dm.train_dataloader()))
+    images, labels, indices = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (16, 3, 32, 32) and labels.shape == (16,)
+    assert torch.equal(images, dm.train_split.images[indices]) and torch.equal(labels, dm.train_split.labels[indices])
     assert dm.transform(images, train=False) is images  # evaluation batches stay uint8 for the model
     augmented = dm.transform(images, train=True)
     assert augmented.dtype == torch.float32 and not torch.equal(augmented, images.float() / 255)
-    seen = torch.cat([labels for _, labels in dm.train_dataloader()])
-    assert len(seen) == len(dm.train_split)  # every training sample once per epoch
+    seen = torch.cat([batch.indices for batch in dm.train_dataloader()])
+    assert sorted(seen.tolist()) == list(range(len(dm.train_split)))  # every training sample once per epoch
 
 
 def test_folder_resizes_and_holds_out_val_and_test(image_folder: Path, tmp_path: Path):

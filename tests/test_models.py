@@ -121,3 +121,11 @@ def test_bad_weights_file_and_name_are_clear_errors(tmp_path: Path):
         ResNetFineTuner(num_classes=10, weights_path=str(wrong))
     with pytest.raises(WeightsUnavailableError, match="IMAGENET1K_V1"):
         ResNetFineTuner(num_classes=10, weights="IMAGENET_TYPO")
+
+
+def test_cam_target_layers_are_the_last_conv_blocks(resnet_weights: Path):
+    cnn = SimpleCNN()
+    assert cnn.cam_target_layer() is cnn.features[-2]  # ReLU after the 64->128 conv
+    resnet = ResNetFineTuner(10, weights=None, weights_path=str(resnet_weights))
+    assert resnet.cam_target_layer() is resnet.frozen[-1]  # layer4
+    assert ResNetFineTuner(10, weights=None, trainable_stages=1).cam_target_layer() is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import lightning as L
 import torch
@@ -20,6 +21,14 @@ from torch.utils.data import DataLoader, Dataset
 from cnnlab.data.augment import RandomBatchAugment
 
 log = logging.getLogger(__name__)
+
+
+class Batch(NamedTuple):
+    """A batch: uint8 images (N, C, H, W), integer labels (N), and each sample's index in its split (N)."""
+
+    images: Tensor
+    labels: Tensor
+    indices: Tensor
 
 
 @dataclass
@@ -43,7 +52,7 @@ class ImageSplit:
         return ImageSplit(self.images[indices], self.labels[indices])
 
 
-class TensorBatchDataset(Dataset[tuple[Tensor, Tensor]]):
+class TensorBatchDataset(Dataset[Batch]):
     """A map-style dataset over in-memory tensors that hands out whole batches at once.
 
     ``DataLoader`` calls ``__getitems__`` with a batch's indices when a dataset defines it, so a
@@ -58,15 +67,15 @@ class TensorBatchDataset(Dataset[tuple[Tensor, Tensor]]):
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.images[index], self.labels[index]
+    def __getitem__(self, index: int) -> Batch:
+        return Batch(self.images[index], self.labels[index], torch.tensor(index))
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, indices: list[int]) -> Batch:
         index = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[index], self.labels[index]
+        return Batch(self.images[index], self.labels[index], index)
 
 
-def keep_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+def keep_batch(batch: Batch) -> Batch:
     """Collate function for :class:`TensorBatchDataset`: its batches arrive already stacked."""
     return batch
 
@@ -185,10 +194,9 @@ class InMemoryImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_split, train=False)
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        images, labels = batch
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         training = self.trainer is not None and self.trainer.training
-        return self.transform(images, train=training), labels
+        return batch._replace(images=self.transform(batch.images, train=training))
 
     def transform(self, images: Tensor, train: bool = False) -> Tensor:
         """Augment a uint8 batch (if ``train``) on whatever device it is on.

@@ -71,6 +71,10 @@ class ResNetFineTuner(nn.Module):
         self.frozen.eval()
         return self
 
+    def cam_target_layer(self) -> nn.Module:
+        """The layer Grad-CAM looks at by default: the last residual stage (layer4)."""
+        return (self.trainable if len(self.trainable) else self.frozen)[-1]
+
     def features(self, x: Tensor) -> Tensor:
         """Pooled backbone features (N, C) for a batch of images."""
         x = self.normalize(x)

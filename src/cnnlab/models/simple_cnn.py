@@ -55,5 +55,9 @@ class SimpleCNN(nn.Module):
             nn.Linear(hidden, num_classes),
         )
 
+    def cam_target_layer(self) -> nn.Module:
+        """The layer Grad-CAM looks at by default: the activation of the last conv block."""
+        return [m for m in self.features if isinstance(m, nn.ReLU)][-1]
+
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(self.normalize(x)))

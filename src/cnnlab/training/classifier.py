@@ -14,6 +14,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from cnnlab.data.base import Batch
+
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
 
@@ -87,23 +89,22 @@ class ImageClassifier(L.LightningModule):
         }
 
     # --- steps ------------------------------------------------------------------------------
-    def _loss_and_logits(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        images, labels = batch
-        logits = self(images)
-        return self.criterion(logits, labels), logits, labels
+    def _loss_and_logits(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        logits = self(batch.images)
+        return self.criterion(logits, batch.labels), logits, batch.labels
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss, logits, labels = self._loss_and_logits(batch)
         self.train_metrics.update(logits.detach(), labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss, logits, labels = self._loss_and_logits(batch)
         self.val_metrics.update(logits, labels)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=labels.shape[0])
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         loss, logits, labels = self._loss_and_logits(batch)
         self.test_metrics.update(logits, labels)
         self.test_per_class.update(logits, labels)
