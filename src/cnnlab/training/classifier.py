@@ -99,16 +99,19 @@ class ImageClassifier(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         loss, logits, labels = self._loss_and_logits(batch)
         self.val_metrics.update(logits, labels)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=labels.shape[0])
+        # Callbacks (confusion matrix, misclassified images) read the logits from here.
+        return {"loss": loss, "logits": logits}
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         loss, logits, labels = self._loss_and_logits(batch)
         self.test_metrics.update(logits, labels)
         self.test_per_class.update(logits, labels)
         self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=labels.shape[0])
+        return {"loss": loss, "logits": logits}
 
     # --- epoch ends: compute (synchronised across processes under DDP), log, reset ------------
     def on_train_start(self) -> None:
