@@ -64,9 +64,8 @@ def build_model_from_checkpoint(checkpoint: dict[str, Any]) -> ImageClassifier:
     rebuilding works offline.
     """
     cfg = checkpoint_config(checkpoint)
-    for key in ("weights", "weights_path"):
-        if key in cfg.model:
-            cfg.model[key] = None
+    if "load_weights" in cfg.model:
+        cfg.model.load_weights = False
     model = build_classifier(cfg, checkpoint[CHECKPOINT_KEY]["class_names"], train=False)
     model.load_state_dict(checkpoint["state_dict"])
     return model

@@ -143,23 +143,45 @@ class ImageClassifier(L.LightningModule):
         # Frozen parameters are not handed to the optimizer at all (no weight decay, no state).
         if self.optimizer_factory is None:
             raise ValueError("this classifier was built without an optimizer; it can be evaluated, not trained")
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(trainable)
+        groups = self._parameter_groups()
+        optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, **self._schedule_length_kwargs())
+        scheduler = self.scheduler_factory(optimizer, **self._scheduler_kwargs(groups))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 
-    def _schedule_length_kwargs(self) -> dict[str, int]:
-        """Fill a scheduler's length argument from the trainer when the config leaves it out."""
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters, grouped by learning-rate scale when the network asks for it.
+
+        A network may define ``parameter_groups()`` returning ``{"params", "lr_scale"}`` dicts
+        (the fine-tuner's head and unfrozen backbone); each group then trains at
+        ``lr_scale`` times the optimizer's ``lr``.
+        """
+        base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        if hasattr(self.net, "parameter_groups"):
+            groups = [dict(group) for group in self.net.parameter_groups()]
+        else:
+            groups = [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
+        for group in groups:
+            if group["lr_scale"] != 1.0:
+                if base_lr is None:
+                    raise ValueError("a backbone learning-rate scale needs the optimizer config to set lr")
+                group["lr"] = base_lr * group["lr_scale"]
+        return groups
+
+    def _scheduler_kwargs(self, groups: list[dict[str, Any]]) -> dict[str, Any]:
+        """Fill a scheduler's length (and per-group peak rates) from the trainer and the groups."""
         factory = self.scheduler_factory
         given = getattr(factory, "keywords", {})
-        target = getattr(factory, "func", factory)
-        accepted = inspect.signature(target).parameters
+        accepted = inspect.signature(getattr(factory, "func", factory)).parameters
         if self.scheduler_interval == "step":
             length = int(self.trainer.estimated_stepping_batches)
         else:
             length = int(self.trainer.max_epochs)
         if length <= 0:
             raise ValueError("a learning-rate schedule needs trainer.max_epochs (or max_steps) to be set")
-        return {name: length for name in ("total_steps", "T_max") if name in accepted and name not in given}
+        kwargs: dict[str, Any] = {name: length for name in ("total_steps", "T_max") if name in accepted and name not in given}
+        max_lr = given.get("max_lr")
+        if isinstance(max_lr, (int, float)) and any(group["lr_scale"] != 1.0 for group in groups):
+            kwargs["max_lr"] = [max_lr * group["lr_scale"] for group in groups]
+        return kwargs

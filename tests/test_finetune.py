@@ -1,0 +1,148 @@
+"""The torchvision fine-tuner: what 'frozen' means, heads per family, weights offline, learning rates."""
+
+from __future__ import annotations
+
+import functools
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import get_model
+
+from cnnlab.errors import WeightsUnavailableError
+from cnnlab.models.simple_cnn import SimpleCNN
+from cnnlab.models.torchvision_ft import TorchvisionFineTuner
+from cnnlab.training.classifier import ImageClassifier
+
+
+def resnet18_ft(weights_file: Path, **kwargs) -> TorchvisionFineTuner:
+    kwargs.setdefault("num_classes", 10)
+    return TorchvisionFineTuner(arch="resnet18", weights=None, weights_path=str(weights_file), input_size=32, **kwargs)
+
+
+def optimised_parameters(model: ImageClassifier) -> dict[int, float]:
+    optimizer = model.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    return {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+
+
+def test_frozen_backbone_gets_no_gradient_and_only_the_head_is_optimised(resnet_weights: Path):
+    net = resnet18_ft(resnet_weights, num_classes=7)
+    assert net.stage_names == ["conv1..bn1", "layer1", "layer2", "layer3", "layer4"]
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) == 512 * 7 + 7
+    assert sum(p.numel() for p in net.parameters()) == 11_176_512 + 512 * 7 + 7  # ResNet-18 minus fc, plus head
+    model = ImageClassifier(net, num_classes=7, optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+    assert set(optimised_parameters(model)) == {id(p) for p in net.head.parameters()}
+    net.train()
+    net(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)).sum().backward()
+    assert all(p.grad is None for p in net.backbone.parameters())
+
+
+def test_frozen_batchnorm_stays_in_eval_mode_and_its_statistics_do_not_move(resnet_weights: Path):
+    net = resnet18_ft(resnet_weights, trainable_stages=1)
+    net.train()
+    bns = {name: m for name, m in net.backbone.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert all(m.training == name.startswith("layer4") for name, m in bns.items())
+    frozen_before = {k: v.clone() for k, v in net.backbone.state_dict().items() if not k.startswith("layer4")}
+    layer4_before = net.backbone.layer4[1].bn2.running_mean.clone()
+    net(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)).sum().backward()
+    after = net.backbone.state_dict()
+    assert all(torch.equal(value, after[key]) for key, value in frozen_before.items())
+    assert not torch.equal(layer4_before, net.backbone.layer4[1].bn2.running_mean)  # unfrozen stage learns
+
+
+def test_input_is_resized_to_the_backbone_size_and_normalised_like_the_weights(resnet_weights: Path):
+    net = TorchvisionFineTuner(10, arch="resnet18", weights="IMAGENET1K_V1", weights_path=str(resnet_weights)).eval()
+    assert net.input_size == 224  # the crop size the ImageNet weights were trained at
+    seen = []
+    net.backbone.conv1.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    images = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+    net(images)
+    assert seen[0].shape == (1, 3, 224, 224)
+    expected = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(seen[0][0, :, 100, 100], expected, atol=1e-5)
+
+
+def test_local_weights_file_is_loaded(resnet_weights: Path):
+    net = resnet18_ft(resnet_weights)
+    stored = torch.load(resnet_weights, weights_only=True)
+    assert torch.equal(net.backbone.conv1.weight, stored["conv1.weight"])
+    assert torch.equal(net.backbone.layer3[0].bn1.running_var, stored["layer3.0.bn1.running_var"])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "inception_v3"])
+def test_offline_without_weights_names_the_file_and_both_fixes(arch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(WeightsUnavailableError) as error:
+        TorchvisionFineTuner(num_classes=10, arch=arch, weights="IMAGENET1K_V1")
+    message = str(error.value)
+    expected_file = {"resnet18": "resnet18-f37072fd.pth", "inception_v3": "inception_v3_google-0cc3c7bd.pth"}[arch]
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / expected_file) in message
+    assert "model.weights_path=" in message and "model.weights=null" in message
+
+
+def test_bad_weights_arch_and_stage_count_are_clear_errors(tmp_path: Path):
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        TorchvisionFineTuner(num_classes=10, weights_path=str(tmp_path / "missing.pth"))
+    wrong = tmp_path / "wrong.pth"
+    torch.save(SimpleCNN().state_dict(), wrong)
+    with pytest.raises(WeightsUnavailableError, match="do not fit resnet18"):
+        TorchvisionFineTuner(num_classes=10, arch="resnet18", weights_path=str(wrong))
+    with pytest.raises(WeightsUnavailableError, match="IMAGENET1K_V1"):
+        TorchvisionFineTuner(num_classes=10, arch="resnet18", weights="IMAGENET_TYPO")
+    with pytest.raises(ValueError, match="unknown torchvision classification model 'resnet19'"):
+        TorchvisionFineTuner(num_classes=10, arch="resnet19", weights=None)
+    with pytest.raises(ValueError, match="5 stages"):
+        TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, trainable_stages=6)
+
+
+def test_discriminative_learning_rates(resnet_weights: Path):
+    net = resnet18_ft(resnet_weights, trainable_stages=2, backbone_lr_scale=0.1)
+    model = ImageClassifier(net, num_classes=10, optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    rates = optimised_parameters(model)
+    assert {rates[id(p)] for p in net.head.parameters()} == {0.1}
+    assert all(rates[id(p)] == pytest.approx(0.01) for p in net.backbone.layer3.parameters())
+    assert not any(id(p) in rates for p in net.backbone.layer2.parameters())
+
+
+# name -> (input size its weights expect, kind of head torchvision gives it)
+ZOO = {
+    "resnet34": (224, "fc"),
+    "resnet50": (224, "fc"),
+    "densenet121": (224, "classifier"),
+    "inception_v3": (299, "fc"),
+    "efficientnet_b0": (224, "classifier"),
+    "mobilenet_v3_large": (224, "classifier"),
+    "convnext_tiny": (224, "classifier"),
+    "vit_b_16": (224, "heads"),
+}
+
+
+@pytest.mark.parametrize("arch", list(ZOO))
+def test_every_listed_architecture_builds_loads_a_weights_file_and_trains_only_its_head(arch, tmp_path: Path):
+    torch.manual_seed(0)
+    size, _ = ZOO[arch]
+    extra = {"aux_logits": True, "init_weights": False} if arch == "inception_v3" else {}
+    reference = get_model(arch, weights=None, **extra)
+    weights_file = tmp_path / f"{arch}.pth"
+    torch.save(reference.state_dict(), weights_file)
+
+    net = TorchvisionFineTuner(num_classes=10, arch=arch, weights=None, weights_path=str(weights_file))
+    assert net.input_size == size
+    assert isinstance(net.head[-1], nn.Linear) and net.head[-1].out_features == 10
+    first_name, first_param = next(iter(reference.state_dict().items()))
+    assert torch.equal(net.backbone.state_dict()[first_name], first_param)  # the file's weights are in
+
+    net.train()
+    logits = net(torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8))
+    assert logits.shape == (2, 10)
+    logits.sum().backward()
+    assert all(p.grad is None and not p.requires_grad for p in net.backbone.parameters())
+    assert all(p.grad is not None for p in net.head.parameters())
