@@ -75,7 +75,8 @@ def test_normalize_matches_torchvision():
     normalize = NormalizeBatch(mean, std)
     assert torch.allclose(normalize(images), expected, atol=1e-5)
     assert torch.allclose(normalize(images.float() / 255), expected, atol=1e-5)
-    assert NormalizeBatch(mean, std, channels_last=True)(images).is_contiguous(memory_format=torch.channels_last)
+    channels_last = images.contiguous(memory_format=torch.channels_last)
+    assert normalize(channels_last).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_bad_settings_are_rejected():

@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.models import get_model
 
 from cnnlab.errors import WeightsUnavailableError
+from cnnlab.models.resnet_cifar import CifarResNet
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.training.classifier import ImageClassifier
@@ -146,3 +147,11 @@ def test_every_listed_architecture_builds_loads_a_weights_file_and_trains_only_i
     logits.sum().backward()
     assert all(p.grad is None and not p.requires_grad for p in net.backbone.parameters())
     assert all(p.grad is not None for p in net.head.parameters())
+
+
+def test_cifar_resnet18_has_the_cifar_stem_and_the_known_parameter_count():
+    net = CifarResNet(num_classes=10)
+    assert net.net.conv1.kernel_size == (3, 3) and net.net.conv1.stride == (1, 1)
+    assert isinstance(net.net.maxpool, nn.Identity)
+    assert sum(p.numel() for p in net.parameters()) == 11_173_962
+    assert net(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 10)

@@ -112,7 +112,7 @@ def test_eval_rejects_missing_foreign_and_mismatched_checkpoints(make_config, tm
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 def test_sgd_with_a_schedule_changes_the_learning_rate(schedule, make_config, tmp_path):
-    train(make_config(overrides=["optimizer=sgd", f"scheduler={schedule}", "loss.label_smoothing=0.1"]))
+    train(make_config(overrides=["optimizer=sgd", f"scheduler={schedule}", "classifier.label_smoothing=0.1"]))
     rates = tensorboard_scalars(tmp_path / "run")["lr-SGD"]
     assert len(rates) >= 10 and len(set(rates)) == len(rates), "the rate must move every step"
     if schedule == "onecycle":
@@ -138,3 +138,19 @@ def test_tutorial_experiment_composes_the_tutorial_recipe():
         cfg = compose("train", overrides=["experiment=tutorial"])
     assert cfg.model._target_.endswith("SimpleCNN") and cfg.optimizer._target_ == "torch.optim.Adam"
     assert (cfg.optimizer.lr, cfg.data.batch_size, cfg.trainer.max_epochs) == (1e-3, 64, 5)
+
+
+@pytest.mark.parametrize("recipe", ["resnet18_cifar", "fast"])
+def test_from_scratch_recipes_train_a_few_steps(recipe, make_config, tmp_path):
+    # The recipes as configured, shortened: a few steps at a small batch, full precision on the CPU.
+    results = train(make_config(overrides=[f"experiment={recipe}", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
+                                           "trainer.precision=32-true", "data.batch_size=16", "data.eval_batch_size=32"]))
+    assert results["global_step"] == 3 and "test/acc" in results
+    if recipe == "fast":
+        assert results["params_total"] == 6_573_120
+
+
+def test_flip_tta_and_channels_last_evaluate_the_same_network(make_config, tmp_path):
+    results = train(make_config(overrides=["classifier.flip_tta=true", "classifier.channels_last=true"]))
+    evaluated = evaluate(make_config("eval", [f"ckpt_path={results['best_checkpoint']}"], run_dir=tmp_path / "eval"))
+    assert evaluated["test/acc"] == results["test/acc"]

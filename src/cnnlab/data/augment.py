@@ -137,12 +137,12 @@ class RandomBatchAugment(nn.Module):
 class NormalizeBatch(nn.Module):
     """Turn a uint8 (or [0, 1] float) batch into float32 normalised by per-channel mean and std.
 
-    ``mean`` and ``std`` are in [0, 1] units, as torchvision's ``Normalize`` after ``ToTensor``.
-    ``channels_last`` returns the batch in channels-last memory order (faster convolutions on
-    recent GPUs with mixed precision).
+    ``mean`` and ``std`` are in [0, 1] units, as torchvision's ``Normalize`` after ``ToTensor``;
+    one value each applies to every channel (``NormalizeBatch([0], [1])`` only scales to [0, 1]).
+    The output keeps the input's memory format (channels-last stays channels-last).
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], channels_last: bool = False) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std):
             raise ValueError(f"normalisation mean {list(mean)} and std {list(std)} differ in length")
@@ -152,17 +152,12 @@ class NormalizeBatch(nn.Module):
         std_t = torch.tensor([float(s) for s in std]).view(1, -1, 1, 1)
         self.register_buffer("scale", 1.0 / std_t, persistent=False)
         self.register_buffer("shift", -mean_t / std_t, persistent=False)
-        self.channels_last = channels_last
 
     def forward(self, images: Tensor) -> Tensor:
-        if images.shape[1] != self.scale.shape[1]:
+        if self.scale.shape[1] not in (1, images.shape[1]):
             raise ValueError(
                 f"images have {images.shape[1]} channels but the normalisation has {self.scale.shape[1]}"
             )
         if images.dtype == torch.uint8:
-            out = images.float() * (self.scale / 255.0) + self.shift
-        else:
-            out = images * self.scale + self.shift
-        if self.channels_last:
-            return out.contiguous(memory_format=torch.channels_last)
-        return out.contiguous()
+            return images.float() * (self.scale / 255.0) + self.shift
+        return images * self.scale + self.shift

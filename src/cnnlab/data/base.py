@@ -71,7 +71,7 @@ class TensorBatchDataset(Dataset[Batch]):
         return Batch(self.images[index], self.labels[index], torch.tensor(index))
 
     def __getitems__(self, indices: list[int]) -> Batch:
-        index = torch.as_tensor(indices, dtype=torch.long)
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         return Batch(self.images[index], self.labels[index], index)
 
 
@@ -122,6 +122,8 @@ class InMemoryImageDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes. Batches are single tensor gathers, so 0
             (gathering in the main process) is the fastest choice on one device.
         drop_last: drop the last incomplete training batch.
+        device_resident: on a GPU, move the whole uint8 dataset to the device once (CIFAR-10's
+            50,000 images are 150 MB) and gather batches there: no host-to-device copies at all.
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class InMemoryImageDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         drop_last: bool = False,
+        device_resident: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -140,6 +143,7 @@ class InMemoryImageDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.drop_last = drop_last
+        self.device_resident = device_resident
         self.train_split: ImageSplit | None = None
         self.val_split: ImageSplit | None = None
         self.test_split: ImageSplit | None = None
@@ -173,7 +177,13 @@ class InMemoryImageDataModule(L.LightningDataModule):
     def _loader(self, split: ImageSplit | None, train: bool) -> DataLoader:
         if split is None:
             raise RuntimeError("the data module is not set up; call setup() first")
-        pin = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
+        on_gpu = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
+        if on_gpu and self.device_resident:
+            device = self.trainer.strategy.root_device
+            if split.images.device != device:
+                split.images, split.labels = split.images.to(device), split.labels.to(device)
+            if self.num_workers:
+                raise ValueError("data.device_resident=true gathers batches on the GPU; set data.num_workers=0")
         return DataLoader(
             TensorBatchDataset(split),
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -181,7 +191,7 @@ class InMemoryImageDataModule(L.LightningDataModule):
             drop_last=self.drop_last and train,
             num_workers=self.num_workers,
             collate_fn=keep_batch,
-            pin_memory=pin,
+            pin_memory=on_gpu and not self.device_resident,
             persistent_workers=self.num_workers > 0,
         )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from cnnlab.data.augment import NormalizeBatch
+
 
 class SimpleCNN(nn.Module):
     """conv 3->32->64->128 (3x3, padding 1), each + [BatchNorm] + ReLU + 2x2 max-pool,
@@ -33,7 +35,7 @@ class SimpleCNN(nn.Module):
         normalize: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.normalize = normalize or nn.Identity()
+        self.normalize = normalize or NormalizeBatch([0.0], [1.0])  # at least uint8 -> [0, 1]
         downsample = 2 ** len(channels)
         if input_size % downsample:
             raise ValueError(f"input_size {input_size} must be divisible by {downsample} ({len(channels)} 2x2 pools)")
