@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.data.augment import RandomBatchAugment
+from cnnlab.utils.fingerprint import tensor_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class InMemoryImageDataModule(L.LightningDataModule):
         self.train_split: ImageSplit | None = None
         self.val_split: ImageSplit | None = None
         self.test_split: ImageSplit | None = None
+        self._fingerprints: dict[str, str] = {}
 
     # --- what a subclass provides -------------------------------------------------------
     @property
@@ -161,6 +163,19 @@ class InMemoryImageDataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def split_identity(self, name: str) -> tuple[str, int]:
+        """(fingerprint of the split's images and labels, its length) for ``train``/``val``/``test``.
+
+        Caches of per-sample results (the frozen-feature cache) are keyed by this, so they are
+        never reused for other data.
+        """
+        split = {"train": self.train_split, "val": self.val_split, "test": self.test_split}[name]
+        if split is None:
+            raise RuntimeError("the data module is not set up; call setup() first")
+        if name not in self._fingerprints:
+            self._fingerprints[name] = tensor_fingerprint(split.images, split.labels)
+        return self._fingerprints[name], len(split)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_split is None:

@@ -18,6 +18,7 @@ import torchvision
 from torchvision.models import Weights, get_model, list_models
 
 from cnnlab.data.augment import NormalizeBatch
+from cnnlab.models.feature_cache import FeatureCache, module_fingerprint
 from cnnlab.models.pretrained import load_pretrained, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,10 @@ class TorchvisionFineTuner(nn.Module):
             were trained with (ImageNet's for torchvision's weights).
         load_weights: False builds the architecture without loading pretrained weights
             (evaluation does this: the checkpoint holds every weight).
+        cache_features: compute each image's backbone features once and train the head on the
+            stored features (a linear probe: needs a fully frozen backbone and no training
+            augmentation). See :mod:`cnnlab.models.feature_cache`.
+        feature_cache_dir: keep complete feature stores on disk here; None keeps them in memory.
     """
 
     def __init__(
@@ -129,6 +134,8 @@ class TorchvisionFineTuner(nn.Module):
         head_dropout: float = 0.0,
         normalize: nn.Module | None = None,
         load_weights: bool = True,
+        cache_features: bool = False,
+        feature_cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         pretrained = weights is not None or weights_path is not None
@@ -160,6 +167,11 @@ class TorchvisionFineTuner(nn.Module):
         if n_trainable == len(stages):  # everything trains, loose tensors (ViT's class token) too
             self.backbone.requires_grad_(True)
         self.fully_frozen = not any(p.requires_grad for p in self.backbone.parameters())
+        if cache_features and not self.fully_frozen:
+            raise ValueError("model.cache_features=true needs a fully frozen backbone (model.trainable_stages=0)")
+        self.cache_features = cache_features
+        self.feature_cache_dir = feature_cache_dir
+        self._feature_cache: FeatureCache | None = None
         log.info(
             "%s: %d stages (%s); training the last %d, backbone %s",
             arch, len(stages), ", ".join(self.stage_names), n_trainable, "frozen" if self.fully_frozen else "partly trainable",
@@ -196,7 +208,9 @@ class TorchvisionFineTuner(nn.Module):
         our batches even without gradients, and the pretrained features would drift.
         """
         super().train(mode)
-        for module in self._frozen_stages:
+        # A fully frozen backbone is a fixed feature extractor: all of it in eval mode (also
+        # dropout a family keeps before its head), so its features are the same every epoch.
+        for module in [self.backbone] if self.fully_frozen else self._frozen_stages:
             module.eval()
         return self
 
@@ -234,6 +248,17 @@ class TorchvisionFineTuner(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+    def forward_cached(self, x: Tensor, indices: Tensor, split: str, data_fingerprint: str, split_size: int) -> Tensor:
+        """Logits from stored features of the samples ``indices`` of ``split``, computing the missing ones."""
+        if self._feature_cache is None:
+            model_key = f"{self.arch}|{self.input_size}|{module_fingerprint(self.backbone)}|{module_fingerprint(self.normalize)}"
+            self._feature_cache = FeatureCache(self._fixed_features, self.feature_dim, model_key, self.feature_cache_dir)
+        return self.head(self._feature_cache.lookup(x, indices, split, data_fingerprint, split_size))
+
+    @torch.no_grad()
+    def _fixed_features(self, x: Tensor) -> Tensor:
+        return self.backbone(self._prepare(x))
 
     def frozen_parameters(self) -> Iterator[nn.Parameter]:
         """The backbone parameters that do not train."""

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.checkpoint import ensure_same_model, read_checkpoint
 from cnnlab.errors import RunDirectoryInUseError
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
-from cnnlab.training.callbacks import RunRecordInCheckpoint
+from cnnlab.training.callbacks import EpochTimer, RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
 from cnnlab.utils.config import flatten, instantiate_all, print_config
@@ -83,6 +83,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["best_checkpoint"] = best
 
     results.update(counts)
+    timers = [c for c in trainer.callbacks if isinstance(c, EpochTimer)]
+    if timers:
+        results["epoch_seconds"] = timers[0].epoch_seconds
     results.update(epochs=trainer.current_epoch, global_step=trainer.global_step, fit_seconds=round(fit_seconds, 2))
     write_metrics(output_dir / RESULTS_FILE, results)
     log_hparams_with_metrics(trainer, flatten(OmegaConf.to_container(cfg, resolve=True)), results)

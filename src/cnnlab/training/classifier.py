@@ -108,25 +108,40 @@ class ImageClassifier(L.LightningModule):
         }
 
     # --- steps ------------------------------------------------------------------------------
-    def _loss_and_logits(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-        logits = self(batch.images)
+    def _loss_and_logits(self, batch: Batch, split: str) -> tuple[Tensor, Tensor, Tensor]:
+        if getattr(self.net, "cache_features", False):
+            fingerprint, size = self.trainer.datamodule.split_identity(split)
+            logits = self.net.forward_cached(batch.images, batch.indices, split, fingerprint, size)
+        else:
+            logits = self(batch.images)
         return self.criterion(logits, batch.labels), logits, batch.labels
 
+    def on_fit_start(self) -> None:
+        if getattr(self.net, "cache_features", False):
+            datamodule = self.trainer.datamodule
+            if not hasattr(datamodule, "split_identity"):
+                raise ValueError("model.cache_features=true needs one of cnnlab's in-memory data modules")
+            if getattr(datamodule, "augment", None) is not None:
+                raise ValueError(
+                    "model.cache_features=true stores each image's features once, so training augmentation "
+                    "would be ignored: turn it off with ~data/augment (or use experiment=linear_probe)"
+                )
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss, logits, labels = self._loss_and_logits(batch)
+        loss, logits, labels = self._loss_and_logits(batch, "train")
         self.train_metrics.update(logits.detach(), labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
-        loss, logits, labels = self._loss_and_logits(batch)
+        loss, logits, labels = self._loss_and_logits(batch, "val")
         self.val_metrics.update(logits, labels)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=labels.shape[0])
         # Callbacks (confusion matrix, misclassified images) read the logits from here.
         return {"loss": loss, "logits": logits}
 
     def test_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
-        loss, logits, labels = self._loss_and_logits(batch)
+        loss, logits, labels = self._loss_and_logits(batch, "test")
         self.test_metrics.update(logits, labels)
         self.test_per_class.update(logits, labels)
         self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=labels.shape[0])

@@ -1,0 +1,99 @@
+"""Frozen-backbone features computed once per image, for training a head on them (linear probe).
+
+With the backbone frozen and no training augmentation, an image's features never change, so
+every epoch after the first can skip the backbone entirely. Features are stored per split
+(train/val/test) by the sample's index in that split. Each split's store is keyed by the
+backbone's weights, its input size and a fingerprint of the split's images, so a store is
+never served for other weights or other data; complete stores can be kept on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from cnnlab.utils.fingerprint import tensor_fingerprint
+from cnnlab.utils.io import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """A digest of a module's parameters and buffers, non-persistent buffers included."""
+    named = sorted([*module.named_parameters(), *module.named_buffers()], key=lambda item: item[0])
+    digest = hashlib.sha256()
+    for name, tensor in named:
+        digest.update(name.encode())
+        digest.update(tensor_fingerprint(tensor).encode())
+    return digest.hexdigest()
+
+
+class _SplitStore:
+    def __init__(self, size: int, dim: int, device: torch.device) -> None:
+        self.features = torch.empty(size, dim, device=device)
+        self.filled = torch.zeros(size, dtype=torch.bool, device=device)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.filled.all())
+
+
+class FeatureCache:
+    """Per-split feature stores, looked up by sample index.
+
+    Args:
+        compute: maps a batch of images to features (N, dim), without gradients.
+        dim: feature width.
+        model_key: identifies the feature extractor (weights and input size).
+        cache_dir: where complete stores are saved and looked for; None keeps them in memory.
+    """
+
+    def __init__(self, compute: Callable[[Tensor], Tensor], dim: int, model_key: str, cache_dir: str | None = None) -> None:
+        self.compute = compute
+        self.dim = dim
+        self.model_key = model_key
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self._stores: dict[str, _SplitStore] = {}
+        self.computed = 0  # images that went through the backbone (for reporting)
+
+    def _key(self, split: str, data_fingerprint: str) -> str:
+        return hashlib.sha256(f"{self.model_key}|{split}|{data_fingerprint}".encode()).hexdigest()[:32]
+
+    def _file(self, key: str) -> Path | None:
+        return self.cache_dir / f"features-{key}.pt" if self.cache_dir else None
+
+    def _store(self, split: str, data_fingerprint: str, size: int, device: torch.device) -> _SplitStore:
+        key = self._key(split, data_fingerprint)
+        store = self._stores.get(key)
+        if store is None:
+            store = _SplitStore(size, self.dim, device)
+            path = self._file(key)
+            if path is not None and path.is_file():
+                saved = torch.load(path, map_location=device, weights_only=True)
+                if saved.shape == (size, self.dim):
+                    store.features.copy_(saved)
+                    store.filled.fill_(True)
+                    log.info("feature cache: loaded %d %s features from %s", size, split, path)
+            self._stores[key] = store
+        return store
+
+    def lookup(self, images: Tensor, indices: Tensor, split: str, data_fingerprint: str, split_size: int) -> Tensor:
+        """Features for a batch: from the store where known, else computed now and stored."""
+        store = self._store(split, data_fingerprint, split_size, images.device)
+        indices = indices.to(images.device)
+        missing = ~store.filled[indices]
+        if missing.any():
+            was_complete = store.complete
+            store.features[indices[missing]] = self.compute(images[missing]).float()
+            store.filled[indices[missing]] = True
+            self.computed += int(missing.sum())
+            path = self._file(self._key(split, data_fingerprint))
+            if path is not None and store.complete and not was_complete:
+                atomic_torch_save(path, store.features.cpu())
+                log.info("feature cache: saved %d %s features to %s", split_size, split, path)
+        return store.features[indices]

@@ -1,0 +1,72 @@
+"""The linear probe's feature cache: computed once, never stale, and the same result as the slow way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.checkpoint import read_checkpoint
+from cnnlab.models.torchvision_ft import TorchvisionFineTuner
+from cnnlab.tasks.train import train
+
+
+def probe(weights: Path, **kwargs) -> TorchvisionFineTuner:
+    return TorchvisionFineTuner(10, arch="resnet18", weights=None, weights_path=str(weights), input_size=32,
+                                cache_features=True, **kwargs).train()
+
+
+def test_features_are_computed_once_per_image_and_keyed_by_data(resnet_weights: Path):
+    net = probe(resnet_weights)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    first = net.forward_cached(images[:4], torch.arange(4), "train", "data-a", 8)
+    assert net._feature_cache.computed == 4
+    again = net.forward_cached(images[2:6], torch.arange(2, 6), "train", "data-a", 8)
+    assert net._feature_cache.computed == 6  # only samples 4 and 5 were new
+    assert torch.allclose(first[2:], again[:2])
+    with torch.no_grad():
+        assert torch.allclose(again, net.head(net.backbone(net._prepare(images[2:6]))), atol=1e-5)
+    net.forward_cached(images[:4], torch.arange(4), "train", "data-b", 8)  # other data: not served stale
+    net.forward_cached(images[:4], torch.arange(4), "val", "data-a", 8)  # other split: its own store
+    assert net._feature_cache.computed == 14
+
+
+def test_complete_stores_persist_on_disk_for_the_same_weights_only(resnet_weights: Path, tmp_path: Path):
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    net = probe(resnet_weights, feature_cache_dir=str(tmp_path))
+    net.forward_cached(images, torch.arange(6), "train", "data-a", 6)
+    assert len(list(tmp_path.glob("features-*.pt"))) == 1
+
+    reloaded = probe(resnet_weights, feature_cache_dir=str(tmp_path))
+    reloaded.forward_cached(images, torch.arange(6), "train", "data-a", 6)
+    assert reloaded._feature_cache.computed == 0  # served from disk
+
+    other_weights = probe(resnet_weights, feature_cache_dir=str(tmp_path))
+    with torch.no_grad():
+        other_weights.backbone.layer4[1].conv2.weight.mul_(2)
+    other_weights.forward_cached(images, torch.arange(6), "train", "data-a", 6)
+    assert other_weights._feature_cache.computed == 6  # other weights: computed afresh
+    resized = TorchvisionFineTuner(10, arch="resnet18", weights=None, weights_path=str(resnet_weights), input_size=64,
+                                   cache_features=True, feature_cache_dir=str(tmp_path)).train()
+    resized.forward_cached(images, torch.arange(6), "train", "data-a", 6)
+    assert resized._feature_cache.computed == 6  # other input size: computed afresh
+
+
+def test_cached_head_training_matches_the_slow_way(make_config, resnet_weights, tmp_path):
+    common = ["model=resnet18_ft", f"model.weights_path={resnet_weights}", "~data/augment", "trainer.max_epochs=3", "seed=3"]
+    slow = train(make_config(overrides=common, run_dir=tmp_path / "slow"))
+    cached = train(make_config(overrides=[*common, "model.cache_features=true"], run_dir=tmp_path / "cached"))
+    for key in ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc", "test/acc_top5"):
+        assert cached[key] == pytest.approx(slow[key], abs=1e-5), key
+    slow_head = read_checkpoint(tmp_path / "slow" / "checkpoints" / "last.ckpt")["state_dict"]["net.head.1.weight"]
+    cached_head = read_checkpoint(tmp_path / "cached" / "checkpoints" / "last.ckpt")["state_dict"]["net.head.1.weight"]
+    assert torch.allclose(slow_head, cached_head, atol=1e-5)
+    assert len(cached["epoch_seconds"]) == 3
+
+
+def test_cache_refuses_augmentation_and_a_trainable_backbone(make_config, resnet_weights):
+    with pytest.raises(ValueError, match="~data/augment"):
+        train(make_config(overrides=["model=resnet18_ft", f"model.weights_path={resnet_weights}", "model.cache_features=true"]))
+    with pytest.raises(ValueError, match="fully frozen"):
+        TorchvisionFineTuner(10, arch="resnet18", weights=None, trainable_stages=1, cache_features=True)
