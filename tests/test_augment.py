@@ -34,7 +34,7 @@ def test_each_sample_gets_its_own_exact_crop_and_flip():
     out = RandomBatchAugment(crop_padding=4, hflip=True)(images)
     assert out.shape == images.shape and out.dtype == torch.float32
     params = []
-    for source, result in zip(images, out):
+    for source, result in zip(images, out, strict=True):
         matches = matching_crops(source, (result * 255).round().to(torch.uint8), pad=4)
         assert len(matches) == 1, "each output must be exactly one padded crop of its own input"
         params.append(matches[0])

@@ -140,4 +140,4 @@ def test_corrupt_image_is_named(tmp_path: Path):
 
 def test_folder_without_train_dir_is_a_clear_error(tmp_path: Path):
     with pytest.raises(DatasetNotFoundError, match="train/<class>"):
-        ImageFolderDataModule(str(tmp_path)).class_names
+        _ = ImageFolderDataModule(str(tmp_path)).class_names

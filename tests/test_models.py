@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -11,10 +9,8 @@ import torch
 from torch import nn
 
 from cnnlab.data.augment import NormalizeBatch
-from cnnlab.errors import WeightsUnavailableError
-from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.models.simple_cnn import SimpleCNN
-from cnnlab.training.classifier import ImageClassifier
+from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 
 
 def count(module: nn.Module, trainable_only: bool = False) -> int:
@@ -27,7 +23,7 @@ def test_simple_cnn_has_the_tutorial_architecture_and_parameter_count():
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
         (3, 32, (3, 3), (1, 1)), (32, 64, (3, 3), (1, 1)), (64, 128, (3, 3), (1, 1))]
-    assert [(l.in_features, l.out_features) for l in linears] == [(2048, 512), (512, 10)]
+    assert [(fc.in_features, fc.out_features) for fc in linears] == [(2048, 512), (512, 10)]
     assert [m.p for m in net.modules() if isinstance(m, nn.Dropout)] == [0.5]
     # conv 896 + 18,496 + 73,856; fc 1,049,088 + 5,130
     assert count(net) == 1_147_466
@@ -39,9 +35,9 @@ def test_networks_normalise_their_input_first(resnet_weights: Path):
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     for net in (SimpleCNN(normalize=normalize), TorchvisionFineTuner(10, weights=None, normalize=normalize, input_size=32)):
         net.eval()
-        seen = []
+        seen: list[torch.Tensor] = []
         first = net.features[0] if isinstance(net, SimpleCNN) else net.backbone.conv1
-        first.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+        first.register_forward_hook(lambda module, args, out, seen=seen: seen.append(args[0]))
         net(images)
         assert torch.allclose(seen[0], (images.float() / 255 - 0.5) / 0.25, atol=1e-5)
 

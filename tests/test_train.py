@@ -5,19 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import lightning as L
-
 from cnnlab.checkpoint import read_checkpoint
-from cnnlab.models.torchvision_ft import TorchvisionFineTuner
-from conftest import CONF_DIR
-from hydra import compose, initialize_config_dir
 from cnnlab.errors import CheckpointError, RunDirectoryInUseError
+from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.evaluate import evaluate
 from cnnlab.tasks.train import train
+from conftest import CONF_DIR
 
 
 def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:

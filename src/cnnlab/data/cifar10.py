@@ -36,7 +36,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
 
 def read_cifar_batches(batch_dir: Path, names: list[str]) -> ImageSplit:
     """Read CIFAR python-format batch files into one uint8 split."""
-    images, labels = zip(*(_read_batch(batch_dir / name) for name in names))
+    images, labels = zip(*(_read_batch(batch_dir / name) for name in names), strict=True)
     return ImageSplit(torch.from_numpy(np.concatenate(images)), torch.tensor(sum(labels, [])))
 
 

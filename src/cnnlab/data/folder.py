@@ -215,7 +215,7 @@ class ImageFolderDataModule(InMemoryImageDataModule):
             held_out.append(("test", split_size(self.test_split, len(train), "data.test_split")))
         if held_out:
             parts = seeded_split(len(train), [size for _, size in held_out], self.split_seed)
-            taken = {name: train.subset(index) for (name, _), index in zip(held_out, parts)}
+            taken = {name: train.subset(index) for (name, _), index in zip(held_out, parts[:-1], strict=True)}
             train = train.subset(parts[-1])
             val = taken.get("val", val)
             test = taken.get("test", test)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from torch import Tensor, nn
+from torchvision.models import get_model
 
 from cnnlab.data.augment import NormalizeBatch
-from torchvision.models import get_model
 
 
 class CifarResNet(nn.Module):

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
 import torchvision
+from torch import Tensor, nn
 from torchvision.models import Weights, get_model, list_models
 
 from cnnlab.data.augment import NormalizeBatch

@@ -178,8 +178,8 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         for name, dataset in reference_datasets(datamodule, image_size).items():
             net = instantiate(cfg.model)
             net.normalize = nn.Identity()  # the tutorial's transforms already normalise
-            record(name, lambda t: run_plain_loop(net, dataset, device, t, bench.plain_loop_workers,
-                                                  float(cfg.optimizer.get("lr", 1e-3)), autocast_dtype),
+            record(name, lambda t, net=net, dataset=dataset: run_plain_loop(
+                       net, dataset, device, t, bench.plain_loop_workers, float(cfg.optimizer.get("lr", 1e-3)), autocast_dtype),
                    notes=f"{bench.plain_loop_workers} DataLoader workers (their memory is not counted)")
 
     by_name = {row.name: row.images_per_s for row in rows}

@@ -168,7 +168,7 @@ class ImageClassifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
         per_class = self.test_per_class.compute()
-        self.log_dict({f"test/acc_class/{name}": acc for name, acc in zip(self.class_names, per_class)})
+        self.log_dict({f"test/acc_class/{name}": acc for name, acc in zip(self.class_names, per_class, strict=True)})
         self.test_metrics.reset()
         self.test_per_class.reset()
 
