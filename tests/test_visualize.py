@@ -147,7 +147,7 @@ def test_training_logs_confusion_matrices_misclassified_filters_feature_maps_and
     for index in range(4):
         maps = images[f"feature_maps/features.0/image_{index}"]
         assert len(maps) == 2
-        assert (maps[0].width, maps[0].height) == (680, 720)  # a 4x4 grid of 16 channels
+        assert (maps[0].width, maps[0].height) == (4 * 98 + 2, 4 * 98 + 2)  # 16 channels of 32x32, 3x enlarged, 4x4
     assert len(images["feature_maps/inputs"]) == 1
     # 32 first-layer filters of 3x3, enlarged 8x to 24x24, in a 6x6 grid with 2-pixel padding.
     assert (images["filters/features.0"][0].width, images["filters/features.0"][0].height) == (6 * 26 + 2, 6 * 26 + 2)

@@ -29,7 +29,7 @@ def grey_image(path: str | None, size: int) -> tuple[np.ndarray, str]:
     if not path:
         return generated_image(size), f"generated {size}x{size} test image"
     rgb = read_image(path, size).permute(1, 2, 0).numpy()
-    return to_grayscale(rgb), f"{path} ({size}x{size}, grey)"
+    return to_grayscale(rgb), f"{Path(path).name} ({size}x{size}, grey)"
 
 
 def convolution_walkthrough(cfg: DictConfig) -> dict[str, Any]:

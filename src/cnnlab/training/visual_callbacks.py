@@ -26,7 +26,7 @@ from cnnlab.errors import LayerNotFoundError
 from cnnlab.visualize.feature_maps import ActivationCapture, find_layer
 from cnnlab.visualize.figures import (
     confusion_matrix_figure,
-    feature_map_figure,
+    feature_map_grid,
     figure_to_array,
     filter_grid_image,
     image_grid_figure,
@@ -187,8 +187,7 @@ class MisclassifiedImagesLogger(Callback):
         writer = tensorboard_writer(trainer)
         if writer is None or not self._titles:
             return
-        figure = image_grid_figure(torch.stack(self._images), self._titles, columns=self.columns,
-                                   title=f"first {len(self._titles)} misclassified test images")
+        figure = image_grid_figure(torch.stack(self._images), self._titles, columns=self.columns)
         writer.add_image("test/misclassified", figure_to_array(figure), trainer.global_step, dataformats="HWC")
         self._images, self._titles = [], []
 
@@ -226,6 +225,9 @@ class ConvFilterLogger(Callback):
 
 class FeatureMapLogger(Callback):
     """Feature maps of a chosen layer for the first few validation images (``feature_maps/<layer>/image_<i>``).
+
+    Each image's first ``channels`` maps form a grid, channel 0 at the top left, row by row,
+    each map on its own colour scale; ``feature_maps/inputs`` shows the images themselves.
 
     The maps are copied from the first validation batch as the validation step runs it (a
     forward hook on due epochs only), so there is no extra forward pass. The validation
@@ -284,9 +286,8 @@ class FeatureMapLogger(Callback):
             writer.add_image("feature_maps/inputs", make_grid(inputs, nrow=len(inputs)), step)
             self._inputs_logged = True
         for index, image_maps in enumerate(maps):
-            figure = feature_map_figure(image_maps[: self.channels], columns=self.columns,
-                                        title=f"{self._name}, validation image {index}, epoch {trainer.current_epoch}")
-            writer.add_image(f"feature_maps/{self._name}/image_{index}", figure_to_array(figure), step, dataformats="HWC")
+            grid = feature_map_grid(image_maps[: self.channels], columns=self.columns)
+            writer.add_image(f"feature_maps/{self._name}/image_{index}", grid, step)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._capture is not None:  # the first batch never ended (an error): do not leave the hook behind

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -25,9 +26,12 @@ DPI = 100
 MAX_ANNOTATED_CLASSES = 20
 
 
-def new_figure(width: float, height: float) -> Figure:
-    """A figure of ``width`` x ``height`` inches on its own Agg canvas."""
-    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+def new_figure(width: float, height: float, layout: str = "constrained") -> Figure:
+    """A figure of ``width`` x ``height`` inches on its own Agg canvas.
+
+    ``layout="compressed"`` suits a single image-like axes with a fixed aspect ratio.
+    """
+    figure = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(figure)
     return figure
 
@@ -74,7 +78,7 @@ def confusion_matrix_figure(matrix: Tensor | np.ndarray, class_names: Sequence[s
     totals = counts.sum(axis=1, keepdims=True)
     fractions = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
     side = max(4.0, 0.5 * n + 2.5)
-    figure = new_figure(side + 1.0, side)
+    figure = new_figure(side + 1.5, side, layout="compressed")
     axes = figure.add_subplot()
     shown = axes.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
@@ -87,31 +91,50 @@ def confusion_matrix_figure(matrix: Tensor | np.ndarray, class_names: Sequence[s
         for row in range(n):
             for col in range(n):
                 colour = "white" if fractions[row, col] > 0.5 else "black"
-                axes.text(col, row, str(counts[row, col]), ha="center", va="center", color=colour, fontsize=8)
+                # in_layout=False: text inside the cells cannot change the layout, and measuring it is slow
+                axes.text(col, row, str(counts[row, col]), ha="center", va="center", color=colour, fontsize=8,
+                          in_layout=False)
     total = counts.sum()
     overall = np.trace(counts) / total if total else 0.0
     axes.set_title(f"{title}  accuracy {overall:.1%} of {total}".strip())
     return figure
 
 
-def image_grid_figure(images: Tensor, titles: Sequence[str], columns: int = 8, title: str = "") -> Figure:
-    """Images (N, C, H, W) in a grid, each with its own title (e.g. true and predicted label)."""
+def image_grid_figure(images: Tensor, titles: Sequence[str], columns: int = 8, cell_inches: float = 1.6) -> Figure:
+    """Images (N, C, H, W) in a grid, each with a title above it (e.g. true and predicted label).
+
+    Drawn as one mosaic image with text on one set of axes rather than one subplot per
+    image: several times faster, which matters when it is drawn during training.
+    """
     if len(images) != len(titles):
         raise ValueError(f"{len(images)} images but {len(titles)} titles")
-    count = max(1, len(images))
+    if len(images) == 0:
+        raise ValueError("no images to show")
+    tiles = torch.stack([torch.from_numpy(np.atleast_3d(to_display(image)).copy()) for image in images])  # N,H,W,C
+    if tiles.shape[-1] == 1:
+        tiles = tiles.expand(-1, -1, -1, 3)
+    count, height, width = tiles.shape[:3]
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
-    figure = new_figure(1.6 * columns, 1.8 * rows + (0.4 if title else 0.0))
-    if title:
-        figure.suptitle(title)
-    for index in range(rows * columns):
-        axes = figure.add_subplot(rows, columns, index + 1)
-        _hide_axes(axes)
-        if index < len(images):
-            axes.imshow(to_display(images[index]), cmap="gray", interpolation="nearest")
-            axes.set_title(titles[index], fontsize=7)
-        else:
-            axes.set_axis_off()
+    gap = max(1, width // 16)
+    scale = cell_inches * DPI / (width + gap)  # screen pixels per image pixel
+    lines = max(title.count("\n") + 1 for title in titles)
+    band = math.ceil((12 * lines + 6) / scale)  # room for the title above each image
+    cell_h, cell_w = height + band, width + gap
+    mosaic = np.full((rows * cell_h, columns * cell_w, 3), 255, dtype=np.uint8)
+    for index, tile in enumerate(tiles):
+        row, col = divmod(index, columns)
+        top, left = row * cell_h + band, col * cell_w + gap // 2
+        mosaic[top : top + height, left : left + width] = tile.numpy()
+    figure = Figure(figsize=(mosaic.shape[1] * scale / DPI, mosaic.shape[0] * scale / DPI), dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.set_axis_off()
+    axes.imshow(mosaic, interpolation="nearest", aspect="auto")
+    for index, title in enumerate(titles):
+        row, col = divmod(index, columns)
+        axes.text(col * cell_w + cell_w / 2, row * cell_h + band - 1, title, ha="center", va="bottom", fontsize=7,
+                  linespacing=1.1)
     return figure
 
 
@@ -135,6 +158,22 @@ def feature_map_figure(maps: Tensor, columns: int = 4, title: str = "", first_ch
         axes.imshow(maps[index].numpy(), cmap="viridis", interpolation="nearest")
         axes.set_title(f"channel {first_channel + index}", fontsize=7)
     return figure
+
+
+def feature_map_grid(maps: Tensor, columns: int = 4, min_side: int = 96, colormap: str = "viridis") -> Tensor:
+    """Activation maps (C, H, W) as one colour-mapped RGB uint8 mosaic (3, H', W'), row by row.
+
+    Each map is scaled to [0, 1] on its own (channels differ widely in magnitude) and enlarged
+    (nearest neighbour) to at least ``min_side`` pixels. Cheap enough to draw during training.
+    """
+    maps = maps.detach().float().cpu()
+    low = maps.amin(dim=(1, 2), keepdim=True)
+    high = maps.amax(dim=(1, 2), keepdim=True)
+    scaled = ((maps - low) / (high - low).clamp_min(1e-12)).numpy()
+    coloured = torch.from_numpy(colormaps[colormap](scaled, bytes=True)[..., :3]).permute(0, 3, 1, 2)  # C,3,H,W
+    factor = max(1, math.ceil(min_side / max(maps.shape[-2:])))
+    coloured = coloured.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+    return make_grid(coloured, nrow=max(1, columns), padding=2, pad_value=255)
 
 
 def filter_grid_image(weight: Tensor, min_side: int = 24) -> Tensor:
