@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import CIFAR_CLASSES, CONF_DIR, FAST, ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -30,9 +31,8 @@ from cnnlab.tasks.summary import summary
 from cnnlab.tasks.train import train
 from cnnlab.tasks.visualize import visualize
 from cnnlab.training.visual_callbacks import epoch_is_due
-from cnnlab.visualize.feature_maps import ActivationCapture, capture_activations, find_layer
+from cnnlab.visualize.feature_maps import capture_activations, find_layer
 from cnnlab.visualize.gradcam import grad_cam
-from conftest import CIFAR_CLASSES, CONF_DIR, FAST, ROOT
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -69,7 +69,7 @@ def run_script(script: str, tmp_path: Path, *overrides: str, expect: int = 0) ->
     """Run a script from ``tmp_path`` as a user would; scripts that write files write them under ``tmp_path/logs``."""
     paths = [] if script == "summary.py" else [f"paths.root_dir={tmp_path}"]
     command = [sys.executable, str(ROOT / "scripts" / script), *paths, *overrides]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
@@ -335,6 +335,12 @@ def test_summary_script_prints_layers_shapes_and_parameter_counts(tmp_path):
     assert lines["features.0"][1:4] == ["Conv2d", "32x32x32", "896"]
     assert lines["features.8"][1:3] == ["MaxPool2d", "128x4x4"]
     assert not (tmp_path / "logs").exists() and not list(tmp_path.glob("*.log"))  # it only prints
+
+
+def test_summary_of_a_checkpoint_uses_its_network_and_image_size(cnn_run, capsys):
+    counts = summary(compose_config("summary", [f"ckpt_path={cnn_run.ckpt}"]))
+    assert counts == {"params_total": 1_147_466, "params_trainable": 1_147_466}
+    assert "for one 3x32x32 image" in capsys.readouterr().out
 
 
 def test_summary_of_the_frozen_resnet_shows_its_small_trainable_head(capsys):

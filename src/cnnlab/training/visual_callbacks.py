@@ -96,7 +96,7 @@ class ConfusionMatrixLogger(Callback):
         _warn_without_tensorboard(trainer, "ConfusionMatrixLogger")
 
     def _start(self, pl_module: L.LightningModule) -> None:
-        num_classes = int(getattr(pl_module, "num_classes"))
+        num_classes = int(pl_module.num_classes)
         if self._matrix is None or self._matrix.num_classes != num_classes:
             self._matrix = MulticlassConfusionMatrix(num_classes)
         self._matrix = self._matrix.to(pl_module.device)
@@ -119,7 +119,8 @@ class ConfusionMatrixLogger(Callback):
         if stage == "val":
             totals = matrix.sum(dim=1).clamp_min(1)
             per_class = matrix.diagonal().float() / totals
-            pl_module.log_dict({f"val/acc_class/{name}": acc for name, acc in zip(names, per_class)})
+            # Every process holds the same synchronised values; sync_dist only keeps Lightning from warning.
+            pl_module.log_dict({f"val/acc_class/{name}": acc for name, acc in zip(names, per_class)}, sync_dist=True)
         writer = tensorboard_writer(trainer)
         if writer is not None:
             figure = confusion_matrix_figure(matrix, names, title=f"{stage} epoch {trainer.current_epoch}")
