@@ -2,7 +2,7 @@
 
 Writes ``predictions.csv`` and ``predictions.json`` (file, predicted class, probability, top-k)
 into the run folder. A file that cannot be read as an image is reported by name and the
-others are still classified; the exit status is then 1. See conf/predict.yaml.
+others are still classified; the exit status is then 2 (1 means the run itself failed). See conf/predict.yaml.
 """
 
 import sys
@@ -15,7 +15,7 @@ from cnnlab.utils.config import register_resolvers
 
 register_resolvers()
 
-SOME_FILES_FAILED = 1
+SOME_FILES_FAILED = 2  # distinct from 1, which Python and Hydra use for an error that stopped the run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")

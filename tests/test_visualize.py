@@ -294,7 +294,7 @@ def test_visualize_the_frozen_resnet_at_its_last_conv_block(resnet_ckpt, tmp_pat
 
 def test_predict_script_classifies_good_files_and_reports_bad_ones_by_name(cnn_run, image_inputs, tmp_path):
     result = run_script("predict.py", tmp_path, f"ckpt_path={cnn_run.ckpt}", f"inputs={image_inputs}", "top_k=3",
-                        expect=1)
+                        expect=2)
     assert "corrupt.jpg" in result.stderr + result.stdout and "notes.txt" in result.stderr + result.stdout
     out = only_run_dir(tmp_path, "predict")
     with (out / "predictions.csv").open() as f:
