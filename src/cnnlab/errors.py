@@ -30,6 +30,14 @@ class RunDirectoryInUseError(CnnlabError, FileExistsError):
     """A run would write into a folder that already holds another run's results."""
 
 
+class InputNotFoundError(CnnlabError, FileNotFoundError):
+    """An input file or folder named on the command line does not exist."""
+
+
+class LayerNotFoundError(CnnlabError, ValueError):
+    """A layer named in the config is not a layer of the network."""
+
+
 @contextlib.contextmanager
 def plain_user_errors() -> Iterator[None]:
     """Re-raise a :class:`CnnlabError` as itself when a library wrapped it.

@@ -1,0 +1,129 @@
+"""The summary task: a network's architecture, each layer's output shape, and its parameter counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, read_checkpoint
+from cnnlab.visualize.feature_maps import evaluation_mode
+
+
+def parameter_counts(net: nn.Module) -> tuple[int, int]:
+    """Total and trainable parameter counts of ``net``."""
+    params = list(net.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def build_network(cfg: DictConfig) -> tuple[nn.Module, int]:
+    """The network ``cfg.model`` describes (or the one in ``cfg.ckpt_path``), without fetching
+    pretrained weights, and the image size it is trained at.
+
+    Pretrained weights change no shape or count, so the summary works offline.
+    """
+    if cfg.get("ckpt_path"):
+        checkpoint = read_checkpoint(cfg.ckpt_path)
+        trained = checkpoint_config(checkpoint)
+        return build_model_from_checkpoint(checkpoint).net, int(trained.data.image_size)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(model_cfg, dict)
+    model_cfg["num_classes"] = cfg.num_classes
+    for key in ("weights", "weights_path"):
+        if key in model_cfg:
+            model_cfg[key] = None
+    return instantiate(OmegaConf.create(model_cfg)), int(cfg.data.image_size)
+
+
+@dataclass
+class LayerRow:
+    """One row of the layer table."""
+
+    name: str
+    kind: str
+    output_shape: str
+    params: int
+    trainable: int
+
+
+@torch.no_grad()
+def layer_table(net: nn.Module, example: Tensor, max_depth: int = -1) -> list[LayerRow]:
+    """Every layer of ``net`` (to ``max_depth`` levels of nesting; -1 for all) with its output
+    shape for ``example`` and its parameters (its own and its sub-layers'), in the order they run.
+
+    Layer names are those of ``dict(net.named_modules())``, the names ``layer=`` and ``cam_layer=`` take.
+    """
+    modules = {name: module for name, module in net.named_modules() if name}
+    if max_depth >= 0:
+        modules = {name: m for name, m in modules.items() if name.count(".") < max_depth}
+    shapes: dict[str, str] = {}
+    order: list[str] = []
+
+    def record_start(name: str):
+        def hook(module: nn.Module, inputs: Any) -> None:
+            if name not in order:
+                order.append(name)
+        return hook
+
+    def record_shape(name: str):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if name not in shapes:
+                shapes[name] = "x".join(map(str, output.shape[1:])) if isinstance(output, Tensor) else type(output).__name__
+        return hook
+
+    handles = [module.register_forward_pre_hook(record_start(name)) for name, module in modules.items()]
+    handles += [module.register_forward_hook(record_shape(name)) for name, module in modules.items()]
+    try:
+        with evaluation_mode(net):
+            net(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    # Layers that never ran (e.g. an unused module) are listed last, without a shape.
+    order += [name for name in modules if name not in order]
+    rows = []
+    for name in order:
+        params = list(modules[name].parameters())
+        rows.append(LayerRow(name, type(modules[name]).__name__, shapes.get(name, "(not run)"),
+                             sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)))
+    return rows
+
+
+def summarize(net: nn.Module, input_size: int, channels: int = 3, max_depth: int = -1) -> str:
+    """The architecture, a table of every layer's output shape and parameters for one
+    ``channels`` x ``input_size`` x ``input_size`` uint8 image, and the exact parameter counts."""
+    example = torch.zeros(1, channels, input_size, input_size, dtype=torch.uint8)
+    rows = layer_table(net, example, max_depth)
+    header = LayerRow("layer", "type", "output shape", 0, 0)
+    width_name = max(len(r.name) for r in [header, *rows])
+    width_kind = max(len(r.kind) for r in [header, *rows])
+    width_shape = max(len(r.output_shape) for r in [header, *rows])
+    line = f"{{:<{width_name}}}  {{:<{width_kind}}}  {{:<{width_shape}}}  {{:>12}}  {{:>12}}"
+    table = [line.format("layer", "type", "output shape", "parameters", "trainable")]
+    table.append("-" * len(table[0]))
+    table += [line.format(r.name, r.kind, r.output_shape, f"{r.params:,}", f"{r.trainable:,}") for r in rows]
+    total, trainable = parameter_counts(net)
+    return "\n".join([
+        "architecture:",
+        str(net),
+        "",
+        f"layers and their output shapes (channels x height x width) for one {channels}x{input_size}x{input_size} image:",
+        *table,
+        "",
+        f"total parameters:     {total:,}",
+        f"trainable parameters: {trainable:,}",
+        f"frozen parameters:    {total - trainable:,}",
+    ])
+
+
+def summary(cfg: DictConfig) -> dict[str, int]:
+    """Print the summary of the configured network; return its parameter counts."""
+    net, trained_size = build_network(cfg)
+    input_size = int(cfg.input_size or trained_size)
+    print(summarize(net, input_size, max_depth=cfg.get("max_depth", -1)), flush=True)
+    total, trainable = parameter_counts(net)
+    return {"params_total": total, "params_trainable": trainable}

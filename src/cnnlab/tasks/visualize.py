@@ -1,0 +1,116 @@
+"""The visualize task: one image through a trained network, as feature maps and a Grad-CAM heatmap."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor
+
+from cnnlab.errors import CheckpointError, InputNotFoundError, LayerNotFoundError
+from cnnlab.tasks.inference import TrainedNetwork, load_trained_network, read_image
+from cnnlab.utils.io import atomic_write_json
+from cnnlab.visualize.feature_maps import capture_activations, find_layer, module_name
+from cnnlab.visualize.figures import feature_map_figure, gradcam_figure, save_png
+from cnnlab.visualize.gradcam import grad_cam
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def _is_index(spec: Any) -> bool:
+    if isinstance(spec, bool):
+        return False
+    if isinstance(spec, int):
+        return True
+    return isinstance(spec, str) and spec.isdigit() and not Path(spec).exists()
+
+
+def dataset_image(cfg: DictConfig, trained: TrainedNetwork, index: int) -> tuple[Tensor, str]:
+    """Image ``index`` of split ``cfg.split`` of the data (the checkpoint's own unless ``data=`` is given)."""
+    split_name = cfg.get("split", "test")
+    if split_name not in SPLITS:
+        raise InputNotFoundError(f"split={split_name} is not one of {', '.join(SPLITS)}")
+    datamodule = instantiate(cfg.data if cfg.get("data") else trained.config.data)
+    if datamodule.num_classes != len(trained.class_names):
+        raise CheckpointError(f"the data has {datamodule.num_classes} classes but the checkpoint's model has "
+                              f"{len(trained.class_names)}; pick data with the same classes, or pass image=PATH")
+    datamodule.setup("test")
+    split = getattr(datamodule, f"{split_name}_split")
+    if not 0 <= index < len(split):
+        raise InputNotFoundError(f"image={index} is out of range: the {split_name} split has {len(split)} images "
+                                 f"(0..{len(split) - 1})")
+    label = trained.class_names[int(split.labels[index])]
+    return split.images[index], f"{split_name} image {index} (true class: {label})"
+
+
+def visualize(cfg: DictConfig) -> dict[str, Any]:
+    """Write the feature maps of ``cfg.layer`` and a Grad-CAM heatmap at ``cfg.cam_layer`` for ``cfg.image``.
+
+    ``cfg.image`` is an image file (any size or format Pillow reads; resized as the training
+    data was) or an index into the checkpoint's data split ``cfg.split``. Writes
+    ``feature_maps.png``, ``gradcam.png`` and ``visualization.json`` into the run folder.
+    """
+    trained = load_trained_network(cfg.ckpt_path, device=cfg.get("device", "cpu"))
+    net = trained.net
+    if cfg.get("image") is None:
+        raise InputNotFoundError("visualize needs image=PATH (an image file) or image=INDEX (of the test split)")
+    if _is_index(cfg.image):
+        image, source = dataset_image(cfg, trained, int(cfg.image))
+    else:
+        image, source = read_image(cfg.image, trained.image_size), str(cfg.image)
+    device = next(net.parameters()).device
+    batch = image.unsqueeze(0).to(device)
+    output_dir = Path(cfg.paths.output_dir)
+
+    layer_name, layer = find_layer(net, cfg.get("layer"))
+    maps, logits = capture_activations(net, batch, layer)
+    probabilities = logits.float().softmax(dim=1)[0].cpu()
+    predicted = int(probabilities.argmax())
+    if maps.ndim != 4:
+        raise LayerNotFoundError(f"layer {layer_name!r} outputs shape {tuple(maps.shape)}, not feature maps; "
+                                 f"choose a conv, ReLU or pooling layer (layer=...)")
+    shown = maps[0, : cfg.channels]
+    feature_png = save_png(
+        feature_map_figure(shown, columns=cfg.columns,
+                           title=f"{layer_name}: channels 0-{len(shown) - 1} of {maps.shape[1]}, {source}"),
+        output_dir / "feature_maps.png",
+    )
+
+    if cfg.get("cam_layer"):
+        cam_name, cam_layer = find_layer(net, cfg.cam_layer)
+    else:
+        cam_layer = net.cam_target_layer()
+        cam_name = module_name(net, cam_layer)
+    explained = trained.class_index(cfg.target_class) if cfg.get("target_class") is not None else predicted
+    cam = grad_cam(net, batch, cam_layer, explained)
+    if cam.cam_size == (1, 1):
+        log.warning("%s gives a 1x1 map for %dx%d images, so Grad-CAM there cannot localise anything; choose an "
+                    "earlier layer (cam_layer=...) or train the model with a larger model.input_size",
+                    cam_name, image.shape[-2], image.shape[-1])
+    names = trained.class_names
+    title = (f"Grad-CAM at {cam_name} ({cam.cam_size[0]}x{cam.cam_size[1]}) for '{names[explained]}' "
+             f"(p={probabilities[explained]:.2f}); predicted '{names[predicted]}'\n{source}")
+    gradcam_png = save_png(gradcam_figure(image, cam.heatmaps[0], title=title, alpha=cfg.cam_alpha),
+                           output_dir / "gradcam.png")
+
+    result = {
+        "image": source,
+        "predicted_class": names[predicted],
+        "probability": float(probabilities[predicted]),
+        "explained_class": names[explained],
+        "feature_layer": layer_name,
+        "feature_map_shape": list(maps.shape[1:]),
+        "cam_layer": cam_name,
+        "cam_size": list(cam.cam_size),
+        "feature_maps_png": str(feature_png),
+        "gradcam_png": str(gradcam_png),
+    }
+    atomic_write_json(output_dir / "visualization.json", result)
+    log.info("predicted %s (%.1f%%); wrote %s and %s", names[predicted], 100 * result["probability"], feature_png,
+             gradcam_png)
+    return result

@@ -1,0 +1,1 @@
+"""Seeing inside a network: figures, feature maps, Grad-CAM and the NumPy convolution walk-through."""

@@ -1,0 +1,360 @@
+"""Seeing inside the network: TensorBoard figures during training, and the visualize, predict,
+summary and convolution scripts on checkpoints trained for a few steps on generated data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import CIFAR_CLASSES, CONF_DIR, FAST, ROOT
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cnnlab.data.augment import NormalizeBatch
+from cnnlab.data.folder import decode_image_file
+from cnnlab.errors import InputNotFoundError, LayerNotFoundError
+from cnnlab.models.torchvision_ft import TorchvisionFineTuner
+from cnnlab.models.simple_cnn import SimpleCNN
+from cnnlab.tasks.inference import load_trained_network
+from cnnlab.tasks.predict import predict
+from cnnlab.tasks.summary import summary
+from cnnlab.tasks.train import train
+from cnnlab.tasks.visualize import visualize
+from cnnlab.training.visual_callbacks import epoch_is_due
+from cnnlab.visualize.feature_maps import capture_activations, find_layer
+from cnnlab.visualize.gradcam import grad_cam
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def compose_config(name: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+def tensorboard_events(run_dir: Path) -> tuple[dict[str, list], dict[str, list[float]]]:
+    """Every image (tag -> events with .width, .height, .step) and scalar series in a run's TensorBoard files."""
+    images: dict[str, list] = {}
+    scalars: dict[str, list[float]] = {}
+    for events in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["images"]:
+            images.setdefault(tag, []).extend(accumulator.Images(tag))
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(event.value for event in accumulator.Scalars(tag))
+    return images, scalars
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """The (width, height) of a file that must be a valid PNG."""
+    with Image.open(path) as image:
+        assert image.format == "PNG", path
+        image.verify()
+        return image.size
+
+
+def run_script(script: str, tmp_path: Path, *overrides: str, expect: int = 0) -> subprocess.CompletedProcess:
+    """Run a script from ``tmp_path`` as a user would; scripts that write files write them under ``tmp_path/logs``."""
+    paths = [] if script == "summary.py" else [f"paths.root_dir={tmp_path}"]
+    command = [sys.executable, str(ROOT / "scripts" / script), *paths, *overrides]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def only_run_dir(tmp_path: Path, task: str) -> Path:
+    runs = list((tmp_path / "logs" / task / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints trained for a few steps on generated data (once per module)
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory: pytest.TempPathFactory, cifar_root: Path) -> SimpleNamespace:
+    """simple_cnn trained 3 epochs with every visual callback on; feature maps and filters every 2nd epoch."""
+    root = tmp_path_factory.mktemp("cnn_run")
+    cfg = compose_config("train", [
+        f"paths.root_dir={root}", f"paths.output_dir={root / 'run'}", f"paths.cache_dir={root / 'cache'}",
+        *FAST, f"trainer.max_epochs={EPOCHS}", f"data.root={cifar_root}", "data.val_split=20", "data.download=false",
+        "callbacks.feature_maps.every_n_epochs=2", "callbacks.conv_filters.every_n_epochs=2",
+        "callbacks.misclassified.max_images=5",
+    ])
+    results = train(cfg)
+    return SimpleNamespace(dir=root / "run", results=results, ckpt=results["best_checkpoint"], cfg=cfg)
+
+
+@pytest.fixture(scope="module")
+def resnet_ckpt(tmp_path_factory: pytest.TempPathFactory, cifar_root: Path, resnet_weights: Path) -> str:
+    """The frozen ResNet-18 fine-tuner (random 'pretrained' weights) trained for two steps at 64x64,
+    where layer4's maps are 2x2. Visual callbacks are off: this checkpoint is for the scripts."""
+    root = tmp_path_factory.mktemp("resnet_run")
+    cfg = compose_config("train", [
+        f"paths.root_dir={root}", f"paths.output_dir={root / 'run'}", f"paths.cache_dir={root / 'cache'}",
+        *FAST, "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+        f"data.root={cifar_root}", "data.val_split=20", "data.download=false",
+        "model=resnet18_ft", f"model.weights_path={resnet_weights}", "model.input_size=64", "test=false",
+        "~callbacks.confusion_matrix", "~callbacks.misclassified", "~callbacks.conv_filters",
+        "~callbacks.feature_maps", "~callbacks.grad_norm",
+    ])
+    train(cfg)
+    return str(root / "run" / "checkpoints" / "last.ckpt")
+
+
+@pytest.fixture
+def image_inputs(tmp_path: Path) -> Path:
+    """Good images of several sizes and formats, a corrupt JPEG and a text file, one in a sub-folder."""
+    folder = tmp_path / "inputs"
+    (folder / "more").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(folder / "a_wide.png")
+    Image.fromarray(rng.integers(0, 255, (120, 90, 3), dtype=np.uint8)).save(folder / "b_tall.jpg")
+    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(folder / "more" / "c_grey.bmp")
+    Image.fromarray(rng.integers(0, 255, (17, 23, 4), dtype=np.uint8)).save(folder / "d_rgba.webp")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 255, 200, dtype=np.uint8)))
+    (folder / "notes.txt").write_text("not an image\n")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorBoard during training and test
+
+
+def test_training_logs_confusion_matrices_misclassified_filters_feature_maps_and_grad_norm(cnn_run):
+    images, scalars = tensorboard_events(cnn_run.dir)
+    # A confusion matrix at every validation epoch and at test.
+    assert len(images["val/confusion_matrix"]) == EPOCHS
+    assert len(images["test/confusion_matrix"]) == 1
+    assert len(images["test/misclassified"]) == 1
+    # Filters and feature maps every 2nd epoch: epochs 0 and 2 (the last), not epoch 1.
+    assert len(images["filters/features.0"]) == 2
+    for index in range(4):
+        maps = images[f"feature_maps/features.0/image_{index}"]
+        assert len(maps) == 2
+        assert (maps[0].width, maps[0].height) == (4 * 98 + 2, 4 * 98 + 2)  # 16 channels of 32x32, 3x enlarged, 4x4
+    assert len(images["feature_maps/inputs"]) == 1
+    # 32 first-layer filters of 3x3, enlarged 8x to 24x24, in a 6x6 grid with 2-pixel padding.
+    assert (images["filters/features.0"][0].width, images["filters/features.0"][0].height) == (6 * 26 + 2, 6 * 26 + 2)
+
+    steps = cnn_run.results["global_step"]
+    assert len(scalars["train/grad_norm"]) == steps and all(v > 0 and np.isfinite(v) for v in scalars["train/grad_norm"])
+    assert len(scalars["lr-Adam"]) == steps
+    assert {"hparams/val/acc_best", "hparams/test/acc"} <= set(scalars)
+
+
+def test_per_class_validation_accuracy_matches_overall_accuracy(cnn_run):
+    datamodule = instantiate(cnn_run.cfg.data)
+    datamodule.setup("fit")
+    counts = torch.bincount(datamodule.val_split.labels, minlength=10)
+    recorded = json.loads((cnn_run.dir / "metrics.json").read_text())
+    per_class = torch.tensor([recorded[f"val/acc_class/{name}"] for name in CIFAR_CLASSES])
+    # Classes absent from the validation split count as 0 correct of 0.
+    assert torch.all(per_class[counts == 0] == 0)
+    weighted = float((per_class * counts).sum() / counts.sum())
+    assert weighted == pytest.approx(recorded["val/acc"], abs=1e-6)
+
+
+def test_epoch_schedule_of_the_callbacks():
+    def due(epoch: int, every: int, max_epochs: int = 10, sanity: bool = False) -> bool:
+        trainer = SimpleNamespace(current_epoch=epoch, max_epochs=max_epochs, sanity_checking=sanity)
+        return epoch_is_due(trainer, every)
+
+    assert [e for e in range(10) if due(e, 5)] == [0, 5, 9]
+    assert not any(due(e, 0) for e in range(10))
+    assert not due(0, 1, sanity=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grad-CAM and activations
+
+
+def manual_grad_cam(net: torch.nn.Module, images: torch.Tensor, layer: torch.nn.Module, classes: list[int]) -> torch.Tensor:
+    """Grad-CAM from its definition, for comparison: ReLU(sum_k mean(dY/dA_k) A_k), scaled to [0, 1], upsampled."""
+    inputs = (images.float() / 255).requires_grad_(True)
+    stored: dict[str, torch.Tensor] = {}
+    handle = layer.register_forward_hook(lambda module, args, output: stored.update(output=output))
+    logits = net(inputs)
+    handle.remove()
+    score = logits.gather(1, torch.tensor(classes)[:, None]).sum()
+    gradients = torch.autograd.grad(score, stored["output"])[0]
+    cam = torch.relu((gradients.mean(dim=(2, 3), keepdim=True) * stored["output"].detach()).sum(dim=1))
+    low = cam.flatten(1).min(dim=1).values[:, None, None]
+    high = cam.flatten(1).max(dim=1).values[:, None, None]
+    cam = (cam - low) / (high - low + 1e-8)
+    return torch.nn.functional.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+@pytest.mark.parametrize("network", ["simple_cnn", "frozen_resnet"])
+def test_grad_cam_matches_its_definition_restores_modes_and_leaves_no_gradients(network):
+    torch.manual_seed(0)
+    normalize = NormalizeBatch([0.5] * 3, [0.25] * 3)
+    if network == "simple_cnn":
+        net, size = SimpleCNN(10, normalize=normalize), 32
+    else:
+        net, size = TorchvisionFineTuner(10, arch="resnet18", weights=None, input_size=64, normalize=normalize), 64
+    images = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8)
+    net.train()
+    modes = {name: m.training for name, m in net.named_modules()}
+    with torch.no_grad():  # the caller's context: grad_cam must enable gradients itself
+        result = grad_cam(net, images, net.cam_target_layer(), class_index=[1, 4, 7])
+    assert {name: m.training for name, m in net.named_modules()} == modes
+    assert all(p.grad is None for p in net.parameters())
+    assert result.classes == [1, 4, 7] and result.heatmaps.shape == (3, size, size)
+    assert result.cam_size == ((8, 8) if network == "simple_cnn" else (2, 2))
+
+    net.eval()
+    expected = manual_grad_cam(net, images, net.cam_target_layer(), [1, 4, 7])
+    assert expected.amax() > 0.5  # a non-trivial map, so the comparison means something
+    torch.testing.assert_close(result.heatmaps, expected.clamp(0, 1), atol=1e-5, rtol=1e-4)
+
+
+def test_activations_are_copied_before_an_in_place_relu_and_layers_are_found_by_name():
+    torch.manual_seed(0)
+    net = SimpleCNN(10, normalize=NormalizeBatch([0.5] * 3, [0.5] * 3))
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    name, conv = find_layer(net, None)
+    assert name == "features.0" and conv is net.features[0]
+    maps, _ = capture_activations(net, images, conv)
+    with torch.no_grad():
+        expected = net.features[0](net.normalize(images))
+    torch.testing.assert_close(maps, expected)  # negative values survive: copied before ReLU(inplace=True)
+    assert maps.min() < 0
+    assert not conv._forward_hooks  # the hook is gone
+    with pytest.raises(LayerNotFoundError, match="did you mean features.0"):
+        find_layer(net, "featurs.0")
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts
+
+
+def test_visualize_script_writes_feature_maps_and_grad_cam_for_an_image_file(cnn_run, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (75, 100, 3), dtype=np.uint8)).save(photo)
+    run_script("visualize.py", tmp_path, f"ckpt_path={cnn_run.ckpt}", f"image={photo}")
+    out = only_run_dir(tmp_path, "visualize")
+    record = json.loads((out / "visualization.json").read_text())
+    assert record["feature_layer"] == "features.0" and record["feature_map_shape"] == [32, 32, 32]
+    assert record["cam_layer"] == "features.7" and record["cam_size"] == [8, 8]
+    assert record["explained_class"] == record["predicted_class"] in CIFAR_CLASSES
+    assert png_size(out / "feature_maps.png") == (680, 720)  # 16 channels, 4x4
+    assert png_size(out / "gradcam.png") == (900, 340)
+    # The prediction is the network's own on the decoded, resized file.
+    trained = load_trained_network(cnn_run.ckpt)
+    with torch.no_grad():
+        probabilities = trained.net(decode_image_file(photo, 32)[None]).softmax(dim=1)[0]
+    assert record["probability"] == pytest.approx(float(probabilities.max()), abs=1e-6)
+
+
+def test_visualize_a_test_image_by_index_with_a_chosen_layer_and_class(cnn_run, tmp_path):
+    cfg = compose_config("visualize", [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}",
+                                       f"ckpt_path={cnn_run.ckpt}", "image=3", "layer=features.4", "channels=8",
+                                       "target_class=ship"])
+    record = visualize(cfg)
+    assert record["feature_layer"] == "features.4" and record["feature_map_shape"] == [64, 16, 16]
+    assert record["explained_class"] == "ship"
+    assert record["image"].startswith("test image 3 (true class: ")
+    assert png_size(tmp_path / "out" / "feature_maps.png") == (680, 380)  # 8 channels, 4 columns: 2 rows
+
+    for bad, error in (["image=999"], InputNotFoundError), (["image=nothing.png"], InputNotFoundError), \
+                      (["image=3", "layer=features.77"], LayerNotFoundError):
+        with pytest.raises(error):
+            visualize(compose_config("visualize", [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'x'}",
+                                                   f"ckpt_path={cnn_run.ckpt}", *bad]))
+
+
+def test_visualize_the_frozen_resnet_at_its_last_conv_block(resnet_ckpt, tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(6).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(photo)
+    cfg = compose_config("visualize", [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}",
+                                       f"ckpt_path={resnet_ckpt}", f"image={photo}", "target_class=2"])
+    record = visualize(cfg)
+    assert record["cam_layer"] == "backbone.layer4" and record["cam_size"] == [2, 2]  # layer4 at 64x64 input
+    assert record["feature_layer"] == "backbone.conv1" and record["feature_map_shape"] == [64, 32, 32]
+    assert record["explained_class"] == CIFAR_CLASSES[2]
+    assert png_size(tmp_path / "out" / "gradcam.png") == (900, 340)
+    assert png_size(tmp_path / "out" / "feature_maps.png") == (680, 720)
+
+
+def test_predict_script_classifies_good_files_and_reports_bad_ones_by_name(cnn_run, image_inputs, tmp_path):
+    result = run_script("predict.py", tmp_path, f"ckpt_path={cnn_run.ckpt}", f"inputs={image_inputs}", "top_k=3",
+                        expect=2)
+    assert "corrupt.jpg" in result.stderr + result.stdout and "notes.txt" in result.stderr + result.stdout
+    out = only_run_dir(tmp_path, "predict")
+    with (out / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["file"]).name for r in rows] == ["a_wide.png", "b_tall.jpg", "corrupt.jpg", "d_rgba.webp",
+                                                    "c_grey.bmp", "notes.txt"]
+    failed = {Path(r["file"]).name for r in rows if r["error"]}
+    assert failed == {"corrupt.jpg", "notes.txt"}
+    records = {Path(r["file"]).name: r for r in json.loads((out / "predictions.json").read_text())}
+    trained = load_trained_network(cnn_run.ckpt)
+    for row in rows:
+        name = Path(row["file"]).name
+        if name in failed:
+            assert row["predicted_class"] == "" and "error" in records[name]
+            continue
+        top = records[name]["top_k"]
+        assert len(top) == 3 and top[0]["class"] == row["predicted_class"]
+        assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
+        with torch.no_grad():
+            probabilities = trained.net(decode_image_file(Path(row["file"]), 32)[None]).softmax(dim=1)[0]
+        assert float(row["probability"]) == pytest.approx(float(probabilities.max()), abs=1e-5)
+        assert row["predicted_class"] == CIFAR_CLASSES[int(probabilities.argmax())]
+
+
+def test_predict_one_file_and_refuse_a_missing_input(cnn_run, image_inputs, tmp_path):
+    base = [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}", f"ckpt_path={cnn_run.ckpt}"]
+    results = predict(compose_config("predict", [*base, f"inputs={image_inputs / 'b_tall.jpg'}"]))
+    assert results["classified"] == 1 and results["failed"] == []
+    with pytest.raises(InputNotFoundError, match="missing.jpg"):
+        predict(compose_config("predict", [*base, f"inputs={image_inputs / 'missing.jpg'}"]))
+
+
+def test_summary_script_prints_layers_shapes_and_parameter_counts(tmp_path):
+    result = run_script("summary.py", tmp_path)
+    assert "total parameters:     1,147,466" in result.stdout
+    assert "trainable parameters: 1,147,466" in result.stdout
+    lines = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.startswith("features.")}
+    assert lines["features.0"][1:4] == ["Conv2d", "32x32x32", "896"]
+    assert lines["features.8"][1:3] == ["MaxPool2d", "128x4x4"]
+    assert not (tmp_path / "logs").exists() and not list(tmp_path.glob("*.log"))  # it only prints
+
+
+def test_summary_of_a_checkpoint_uses_its_network_and_image_size(cnn_run, capsys):
+    counts = summary(compose_config("summary", [f"ckpt_path={cnn_run.ckpt}"]))
+    assert counts == {"params_total": 1_147_466, "params_trainable": 1_147_466}
+    assert "for one 3x32x32 image" in capsys.readouterr().out
+
+
+def test_summary_of_the_frozen_resnet_shows_its_small_trainable_head(capsys):
+    counts = summary(compose_config("summary", ["model=resnet18_ft", "model.input_size=224"]))
+    assert counts == {"params_total": 11_181_642, "params_trainable": 5_130}
+    printed = capsys.readouterr().out
+    assert "trainable parameters: 5,130" in printed
+    assert any(line.split()[:3] == ["backbone.layer4", "Sequential", "512x7x7"] for line in printed.splitlines())
+
+
+def test_convolution_script_prints_the_worked_example_and_writes_the_kernel_figure(tmp_path):
+    cat = tmp_path / "cat.png"
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(cat)
+    result = run_script("convolution.py", tmp_path, f"image={cat}", "image_size=48")
+    assert "[[8 8 8]" in result.stdout and "[[-8 -8 -8]" in result.stdout
+    out = only_run_dir(tmp_path, "convolution")
+    assert png_size(out / "convolution.png") == (900, 660)  # 6 panels, 3 per row
