@@ -30,6 +30,10 @@ class RunDirectoryInUseError(CnnlabError, FileExistsError):
     """A run would write into a folder that already holds another run's results."""
 
 
+class ConfigValueError(CnnlabError, ValueError):
+    """A config value names something that does not exist (a metric, a folder)."""
+
+
 @contextlib.contextmanager
 def plain_user_errors() -> Iterator[None]:
     """Re-raise a :class:`CnnlabError` as itself when a library wrapped it.
