@@ -110,20 +110,16 @@ def read_job(job_dir: Path) -> Job:
     return job
 
 
-def sweep_settings(sweep_dir: Path, jobs: Sequence[Job]) -> tuple[str | None, str | None]:
-    """The optimised metric the jobs were run with and the sweeper's direction, where recorded."""
-    metric = None
+def sweep_settings(jobs: Sequence[Job]) -> tuple[str | None, str | None]:
+    """The optimised metric the jobs ran with and the sweeper's direction (Optuna's), where recorded."""
     for job in jobs:
-        config_file = job.path / ".hydra" / "config.yaml"
-        if config_file.is_file():
+        config_file, hydra_file = job.path / ".hydra" / "config.yaml", job.path / ".hydra" / "hydra.yaml"
+        if config_file.is_file() and hydra_file.is_file():
             metric = (yaml.safe_load(config_file.read_text()) or {}).get("optimized_metric")
-            break
-    direction = None
-    multirun = sweep_dir / "multirun.yaml"
-    if multirun.is_file():
-        sweeper = ((yaml.safe_load(multirun.read_text()) or {}).get("hydra") or {}).get("sweeper") or {}
-        direction = sweeper.get("direction") if isinstance(sweeper.get("direction"), str) else None
-    return metric, direction
+            sweeper = ((yaml.safe_load(hydra_file.read_text()) or {}).get("hydra") or {}).get("sweeper") or {}
+            direction = sweeper.get("direction")
+            return metric, direction if isinstance(direction, str) else None
+    return None, None
 
 
 def _sort_key(job: Job, metric: str, direction: str) -> tuple[int, float]:
@@ -147,7 +143,7 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str |
     if not jobs:
         raise ConfigValueError(f"{sweep_dir} holds no job folders (sub-folders with .hydra/ or {RESULTS_FILE}); "
                                f"pass a sweep folder like logs/train/multiruns/<sweep>")
-    recorded_metric, recorded_direction = sweep_settings(sweep_dir, jobs)
+    recorded_metric, recorded_direction = sweep_settings(jobs)
     metric = metric or recorded_metric or DEFAULT_METRIC
     direction = direction or recorded_direction or "maximize"
     if direction not in DIRECTIONS:
@@ -171,6 +167,12 @@ def _format(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _format_override(value: str) -> str:
+    # Optuna's samples (0.00024156772025296256) shortened for reading; the CSV keeps them whole.
+    number = _as_number(value) if "." in value or "e" in value.lower() else None
+    return f"{number:.4g}" if number is not None else value
+
+
 def table_metrics(summary: SweepSummary) -> list[str]:
     """The metric columns of the Markdown table: the optimised metric first, then the usual ones present."""
     present = {key for job in summary.finished for key in job.metrics}
@@ -183,7 +185,7 @@ def to_markdown(summary: SweepSummary) -> str:
     header = ["rank", "job", *summary.swept, *metrics, "status"]
     rows = []
     for rank, job in enumerate(summary.jobs, start=1):
-        cells = [str(rank) if not job.failed else "-", job.name, *(job.overrides.get(k, "") for k in summary.swept),
+        cells = [str(rank) if not job.failed else "-", job.name, *(_format_override(job.overrides.get(k, "")) for k in summary.swept),
                  *(_format(job.metrics.get(m)) for m in metrics), job.status]
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     failed = sum(job.failed for job in summary.jobs)

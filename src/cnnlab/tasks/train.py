@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.checkpoint import ensure_same_model, read_checkpoint
-from cnnlab.errors import ConfigValueError, RunDirectoryInUseError
+from cnnlab.errors import ConfigValueError, RunDirectoryInUseError, user_error
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
 from cnnlab.training.callbacks import RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
@@ -140,7 +140,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _train(cfg)
     except Exception as error:
         # In a multirun the job log is where `scripts/summarize.py` finds why a job failed.
-        log.error("training failed: %s: %s", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+        shown = user_error(error) or error
+        log.error("training failed: %s: %s", type(shown).__name__, (str(shown).splitlines() or [""])[0])
         raise
 
 
