@@ -32,6 +32,7 @@ def register_resolvers() -> None:
         "on_rank_zero": on_rank_zero,
         "ddp_strategy": ddp_strategy,
         "slurm_count": slurm_count,
+        "slurm_gpus": slurm_gpus,
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -145,3 +146,10 @@ def print_config(cfg: DictConfig, sections: Iterable[str] | None = None) -> None
     print("-" * 30 + " config " + "-" * 30)
     print(OmegaConf.to_yaml(shown), end="")
     print("-" * 68, flush=True)
+
+
+def slurm_gpus(accelerator: str, devices: Any) -> int | None:
+    """GPUs per node for a SLURM job: ``trainer.devices`` when training on GPUs, none on CPUs."""
+    if str(accelerator) == "cpu":
+        return None
+    return slurm_count(devices, "trainer.devices")
