@@ -19,6 +19,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from conftest import CONF_DIR, FAST, ROOT
+from cnnlab.errors import ConfigValueError
+from cnnlab.tasks.train import build_run
 from cnnlab.utils.config import ddp_strategy
 
 TESTS = Path(__file__).resolve().parent
@@ -87,6 +89,13 @@ def test_ddp_strategy_re_runs_the_command_only_outside_a_local_multirun(monkeypa
     monkeypatch.setenv("SLURM_NTASKS", "4")
     monkeypatch.setenv("SLURM_JOB_NAME", "train")
     assert ddp_strategy() == "ddp"
+
+
+def test_ddp_set_by_hand_in_a_local_multirun_is_refused(monkeypatch, hydra_multirun_job, make_config):
+    for variable in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(ConfigValueError, match="would start the whole sweep again; use trainer.strategy=ddp_spawn"):
+        build_run(make_config(overrides=["trainer=ddp_cpu", "trainer.strategy=ddp"]))
 
 
 def test_ddp_strategy_of_a_single_run_is_ddp(monkeypatch):

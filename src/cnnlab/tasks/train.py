@@ -76,8 +76,32 @@ def cluster_plugins(trainer_cfg: DictConfig) -> list[Any]:
     return [SLURMEnvironment(auto_requeue=False)]
 
 
+def ensure_launchable(trainer_cfg: DictConfig) -> None:
+    """Refuse Lightning's ``ddp`` over several local processes inside a local multirun.
+
+    ``ddp`` starts the other processes by re-running the command line, which in a multirun
+    would start the whole sweep again in each of them. ``trainer=ddp`` picks ``ddp_spawn``
+    there by itself; this catches ``trainer.strategy=ddp`` set by hand.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.fabric.plugins.environments import TorchElasticEnvironment
+
+    single_process = trainer_cfg.get("devices", 1) == 1 and trainer_cfg.get("num_nodes", 1) == 1
+    if (str(trainer_cfg.get("strategy", "auto")) != "ddp" or single_process or SLURMEnvironment.detect()
+            or TorchElasticEnvironment.detect() or not HydraConfig.initialized()
+            or HydraConfig.get().mode != RunMode.MULTIRUN):
+        return
+    raise ConfigValueError(
+        "trainer.strategy=ddp re-runs the command line for each extra process, which in a local multirun would "
+        "start the whole sweep again; use trainer.strategy=ddp_spawn here (trainer=ddp chooses it by itself), "
+        "or run the sweep on SLURM (hydra/launcher=slurm), where SLURM starts the processes"
+    )
+
+
 def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier, L.Trainer]:
     """Instantiate the data module, the model (sized to the data's classes) and the trainer."""
+    ensure_launchable(cfg.trainer)
     datamodule = instantiate(cfg.data)
     # Recorded in the config (and so in checkpoints): the network's size follows the data.
     OmegaConf.update(cfg, "model.num_classes", datamodule.num_classes, merge=False)
