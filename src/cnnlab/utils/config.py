@@ -22,7 +22,9 @@ def register_resolvers() -> None:
     """Register cnnlab's OmegaConf resolvers. Call before Hydra composes a config.
 
     ``${run_id:}`` is a random 6-hex-digit suffix, drawn once per process, so two runs started
-    in the same second still get different folders.
+    in the same second still get different folders. The others are documented below:
+    ``run_dir_of_checkpoint`` and ``resume_session`` (resuming), ``on_rank_zero`` (DDP),
+    ``ddp_strategy``, ``slurm_count`` and ``slurm_gpus`` (launching).
     """
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
