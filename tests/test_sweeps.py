@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,11 @@ def only_sweep(tmp_path: Path) -> Path:
 
 
 def test_optuna_search_of_two_trials_reports_its_best(tmp_path: Path, cifar_root: Path):
-    result = run(script_command("train.py", tmp_path, "hparams_search=simple_cnn_optuna", "hydra.sweeper.n_trials=2",
-                                *train_overrides(cifar_root)))
+    # Started in tmp_path without paths.root_dir: the sweep folder resolves from the start folder.
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "hparams_search=simple_cnn_optuna",
+                             "hydra.sweeper.n_trials=2", *train_overrides(cifar_root)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
     sweep = only_sweep(tmp_path)
     jobs = job_folders(sweep)
     assert [job.name for job in jobs] == ["0", "1"]
@@ -65,9 +70,6 @@ def fake_slurm_commands(folder: Path) -> Path:
 
 
 def test_slurm_launcher_writes_a_batch_script_shaped_like_the_trainer(tmp_path: Path):
-    import subprocess
-    import sys
-
     commands = fake_slurm_commands(tmp_path / "bin")
     script = tmp_path / "job.sh"
     env = {**os.environ, "PATH": f"{commands}{os.pathsep}{os.environ['PATH']}", "SBATCH_CAPTURE": str(script)}

@@ -22,12 +22,16 @@ def register_resolvers() -> None:
     """Register cnnlab's OmegaConf resolvers. Call before Hydra composes a config.
 
     ``${run_id:}`` is a random 6-hex-digit suffix, drawn once per process, so two runs started
-    in the same second still get different folders. The others are documented below:
+    in the same second still get different folders. ``${start_dir:}`` is the folder the command
+    was started in. The others are documented below:
     ``run_dir_of_checkpoint`` and ``resume_session`` (resuming), ``on_rank_zero`` (DDP),
     ``ddp_strategy``, ``slurm_count`` and ``slurm_gpus`` (launching).
     """
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("start_dir"):
+        # Cached, and so carried with the config into every job of a sweep (Hydra copies the cache).
+        OmegaConf.register_new_resolver("start_dir", start_dir, use_cache=True)
     resolvers = {
         "run_dir_of_checkpoint": run_dir_of_checkpoint,
         "resume_session": resume_session,
@@ -42,6 +46,19 @@ def register_resolvers() -> None:
 
 
 CHECKPOINTS_FOLDER = "checkpoints"
+
+
+def start_dir() -> str:
+    """The folder the command was started in: Hydra's ``runtime.cwd``.
+
+    Unlike ``${hydra:runtime.cwd}`` this also resolves where Hydra's runtime config is not set
+    yet: a multirun's sweeper resolves the sweep folder (under ``paths.log_dir``) before any job.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.cwd)
+    return os.getcwd()
 
 
 def run_dir_of_checkpoint(ckpt_path: str | None, default: str) -> str:
