@@ -163,7 +163,7 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str |
 
 def _format(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}" if abs(value) < 1e6 else f"{value:.4g}"
     return "" if value is None else str(value)
 
 
