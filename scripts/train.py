@@ -1,7 +1,9 @@
 """Train a classifier: ``python scripts/train.py model=resnet18_ft data=folder data.root=DIR``.
 
 Any config value can be overridden on the command line; ``-m`` sweeps over comma-separated
-values (``python scripts/train.py -m model=simple_cnn,simple_cnn_bn``). See conf/train.yaml.
+values (``python scripts/train.py -m model=simple_cnn,simple_cnn_bn``), ``hparams_search=...``
+runs an Optuna search, ``ckpt_path=<run>/checkpoints/last.ckpt`` continues a stopped run.
+See conf/train.yaml and README.md.
 """
 
 import hydra
@@ -15,13 +17,11 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from cnnlab.tasks.train import train
+    from cnnlab.tasks.train import optimized_value, train
 
     with plain_user_errors():
-        results = train(cfg)
-    # The value a Hydra sweeper (e.g. Optuna) optimises.
-    metric = cfg.get("optimized_metric")
-    return results.get(metric) if metric else None
+        # The value a Hydra sweeper (e.g. Optuna) optimises.
+        return optimized_value(cfg, train(cfg))
 
 
 if __name__ == "__main__":

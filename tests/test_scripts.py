@@ -38,6 +38,15 @@ def test_multirun_gives_one_folder_and_result_per_job(tmp_path: Path, cifar_root
         assert list((job / "tensorboard").glob("events.out.tfevents.*"))
         assert (job / ".hydra" / "config.yaml").is_file()
 
+    # The sweep's summary: one row per job, best first, as Markdown (printed too), CSV and a plot.
+    summary = run([sys.executable, str(ROOT / "scripts" / "summarize.py"), str(sweeps[0])])
+    best = max(jobs, key=lambda job: json.loads((job / "metrics.json").read_text())["val/acc_best"])
+    rows = [line for line in summary.stdout.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert len(rows) == 2 and rows[0].startswith(f"| 1 | {best.name} | ")
+    assert {"simple_cnn", "simple_cnn_bn"} == {row.split(" | ")[2] for row in rows}
+    assert len((sweeps[0] / "summary.csv").read_text().splitlines()) == 3
+    assert (sweeps[0] / "summary.png").stat().st_size > 0 and (sweeps[0] / "summary.md").is_file()
+
 
 def test_runs_started_together_get_separate_folders_and_eval_reproduces(tmp_path: Path, cifar_root: Path):
     command = script_command("train.py", tmp_path, *train_overrides(cifar_root))

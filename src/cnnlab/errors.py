@@ -38,6 +38,18 @@ class LayerNotFoundError(CnnlabError, ValueError):
     """A layer named in the config is not a layer of the network."""
 
 
+class ConfigValueError(CnnlabError, ValueError):
+    """A config value names something that does not exist (a metric, a folder)."""
+
+
+def user_error(error: BaseException) -> CnnlabError | None:
+    """The :class:`CnnlabError` that ``error`` is or wraps (a library may have chained it), else None."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, CnnlabError):
+        cause = cause.__cause__
+    return cause
+
+
 @contextlib.contextmanager
 def plain_user_errors() -> Iterator[None]:
     """Re-raise a :class:`CnnlabError` as itself when a library wrapped it.
@@ -51,9 +63,7 @@ def plain_user_errors() -> Iterator[None]:
     except CnnlabError:
         raise
     except Exception as error:
-        cause = error.__cause__
-        while cause is not None and not isinstance(cause, CnnlabError):
-            cause = cause.__cause__
+        cause = user_error(error)
         if cause is None:
             raise
         raise cause.with_traceback(None) from None

@@ -15,8 +15,9 @@ from typing import NamedTuple
 import lightning as L
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.data.augment import RandomBatchAugment
 from cnnlab.utils.fingerprint import tensor_fingerprint
@@ -199,16 +200,31 @@ class InMemoryImageDataModule(L.LightningDataModule):
                 split.images, split.labels = split.images.to(device), split.labels.to(device)
             if self.num_workers:
                 raise ValueError("data.device_resident=true gathers batches on the GPU; set data.num_workers=0")
+        dataset = TensorBatchDataset(split)
+        sampler = None if train else self._evaluation_sampler(dataset)
         return DataLoader(
-            TensorBatchDataset(split),
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=self.drop_last and train,
             num_workers=self.num_workers,
             collate_fn=keep_batch,
             pin_memory=on_gpu and not self.device_resident,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _evaluation_sampler(self, dataset: Dataset) -> Sampler | None:
+        """Under DDP, each validation/test image goes to exactly one process.
+
+        Lightning's default DistributedSampler pads a split with repeated images until every
+        process has as many; the repeats would count twice in val/test accuracy. Training keeps
+        Lightning's sampler: every process must take the same number of steps.
+        """
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_split, train=True)

@@ -3,61 +3,180 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.checkpoint import ensure_same_model, read_checkpoint
-from cnnlab.errors import RunDirectoryInUseError
+from cnnlab.errors import ConfigValueError, RunDirectoryInUseError, user_error
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
 from cnnlab.training.callbacks import EpochTimer, RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
-from cnnlab.utils.config import flatten, instantiate_all, print_config
+from cnnlab.utils.config import CHECKPOINTS_FOLDER, flatten, instantiate_all, print_config
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "metrics.json"
+LAST_CHECKPOINT = "last.ckpt"
 
 
 @rank_zero_only
 def ensure_fresh_run_dir(output_dir: Path) -> None:
     """Refuse to train into a folder that already holds another run's checkpoints or results."""
-    leftovers = [p for p in (output_dir / RESULTS_FILE, output_dir / "checkpoints") if p.exists()]
+    leftovers = [p for p in (output_dir / RESULTS_FILE, output_dir / CHECKPOINTS_FOLDER) if p.exists()]
     if leftovers:
         raise RunDirectoryInUseError(
             f"{output_dir} already holds results of another run ({', '.join(p.name for p in leftovers)}); "
-            f"nothing was overwritten. Leave hydra.run.dir at its default (a new folder per run) or pick a new one."
+            f"nothing was overwritten. Leave hydra.run.dir at its default (a new folder per run) or pick a new one; "
+            f"to continue that run, pass ckpt_path={output_dir / CHECKPOINTS_FOLDER / LAST_CHECKPOINT}."
         )
+
+
+def resume_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """The checkpoint a run continues from (``last`` is this folder's last checkpoint), or None to start afresh."""
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        last = output_dir / CHECKPOINTS_FOLDER / LAST_CHECKPOINT
+        if last.is_file():
+            return str(last)
+        log.warning("ckpt_path=last, but %s holds no %s/%s yet: training from scratch", output_dir,
+                    CHECKPOINTS_FOLDER, LAST_CHECKPOINT)
+        return None
+    return str(ckpt_path)
+
+
+def continues_in(output_dir: Path, ckpt_path: str) -> bool:
+    """Whether ``ckpt_path`` is one of ``output_dir``'s own checkpoints (the run continues where it was)."""
+    checkpoint = Path(ckpt_path).resolve()
+    return checkpoint.parent.name == CHECKPOINTS_FOLDER and checkpoint.parent.parent == output_dir.resolve()
+
+
+def cluster_plugins(trainer_cfg: DictConfig) -> list[Any]:
+    """Under SLURM: Lightning's SLURM environment with its auto-requeue off.
+
+    Requeueing belongs to one side only: submitit (``hydra/launcher=slurm``) requeues a job
+    that times out or is preempted, and the requeued job continues from its last checkpoint.
+    A config that sets ``trainer.plugins`` itself is left alone.
+    """
+    if trainer_cfg.get("plugins") or not SLURMEnvironment.detect():
+        return []
+    return [SLURMEnvironment(auto_requeue=False)]
+
+
+def ensure_launchable(trainer_cfg: DictConfig) -> None:
+    """Refuse Lightning's ``ddp`` over several local processes inside a local multirun.
+
+    ``ddp`` starts the other processes by re-running the command line, which in a multirun
+    would start the whole sweep again in each of them. ``trainer=ddp`` picks ``ddp_spawn``
+    there by itself; this catches ``trainer.strategy=ddp`` set by hand.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.fabric.plugins.environments import TorchElasticEnvironment
+
+    single_process = trainer_cfg.get("devices", 1) == 1 and trainer_cfg.get("num_nodes", 1) == 1
+    if (str(trainer_cfg.get("strategy", "auto")) != "ddp" or single_process or SLURMEnvironment.detect()
+            or TorchElasticEnvironment.detect() or not HydraConfig.initialized()
+            or HydraConfig.get().mode != RunMode.MULTIRUN):
+        return
+    raise ConfigValueError(
+        "trainer.strategy=ddp re-runs the command line for each extra process, which in a local multirun would "
+        "start the whole sweep again; use trainer.strategy=ddp_spawn here (trainer=ddp chooses it by itself), "
+        "or run the sweep on SLURM (hydra/launcher=slurm), where SLURM starts the processes"
+    )
 
 
 def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier, L.Trainer]:
     """Instantiate the data module, the model (sized to the data's classes) and the trainer."""
+    ensure_launchable(cfg.trainer)
     datamodule = instantiate(cfg.data)
     # Recorded in the config (and so in checkpoints): the network's size follows the data.
     OmegaConf.update(cfg, "model.num_classes", datamodule.num_classes, merge=False)
     model = build_classifier(cfg, datamodule.class_names)
     record = RunRecordInCheckpoint(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True), datamodule.class_names)
     callbacks = [*instantiate_all(cfg.get("callbacks")), record]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False)
+    extra = {"plugins": plugins} if (plugins := cluster_plugins(cfg.trainer)) else {}
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False,
+                                     **extra)
     return datamodule, model, trainer
+
+
+def fit_progress(trainer: L.Trainer) -> tuple[int, int]:
+    """Epochs completed and optimizer steps taken by ``trainer.fit``.
+
+    With a spawn-based strategy (``ddp_spawn``) the fit ran in worker processes and this
+    process's trainer never counted; the last checkpoint the workers wrote has the numbers.
+    """
+    spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
+    checkpoint = trainer.checkpoint_callback
+    if spawned and isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath:
+        last = Path(checkpoint.dirpath) / LAST_CHECKPOINT
+        if last.is_file():
+            saved = torch.load(last, map_location="cpu", weights_only=True)
+            return int(saved["epoch"]) + 1, int(saved["global_step"])
+    return trainer.current_epoch, trainer.global_step
+
+
+@rank_zero_only
+def keep_previous_results(output_dir: Path, session: str) -> None:
+    """Before a resumed session records its results, keep the ones the run had as ``metrics.before_<session>.json``."""
+    previous = output_dir / RESULTS_FILE
+    if session and previous.is_file():
+        os.replace(previous, output_dir / f"metrics.before_{session}.json")
+
+
+def optimized_value(cfg: DictConfig, results: dict[str, Any]) -> float | None:
+    """The final value of ``cfg.optimized_metric`` (what a Hydra sweeper such as Optuna optimises)."""
+    metric = cfg.get("optimized_metric")
+    if not metric:
+        return None
+    if metric not in results:
+        known = ", ".join(k for k, v in results.items() if isinstance(v, float))
+        raise ConfigValueError(f"optimized_metric={metric} is not among the run's final metrics; choose one of: {known}")
+    value = float(results[metric])
+    if math.isnan(value):
+        log.warning("the optimised metric %s is NaN (the run diverged?)", metric)
+    return value
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one model as ``cfg`` describes; return the run's final metrics.
 
     The run folder ends up with the TensorBoard events, the checkpoints (best and last), the
-    resolved config (Hydra's ``.hydra/``) and ``metrics.json``.
+    resolved config (Hydra's ``.hydra/``) and ``metrics.json``. With ``ckpt_path`` the run
+    continues from that checkpoint's epoch and step; in its own folder when the checkpoint is
+    one of that folder's. Under DDP every process runs this; only rank zero writes files.
     """
+    try:
+        return _train(cfg)
+    except Exception as error:
+        # In a multirun the job log is where `scripts/summarize.py` finds why a job failed.
+        shown = user_error(error) or error
+        log.error("training failed: %s: %s", type(shown).__name__, (str(shown).splitlines() or [""])[0])
+        raise
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
-    if cfg.get("ckpt_path"):
-        ensure_same_model(read_checkpoint(cfg.ckpt_path), cfg.model, cfg.ckpt_path)
+    ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir)
+    if ckpt_path:
+        ensure_same_model(read_checkpoint(ckpt_path), cfg.model, ckpt_path)
+        if not continues_in(output_dir, ckpt_path):
+            ensure_fresh_run_dir(output_dir)
+        log.info("continuing from %s in %s", ckpt_path, output_dir)
     else:
         ensure_fresh_run_dir(output_dir)
     if cfg.get("seed") is not None:
@@ -69,9 +188,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("model: %s parameters, %s trainable", f"{counts['params_total']:,}", f"{counts['params_trainable']:,}")
 
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
     results = metric_values(trainer.callback_metrics, prefixes=("val/", "train/"))
+    epochs, global_step = fit_progress(trainer)
 
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
@@ -86,7 +206,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     timers = [c for c in trainer.callbacks if isinstance(c, EpochTimer)]
     if timers:
         results["epoch_seconds"] = timers[0].epoch_seconds
-    results.update(epochs=trainer.current_epoch, global_step=trainer.global_step, fit_seconds=round(fit_seconds, 2))
+    results.update(epochs=epochs, global_step=global_step, fit_seconds=round(fit_seconds, 2))
+    if ckpt_path:
+        results["resumed_from"] = str(Path(ckpt_path).resolve())
+    keep_previous_results(output_dir, cfg.get("session") or "")
     write_metrics(output_dir / RESULTS_FILE, results)
     log_hparams_with_metrics(trainer, flatten(OmegaConf.to_container(cfg, resolve=True)), results)
     log.info("results in %s", output_dir)

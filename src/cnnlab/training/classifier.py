@@ -89,6 +89,7 @@ class ImageClassifier(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         # Kept out of the module tree, so state_dict names do not change when compiling.
         object.__setattr__(self, "_run_net", torch.compile(self.net) if compile else self.net)
+        self._resumed_val_acc_best: float | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits for a batch of images: uint8 (0..255) or floats in [0, 1], on the model's device."""
@@ -152,6 +153,16 @@ class ImageClassifier(L.LightningModule):
         # The sanity check's validation batches must not count as the best epoch.
         self.val_metrics.reset()
         self.val_acc_best.reset()
+        if self._resumed_val_acc_best is not None:
+            self.val_acc_best.update(self._resumed_val_acc_best)
+
+    # A metric's state is not part of the state_dict: a resumed run carries its best so far here.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.val_acc_best.update_called:
+            checkpoint["val_acc_best"] = float(self.val_acc_best.compute())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resumed_val_acc_best = checkpoint.get("val_acc_best")
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute())

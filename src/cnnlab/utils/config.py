@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import secrets
+import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
@@ -18,10 +22,115 @@ def register_resolvers() -> None:
     """Register cnnlab's OmegaConf resolvers. Call before Hydra composes a config.
 
     ``${run_id:}`` is a random 6-hex-digit suffix, drawn once per process, so two runs started
-    in the same second still get different folders.
+    in the same second still get different folders. ``${start_dir:}`` is the folder the command
+    was started in. The others are documented below:
+    ``run_dir_of_checkpoint`` and ``resume_session`` (resuming), ``on_rank_zero`` (DDP),
+    ``ddp_strategy``, ``slurm_count`` and ``slurm_gpus`` (launching).
     """
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("start_dir"):
+        # Cached, and so carried with the config into every job of a sweep (Hydra copies the cache).
+        OmegaConf.register_new_resolver("start_dir", start_dir, use_cache=True)
+    resolvers = {
+        "run_dir_of_checkpoint": run_dir_of_checkpoint,
+        "resume_session": resume_session,
+        "on_rank_zero": on_rank_zero,
+        "ddp_strategy": ddp_strategy,
+        "slurm_count": slurm_count,
+        "slurm_gpus": slurm_gpus,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+
+
+CHECKPOINTS_FOLDER = "checkpoints"
+
+
+def start_dir() -> str:
+    """The folder the command was started in: Hydra's ``runtime.cwd``.
+
+    Unlike ``${hydra:runtime.cwd}`` this also resolves where Hydra's runtime config is not set
+    yet: a multirun's sweeper resolves the sweep folder (under ``paths.log_dir``) before any job.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.cwd)
+    return os.getcwd()
+
+
+def run_dir_of_checkpoint(ckpt_path: str | None, default: str) -> str:
+    """The run folder a training run resumed from ``ckpt_path`` continues in.
+
+    A checkpoint inside a run folder (``<run>/checkpoints/<file>.ckpt``, next to ``<run>/.hydra``)
+    continues in ``<run>``; anything else (no checkpoint, ``last``, a checkpoint file from
+    elsewhere) gets ``default``, a new folder.
+    """
+    if not ckpt_path or ckpt_path == "last":
+        return default
+    checkpoint = Path(ckpt_path).expanduser()
+    run = checkpoint.parent.parent
+    if checkpoint.is_file() and checkpoint.parent.name == CHECKPOINTS_FOLDER and (run / ".hydra").is_dir():
+        return str(run)
+    return default
+
+
+@functools.cache
+def resume_session(ckpt_path: str | None, output_dir: str) -> str:
+    """``""`` for a run's first session; ``resumed_<date>_<time>`` for a session that resumes one.
+
+    A resumed session writes its TensorBoard run and its Hydra config into sub-folders of this
+    name, so the first session's files stay as they were. ``ckpt_path=last`` resumes only when
+    ``output_dir`` already holds a last checkpoint. Decided once per process (cached), before
+    this session writes anything.
+    """
+    if not ckpt_path:
+        return ""
+    if ckpt_path == "last" and not (Path(output_dir) / CHECKPOINTS_FOLDER / "last.ckpt").is_file():
+        return ""
+    return time.strftime("resumed_%Y-%m-%d_%H-%M-%S")
+
+
+def process_rank() -> int:
+    """This process's global rank as the launcher set it (0 outside distributed runs)."""
+    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable])
+    return 0
+
+
+def on_rank_zero(value: Any) -> Any:
+    """``value`` in the rank-zero process, ``None`` in the others (e.g. SLURM's other tasks)."""
+    return value if process_rank() == 0 else None
+
+
+def ddp_strategy() -> str:
+    """Lightning's DDP strategy that works where this run was started.
+
+    Lightning's ``ddp`` starts the other processes by running the command again, which only
+    works for a single run; in a local multirun (basic or submitit-local launcher) the job is
+    a function call, so the processes are spawned instead (``ddp_spawn``). Under SLURM or
+    torchrun every process is started from outside and ``ddp`` joins them.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if SLURMEnvironment.detect() or TorchElasticEnvironment.detect():
+        return "ddp"
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return "ddp_spawn"
+    return "ddp"
+
+
+def slurm_count(value: Any, name: str) -> int:
+    """A count SLURM needs as a positive number, e.g. tasks per node from ``trainer.devices``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r}, but on SLURM it must be a positive number (e.g. {name}=4), "
+                         f"which also sets the GPUs and tasks per node of the job")
+    return value
 
 
 def instantiate_all(section: DictConfig | None) -> list[Any]:
@@ -56,3 +165,10 @@ def print_config(cfg: DictConfig, sections: Iterable[str] | None = None) -> None
     print("-" * 30 + " config " + "-" * 30)
     print(OmegaConf.to_yaml(shown), end="")
     print("-" * 68, flush=True)
+
+
+def slurm_gpus(accelerator: str, devices: Any) -> int | None:
+    """GPUs per node for a SLURM job: ``trainer.devices`` when training on GPUs, none on CPUs."""
+    if str(accelerator) == "cpu":
+        return None
+    return slurm_count(devices, "trainer.devices")

@@ -1,0 +1,275 @@
+"""Summarising a sweep: one row per job (its overrides and final metrics), best first, and a plot.
+
+A sweep folder (``logs/train/multiruns/<sweep>``) holds one sub-folder per job with Hydra's
+``.hydra/overrides.yaml`` and, when the job finished, the ``metrics.json`` the training task
+wrote. A job folder without ``metrics.json`` is a failed (or unfinished) job and is listed as
+such, with the error its log recorded. Any folder of run folders (``logs/train/runs``) works too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnlab.errors import ConfigValueError
+from cnnlab.utils.io import atomic_write
+
+RESULTS_FILE = "metrics.json"
+DEFAULT_METRIC = "val/acc_best"
+DIRECTIONS = ("maximize", "minimize")
+# Metrics shown in the Markdown table after the optimised one, when the jobs have them (the CSV has all).
+TABLE_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/acc_top5", "test/loss", "epochs",
+                 "fit_seconds", "params_trainable")
+FAILURE_MARK = "training failed: "
+
+
+@dataclass
+class Job:
+    """One job of a sweep: where it ran, what it overrode, and what it reached."""
+
+    name: str
+    path: Path
+    overrides: dict[str, str]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return not self.metrics
+
+    @property
+    def status(self) -> str:
+        return f"failed: {self.error}" if self.failed else "ok"
+
+
+@dataclass
+class SweepSummary:
+    """The jobs of a sweep, best first (failed jobs last), and what they were ranked by."""
+
+    sweep_dir: Path
+    metric: str
+    direction: str
+    jobs: list[Job]
+    swept: list[str]              # override keys whose value differs between jobs
+    common: dict[str, str]        # overrides every job shares
+    best_found: dict[str, Any] | None = None  # Optuna's optimization_results.yaml, when the sweep has one
+
+    @property
+    def finished(self) -> list[Job]:
+        return [job for job in self.jobs if not job.failed]
+
+
+def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
+    """``["model=simple_cnn", "+trainer.x=1", "~callbacks.progress_bar"]`` as ``{key: value}``."""
+    parsed: dict[str, str] = {}
+    for line in lines:
+        key, has_value, value = str(line).partition("=")
+        if key.startswith("~"):
+            parsed[key[1:]] = "(deleted)"
+        else:
+            parsed[key.lstrip("+")] = value if has_value else ""
+    return parsed
+
+
+def failure_reason(job_dir: Path) -> str:
+    """The error a failed job logged (the training task logs it), or what is missing."""
+    for log_file in sorted(job_dir.glob("*.log")):
+        lines = [line for line in log_file.read_text(errors="replace").splitlines() if FAILURE_MARK in line]
+        if lines:
+            return lines[-1].split(FAILURE_MARK, 1)[1].strip()
+    return f"no {RESULTS_FILE} (the job crashed, was killed, or is still running)"
+
+
+def job_folders(sweep_dir: Path) -> list[Path]:
+    """The job folders of a sweep: sub-folders with Hydra's ``.hydra/`` or a ``metrics.json``, in job order."""
+    folders = [p for p in sweep_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / RESULTS_FILE).is_file())]
+    return sorted(folders, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
+
+
+def read_job(job_dir: Path) -> Job:
+    """A job's overrides (``.hydra/overrides.yaml``) and final metrics (``metrics.json``, absent if it failed)."""
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
+    job = Job(job_dir.name, job_dir, overrides)
+    results = job_dir / RESULTS_FILE
+    if results.is_file():
+        try:
+            job.metrics = json.loads(results.read_text())
+        except json.JSONDecodeError as error:
+            job.error = f"unreadable {RESULTS_FILE}: {error}"
+    else:
+        job.error = failure_reason(job_dir)
+    return job
+
+
+def sweep_settings(jobs: Sequence[Job]) -> tuple[str | None, str | None]:
+    """The optimised metric the jobs ran with and the sweeper's direction (Optuna's), where recorded."""
+    for job in jobs:
+        config_file, hydra_file = job.path / ".hydra" / "config.yaml", job.path / ".hydra" / "hydra.yaml"
+        if config_file.is_file() and hydra_file.is_file():
+            metric = (yaml.safe_load(config_file.read_text()) or {}).get("optimized_metric")
+            sweeper = ((yaml.safe_load(hydra_file.read_text()) or {}).get("hydra") or {}).get("sweeper") or {}
+            direction = sweeper.get("direction")
+            return metric, direction if isinstance(direction, str) else None
+    return None, None
+
+
+def _sort_key(job: Job, metric: str, direction: str) -> tuple[int, float]:
+    value = job.metrics.get(metric)
+    if job.failed:
+        return 2, 0.0
+    if not isinstance(value, (int, float)) or math.isnan(value):
+        return 1, 0.0
+    return 0, -value if direction == "maximize" else value
+
+
+def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str | None = None) -> SweepSummary:
+    """Read every job of ``sweep_dir`` and rank them by ``metric`` (default: the sweep's ``optimized_metric``).
+
+    ``direction`` (``maximize``/``minimize``) defaults to the Optuna sweeper's, else ``maximize``.
+    """
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ConfigValueError(f"sweep folder {sweep_dir} does not exist; pass a folder like logs/train/multiruns/<sweep>")
+    jobs = [read_job(folder) for folder in job_folders(sweep_dir)]
+    if not jobs:
+        raise ConfigValueError(f"{sweep_dir} holds no job folders (sub-folders with .hydra/ or {RESULTS_FILE}); "
+                               f"pass a sweep folder like logs/train/multiruns/<sweep>")
+    recorded_metric, recorded_direction = sweep_settings(jobs)
+    metric = metric or recorded_metric or DEFAULT_METRIC
+    direction = direction or recorded_direction or "maximize"
+    if direction not in DIRECTIONS:
+        raise ConfigValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+
+    keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
+    swept = [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1]
+    common = {key: jobs[0].overrides[key] for key in keys if key not in swept}
+    ranked = sorted(jobs, key=lambda job: _sort_key(job, metric, direction))  # stable: ties keep job order
+
+    best_found = None
+    optuna_results = sweep_dir / "optimization_results.yaml"
+    if optuna_results.is_file():
+        best_found = yaml.safe_load(optuna_results.read_text())
+    return SweepSummary(sweep_dir, metric, direction, ranked, swept, common, best_found)
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}" if abs(value) < 1e6 else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _format_override(value: str) -> str:
+    # Optuna's samples (0.00024156772025296256) shortened for reading; the CSV keeps them whole.
+    number = _as_number(value) if "." in value or "e" in value.lower() else None
+    return f"{number:.4g}" if number is not None else value
+
+
+def table_metrics(summary: SweepSummary) -> list[str]:
+    """The metric columns of the Markdown table: the optimised metric first, then the usual ones present."""
+    present = {key for job in summary.finished for key in job.metrics}
+    return [summary.metric] + [m for m in TABLE_METRICS if m in present and m != summary.metric]
+
+
+def to_markdown(summary: SweepSummary) -> str:
+    """The summary as a Markdown table, best first, with the overrides all jobs share listed above it."""
+    metrics = table_metrics(summary)
+    header = ["rank", "job", *summary.swept, *metrics, "status"]
+    rows = []
+    for rank, job in enumerate(summary.jobs, start=1):
+        cells = [str(rank) if not job.failed else "-", job.name, *(_format_override(job.overrides.get(k, "")) for k in summary.swept),
+                 *(_format(job.metrics.get(m)) for m in metrics), job.status]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    failed = sum(job.failed for job in summary.jobs)
+    lines = [
+        f"# Sweep {summary.sweep_dir.name}",
+        "",
+        f"{len(summary.jobs)} jobs, {len(summary.jobs) - failed} finished, {failed} failed; "
+        f"ranked by `{summary.metric}` ({summary.direction}).",
+    ]
+    if summary.common:
+        lines += ["", "Shared overrides: " + " ".join(f"`{k}={v}`" for k, v in summary.common.items())]
+    if summary.best_found:
+        lines += ["", f"Optuna's best: `{summary.best_found.get('best_value')}` with "
+                  + " ".join(f"`{k}={v}`" for k, v in (summary.best_found.get("best_params") or {}).items())]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows, ""]
+    return "\n".join(lines)
+
+
+def to_csv(summary: SweepSummary) -> str:
+    """The summary as CSV: every override and every final metric of every job, best first."""
+    metric_keys = sorted({key for job in summary.jobs for key in job.metrics} - {summary.metric})
+    override_keys = [*summary.swept, *summary.common]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["rank", "job", "status", "error", *override_keys, summary.metric, *metric_keys, "path"])
+    for rank, job in enumerate(summary.jobs, start=1):
+        writer.writerow([rank if not job.failed else "", job.name, "failed" if job.failed else "ok", job.error,
+                         *(job.overrides.get(k, "") for k in override_keys),
+                         *(job.metrics.get(k, "") for k in [summary.metric, *metric_keys]), str(job.path)])
+    return buffer.getvalue()
+
+
+def _as_number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def plot(summary: SweepSummary, path: Path) -> Path:
+    """A PNG of the optimised metric against each swept parameter (one panel each), finished jobs only."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    params = summary.swept or ["job"]
+    fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.6), squeeze=False)
+    for ax, param in zip(axes[0], params):
+        points = [(job.name if param == "job" else job.overrides.get(param, ""), job.metrics.get(summary.metric))
+                  for job in summary.finished]
+        points = [(x, y) for x, y in points if isinstance(y, (int, float)) and math.isfinite(y)]
+        numbers = [_as_number(x) for x, _ in points]
+        if points and param != "job" and all(n is not None for n in numbers):
+            ax.scatter(numbers, [y for _, y in points])
+            positive = [n for n in numbers if n and n > 0]
+            if len(positive) == len(numbers) and max(positive) / min(positive) >= 20:
+                ax.set_xscale("log")
+        else:
+            labels = sorted({x for x, _ in points})
+            ax.scatter([labels.index(x) for x, _ in points], [y for _, y in points])
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center")
+        ax.set_xlabel(param)
+        ax.set_ylabel(summary.metric)
+        ax.grid(alpha=0.3)
+    failed = len(summary.jobs) - len(summary.finished)
+    fig.suptitle(f"{summary.sweep_dir.name}: {summary.metric} ({summary.direction})" + (f", {failed} failed job(s) not shown" if failed else ""),
+                 fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def write_summary(summary: SweepSummary, out_dir: Path | None = None) -> dict[str, Path]:
+    """Write ``summary.md``, ``summary.csv`` and ``summary.png`` (into the sweep folder by default)."""
+    out_dir = Path(out_dir or summary.sweep_dir)
+    markdown, table = to_markdown(summary), to_csv(summary)
+    return {
+        "markdown": atomic_write(out_dir / "summary.md", lambda f: f.write(markdown.encode())),
+        "csv": atomic_write(out_dir / "summary.csv", lambda f: f.write(table.encode())),
+        "plot": plot(summary, out_dir / "summary.png"),
+    }
+

@@ -1,0 +1,104 @@
+"""DDP with two CPU processes (gloo), run from the CLI as a user would.
+
+Lightning's ``ddp`` strategy starts the second process by running the command line again, so
+these tests run the training script in a subprocess (under pytest the command line is pytest's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+
+from conftest import CONF_DIR, FAST, ROOT
+from cnnlab.errors import ConfigValueError
+from cnnlab.tasks.train import build_run
+from cnnlab.utils.config import ddp_strategy
+
+TESTS = Path(__file__).resolve().parent
+
+
+def run_script(tmp_path: Path, script: str, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), f"paths.root_dir={tmp_path}", *overrides],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_ddp_on_two_cpu_processes_shares_each_epoch_syncs_metrics_and_writes_once(tmp_path: Path, cifar_root: Path):
+    probe = tmp_path / "probe"
+    # 120 images - 21 val = 99 train: uneven on purpose, for both the training and the validation split.
+    run_script(tmp_path, "train.py", *FAST, "trainer=ddp_cpu", f"data.root={cifar_root}", "data.val_split=21",
+               "data.download=false", "+callbacks.probe._target_=sample_probe.SampleIndexRecorder",
+               f"+callbacks.probe.out_dir={probe}")
+
+    runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 1, "the second process must use the first one's run folder"
+    run = runs[0]
+    results = json.loads((run / "metrics.json").read_text())
+    assert results["epochs"] == 2 and results["global_step"] == 2 * 4  # 50 samples per process, batches of 16
+    # Written by rank zero alone: one process's TensorBoard files, one Hydra record.
+    writers = {events.name.split(".")[-2] for events in (run / "tensorboard").glob("events.out.tfevents.*")}
+    assert len(writers) == 1
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".hydra")) == [".hydra"]
+
+    seen = [json.loads((probe / f"seen_rank{rank}.json").read_text()) for rank in (0, 1)]
+    for epoch in (0, 1):
+        train = [seen[rank][f"train/{epoch}"] for rank in (0, 1)]
+        assert len(train[0]) == len(train[1]) == 50  # DDP steps in lockstep: equal shares
+        counts = Counter(train[0] + train[1])
+        assert set(counts) == set(range(99))  # every training image, in one of the two processes
+        assert sum(counts.values()) == 100  # Lightning's sampler pads 99 to 100 with one repeat
+        val = seen[0][f"val/{epoch}"] + seen[1][f"val/{epoch}"]
+        assert sorted(val) == list(range(21)), "every validation image exactly once"
+    assert sorted(seen[0]["test"] + seen[1]["test"]) == list(range(30))
+
+    # Synchronised metrics: the test accuracy over both halves equals a single process's evaluation.
+    run_script(tmp_path, "eval.py", f"ckpt_path={results['best_checkpoint']}", "trainer=cpu",
+               "+trainer.enable_progress_bar=false")
+    evaluated = json.loads(next((tmp_path / "logs" / "eval" / "runs").glob("*/metrics.json")).read_text())
+    assert evaluated["test/acc"] == results["test/acc"]
+    assert evaluated["test/loss"] == pytest.approx(results["test/loss"], rel=1e-5)
+
+
+@pytest.fixture
+def hydra_multirun_job():
+    """Hydra's runtime config as a multirun job sees it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra.mode=MULTIRUN"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    yield
+    HydraConfig.instance().cfg = None
+
+
+def test_ddp_strategy_re_runs_the_command_only_outside_a_local_multirun(monkeypatch, hydra_multirun_job):
+    for variable in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(variable, raising=False)
+    # A local multirun job is a function call: the processes must be spawned.
+    assert ddp_strategy() == "ddp_spawn"
+    # Under SLURM every process is started from outside and ddp joins them.
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    assert ddp_strategy() == "ddp"
+
+
+def test_ddp_set_by_hand_in_a_local_multirun_is_refused(monkeypatch, hydra_multirun_job, make_config):
+    for variable in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(ConfigValueError, match="would start the whole sweep again; use trainer.strategy=ddp_spawn"):
+        build_run(make_config(overrides=["trainer=ddp_cpu", "trainer.strategy=ddp"]))
+
+
+def test_ddp_strategy_of_a_single_run_is_ddp(monkeypatch):
+    for variable in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(variable, raising=False)
+    assert ddp_strategy() == "ddp"  # Lightning re-runs the command for the other processes

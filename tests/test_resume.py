@@ -1,0 +1,71 @@
+"""Resuming a stopped run: in its own folder, from the exact epoch and step, with a TensorBoard run of its own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cnnlab.errors import RunDirectoryInUseError
+from cnnlab.tasks.train import train
+from test_scripts import run, script_command, train_overrides
+
+
+def scalar_steps(log_dir: Path, tag: str) -> list[int]:
+    steps: list[int] = []
+    for events in sorted(log_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            steps += [event.step for event in accumulator.Scalars(tag)]
+    return steps
+
+
+def test_one_command_resumes_a_stopped_run_in_its_own_folder(tmp_path: Path, cifar_root: Path):
+    run(script_command("train.py", tmp_path, *train_overrides(cifar_root)))  # stops after epoch 1
+    (first,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    stopped = json.loads((first / "metrics.json").read_text())
+    steps_per_epoch = stopped["global_step"]
+    assert stopped["epochs"] == 1 and steps_per_epoch == 7  # 100 training images, batches of 16
+    first_overrides = (first / ".hydra" / "overrides.yaml").read_text()
+
+    last = first / "checkpoints" / "last.ckpt"
+    run(script_command("train.py", tmp_path, *train_overrides(cifar_root), "trainer.max_epochs=2", f"ckpt_path={last}"))
+
+    assert list((tmp_path / "logs" / "train" / "runs").iterdir()) == [first], "no new run folder"
+    resumed = json.loads((first / "metrics.json").read_text())
+    assert resumed["epochs"] == 2 and resumed["global_step"] == 2 * steps_per_epoch
+    assert resumed["resumed_from"] == str(last.resolve())
+    assert resumed["val/acc_best"] >= stopped["val/acc_best"]  # the best so far carries over
+    # The first session's record is kept: its config, its overrides and its results.
+    assert (first / ".hydra" / "overrides.yaml").read_text() == first_overrides
+    (session,) = [p.name for p in (first / ".hydra").iterdir() if p.is_dir()]
+    assert session.startswith("resumed_")
+    assert f"ckpt_path={last}" in yaml.safe_load((first / ".hydra" / session / "overrides.yaml").read_text())
+    assert json.loads((first / f"metrics.before_{session}.json").read_text()) == stopped
+    # Its own TensorBoard run, under the same folder, continuing the step count.
+    assert scalar_steps(first / "tensorboard", "train/loss_step") == list(range(steps_per_epoch))
+    resumed_steps = scalar_steps(first / "tensorboard" / session, "train/loss_step")
+    assert resumed_steps == list(range(steps_per_epoch, 2 * steps_per_epoch))
+
+
+def test_ckpt_path_last_continues_this_folder_or_starts_afresh(make_config, tmp_path: Path):
+    job = tmp_path / "job"
+    fresh = train(make_config(overrides=["ckpt_path=last", "trainer.max_epochs=1"], run_dir=job))
+    assert fresh["global_step"] == 7 and "resumed_from" not in fresh  # nothing to continue yet
+    continued = train(make_config(overrides=["ckpt_path=last", "trainer.max_epochs=2"], run_dir=job))
+    assert continued["global_step"] == 14 and continued["resumed_from"] == str(job / "checkpoints" / "last.ckpt")
+
+
+def test_resuming_into_another_runs_folder_is_refused(make_config, tmp_path: Path):
+    train(make_config(overrides=["trainer.max_epochs=1"], run_dir=tmp_path / "a"))
+    other = tmp_path / "b"
+    other.mkdir()
+    (other / "metrics.json").write_text('{"test/acc": 0.9}')
+    with pytest.raises(RunDirectoryInUseError, match="nothing was overwritten"):
+        train(make_config(overrides=[f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"], run_dir=other))
+    assert [p.name for p in other.iterdir()] == ["metrics.json"] and (other / "metrics.json").read_text() == '{"test/acc": 0.9}'
+

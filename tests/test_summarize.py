@@ -1,0 +1,90 @@
+"""scripts/summarize.py on sweep folders laid out as Hydra and the training task leave them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnlab.errors import ConfigValueError
+from cnnlab.tasks.summarize import summarize, to_csv, to_markdown, write_summary
+
+
+def make_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None, log: str = "",
+             optimized_metric: str = "val/acc_best", direction: str | None = None) -> Path:
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"optimized_metric": optimized_metric}))
+    sweeper = {"direction": direction} if direction else {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": sweeper}}))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    (job / "train.log").write_text(log)
+    return job
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    sweep = tmp_path / "2026-01-01_00-00-00_abcdef"
+    common = ["trainer.max_epochs=5", "data.batch_size=64"]
+    make_job(sweep, 0, ["model=simple_cnn", "optimizer.lr=0.001", *common], {"val/acc_best": 0.61, "test/acc": 0.60, "val/loss": 1.1})
+    make_job(sweep, 1, ["model=simple_cnn", "optimizer.lr=0.01", *common], None,
+             log="[2026-01-01][cnnlab.tasks.train][ERROR] - training failed: RuntimeError: loss is NaN\n")
+    make_job(sweep, 2, ["model=simple_cnn_bn", "optimizer.lr=0.001", *common], {"val/acc_best": 0.72, "test/acc": 0.70, "val/loss": 0.8})
+    make_job(sweep, 3, ["model=simple_cnn_bn", "optimizer.lr=0.01", *common], {"val/acc_best": float("nan"), "val/loss": 9.0})
+    make_job(sweep, 10, ["model=resnet18_ft", "optimizer.lr=0.001", *common], {"val/acc_best": 0.65, "test/acc": 0.66, "val/loss": 1.0})
+    return sweep
+
+
+def test_jobs_are_ranked_best_first_with_failed_jobs_as_failed_rows(sweep: Path):
+    summary = summarize(sweep)
+    assert summary.metric == "val/acc_best" and summary.direction == "maximize"
+    assert [job.name for job in summary.jobs] == ["2", "10", "0", "3", "1"]  # NaN after numbers, failed last
+    assert summary.swept == ["model", "optimizer.lr"]
+    assert summary.common == {"trainer.max_epochs": "5", "data.batch_size": "64"}
+    failed = summary.jobs[-1]
+    assert failed.failed and failed.status == "failed: RuntimeError: loss is NaN"
+
+    markdown = to_markdown(summary)
+    assert "5 jobs, 4 finished, 1 failed; ranked by `val/acc_best` (maximize)" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert len(rows) == 5
+    assert rows[0].startswith("| 1 | 2 | simple_cnn_bn | 0.001 | 0.7200 |")
+    assert rows[-1] == "| - | 1 | simple_cnn | 0.01 |  |  |  | failed: RuntimeError: loss is NaN |"
+
+    table = list(csv.DictReader(io.StringIO(to_csv(summary))))
+    assert [row["job"] for row in table] == ["2", "10", "0", "3", "1"]
+    assert table[0]["val/acc_best"] == "0.72" and table[0]["model"] == "simple_cnn_bn" and table[0]["data.batch_size"] == "64"
+    assert table[-1]["status"] == "failed" and table[-1]["rank"] == "" and table[-1]["error"] == "RuntimeError: loss is NaN"
+
+
+def test_summary_files_are_written_into_the_sweep_folder(sweep: Path):
+    written = write_summary(summarize(sweep))
+    assert written == {"markdown": sweep / "summary.md", "csv": sweep / "summary.csv", "plot": sweep / "summary.png"}
+    assert written["plot"].read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and written["plot"].stat().st_size > 10_000
+    assert "| 1 | 2 | simple_cnn_bn |" in written["markdown"].read_text()
+
+
+def test_direction_comes_from_the_optuna_sweeper_and_any_metric_can_rank(tmp_path: Path):
+    sweep = tmp_path / "search"
+    for num, loss in enumerate([0.9, 0.4, 0.7]):
+        make_job(sweep, num, [f"optimizer.lr={0.001 * (num + 1)}"], {"val/loss": loss, "val/acc_best": 1 - loss},
+                 optimized_metric="val/loss", direction="minimize")
+    by_loss = summarize(sweep)
+    assert (by_loss.metric, by_loss.direction) == ("val/loss", "minimize")
+    assert [job.name for job in by_loss.jobs] == ["1", "2", "0"]
+    by_accuracy = summarize(sweep, metric="val/acc_best", direction="maximize")
+    assert [job.name for job in by_accuracy.jobs] == ["1", "2", "0"]
+    assert [job.name for job in summarize(sweep, metric="val/acc_best", direction="minimize").jobs] == ["0", "2", "1"]
+
+
+def test_a_missing_or_empty_folder_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ConfigValueError, match="does not exist"):
+        summarize(tmp_path / "nope")
+    with pytest.raises(ConfigValueError, match="holds no job folders"):
+        summarize(tmp_path)

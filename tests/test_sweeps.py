@@ -1,0 +1,128 @@
+"""Hyperparameter search (Optuna) and the submitit launchers (local processes; SLURM batch scripts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+from cnnlab.tasks.train import build_run
+from conftest import CONF_DIR, ROOT
+from hydra_plugins.cnnlab_launchers.resuming_submitit import ResumingSlurmLauncher
+from test_scripts import run, script_command, train_overrides
+
+
+def job_folders(sweep: Path) -> list[Path]:
+    return sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def only_sweep(tmp_path: Path) -> Path:
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    return sweep
+
+
+def test_optuna_search_of_two_trials_reports_its_best(tmp_path: Path, cifar_root: Path):
+    # Started in tmp_path without paths.root_dir: the sweep folder resolves from the start folder.
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "hparams_search=simple_cnn_optuna",
+                             "hydra.sweeper.n_trials=2", *train_overrides(cifar_root)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = only_sweep(tmp_path)
+    jobs = job_folders(sweep)
+    assert [job.name for job in jobs] == ["0", "1"]
+    values = [json.loads((job / "metrics.json").read_text())["val/acc_best"] for job in jobs]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(values))  # what each trial returned is what Optuna saw
+    assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "model.dropout"}  # batch size fixed here
+    assert "Best value" in result.stdout + result.stderr
+    trial_lrs = {yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["optimizer"]["lr"] for job in jobs}
+    assert len(trial_lrs) == 2 and all(1e-4 <= lr <= 1e-2 for lr in trial_lrs)
+
+
+def test_submitit_local_launcher_runs_a_job(tmp_path: Path, cifar_root: Path):
+    run(script_command("train.py", tmp_path, "hydra/launcher=local", *train_overrides(cifar_root), multirun=True))
+    sweep = only_sweep(tmp_path)
+    (job,) = job_folders(sweep)
+    assert json.loads((job / "metrics.json").read_text())["epochs"] == 1
+    assert (job / "checkpoints" / "last.ckpt").is_file() and (job / ".hydra" / "overrides.yaml").is_file()
+    # It ran in a process of its own, which submitit logged.
+    (job_log,) = (sweep / ".submitit").glob("*/*_0_log.out")
+    assert "Job completed successfully" in job_log.read_text()
+
+
+def fake_slurm_commands(folder: Path) -> Path:
+    """``sbatch`` that keeps the batch script it is given and submits nothing; ``srun`` to be found."""
+    folder.mkdir()
+    for name, body in {"sbatch": 'cp "$1" "$SBATCH_CAPTURE"\necho "sbatch: test stand-in, nothing submitted" >&2\nexit 1',
+                       "srun": "exit 1"}.items():
+        path = folder / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return folder
+
+
+def test_slurm_launcher_writes_a_batch_script_shaped_like_the_trainer(tmp_path: Path):
+    commands = fake_slurm_commands(tmp_path / "bin")
+    script = tmp_path / "job.sh"
+    env = {**os.environ, "PATH": f"{commands}{os.pathsep}{os.environ['PATH']}", "SBATCH_CAPTURE": str(script)}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", f"paths.root_dir={tmp_path}", "hydra/launcher=slurm",
+         "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90", "trainer=ddp", "trainer.devices=4",
+         "trainer.num_nodes=2", "model=simple_cnn,simple_cnn_bn"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+    assert result.returncode != 0 and "test stand-in, nothing submitted" in result.stderr
+    lines = script.read_text().splitlines()
+    options = {line.removeprefix("#SBATCH ") for line in lines if line.startswith("#SBATCH")}
+    # One task per device on each node (Lightning's SLURM environment), GPUs to match.
+    assert {"--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu", "--time=90"} <= options
+    assert "--array=0-1%2" in options  # the two jobs of the sweep, as one array
+    assert "--signal=USR2@120" in options  # submitit's warning before the time limit: it requeues
+    (srun,) = [line for line in lines if line.startswith("srun ")]
+    assert srun.endswith(str(only_sweep(tmp_path) / ".submitit" / "%j")) and "-m submitit.core._submit" in srun
+
+
+def test_a_slurm_job_needs_a_device_count():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp"], return_hydra_config=True)
+    with pytest.raises(Exception, match=r"trainer.devices=-1, but on SLURM it must be a positive number"):
+        _ = cfg.hydra.launcher.tasks_per_node
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp_cpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.tasks_per_node, launcher.nodes, launcher.gpus_per_node) == (2, 1, None)
+
+
+def test_a_requeued_job_continues_from_its_last_checkpoint():
+    launcher = ResumingSlurmLauncher()
+    requeued = launcher.checkpoint(["model=simple_cnn_bn", "ckpt_path=/old/run/checkpoints/last.ckpt", "seed=3"],
+                                   "hydra.sweep.dir", 5, "job_id_for_5", {})
+    assert requeued.function is launcher
+    assert requeued.args == (["model=simple_cnn_bn", "seed=3", "ckpt_path=last"], "hydra.sweep.dir", 5, "job_id_for_5", {})
+
+
+def test_under_slurm_lightning_leaves_requeueing_to_submitit(make_config, monkeypatch):
+    # Task 0 of a two-task SLURM job, as srun starts it.
+    for variable, value in {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "train",
+                            "SLURM_JOB_ID": "42", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+                            "SLURM_NODELIST": "localhost"}.items():
+        monkeypatch.setenv(variable, value)
+    _, _, trainer = build_run(make_config(overrides=["trainer=ddp_cpu"]))
+    environment = trainer.strategy.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue is False
+    assert type(trainer.strategy).__name__ == "DDPStrategy" and environment.creates_processes_externally
+    assert trainer.world_size == 2
+
+
+def test_the_example_sweep_compares_the_three_models():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=compare_models"], return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.hydra.sweeper.params == {"model": "simple_cnn,simple_cnn_bn,resnet18_ft"}
