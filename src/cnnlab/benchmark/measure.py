@@ -15,12 +15,13 @@ class Measurement:
     """One measured training path."""
 
     name: str
-    images_per_s: float
+    images_per_s: float  # median over the timing windows
     batch_size: int
     steps: int
     peak_host_mb: float | None = None
     peak_device_mb: float | None = None
     notes: str = ""
+    best_images_per_s: float | None = None  # the fastest window
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -34,36 +35,51 @@ def synchronize(device: torch.device) -> None:
 
 
 class StepTimer:
-    """Times a steady-state window: ``warmup`` steps are skipped, the next ``steps`` are timed.
+    """Times steady-state windows: ``warmup`` steps are skipped, then ``repeats`` back-to-back
+    windows of ``steps`` steps each are timed.
 
-    Call :meth:`tick` once at the start of every step; :attr:`done` turns true after the
-    window. The device is synchronised only at the window's two ends.
+    Call :meth:`tick` once at the start of every step; :attr:`done` turns true after the last
+    window. The device is synchronised only at window boundaries. Throughput is taken from the
+    median window; :attr:`best_images_per_s` gives the fastest one.
     """
 
-    def __init__(self, warmup: int, steps: int, batch_size: int, device: torch.device) -> None:
+    def __init__(self, warmup: int, steps: int, batch_size: int, device: torch.device, repeats: int = 1) -> None:
         self.warmup, self.steps, self.batch_size, self.device = warmup, steps, batch_size, device
+        self.repeats = repeats
         self.count = 0
         self._start = 0.0
-        self.seconds: float | None = None
+        self.windows: list[float] = []
 
     @property
     def done(self) -> bool:
-        return self.seconds is not None
+        return len(self.windows) == self.repeats
 
     def tick(self) -> None:
-        if self.count == self.warmup:
+        since_warmup = self.count - self.warmup
+        if since_warmup >= 0 and since_warmup % self.steps == 0 and not self.done:
             synchronize(self.device)
-            self._start = time.perf_counter()
-        elif self.count == self.warmup + self.steps:
-            synchronize(self.device)
-            self.seconds = time.perf_counter() - self._start
+            now = time.perf_counter()
+            if since_warmup > 0:
+                self.windows.append(now - self._start)
+            self._start = now
         self.count += 1
+
+    def _check(self) -> None:
+        if not self.done:
+            needed = self.warmup + self.steps * self.repeats + 1
+            raise RuntimeError(f"the timing windows were not reached (ran {self.count} of {needed} steps)")
 
     @property
     def images_per_s(self) -> float:
-        if self.seconds is None:
-            raise RuntimeError(f"the timing window was not reached (ran {self.count} of {self.warmup + self.steps + 1} steps)")
-        return self.steps * self.batch_size / self.seconds
+        """Throughput of the median window."""
+        self._check()
+        return self.steps * self.batch_size / sorted(self.windows)[len(self.windows) // 2]
+
+    @property
+    def best_images_per_s(self) -> float:
+        """Throughput of the fastest window."""
+        self._check()
+        return self.steps * self.batch_size / min(self.windows)
 
 
 class PeakMemory:

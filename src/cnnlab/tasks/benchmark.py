@@ -31,6 +31,7 @@ from cnnlab.training.callbacks import EpochTimer
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
 from cnnlab.utils.config import instantiate_all
+from cnnlab.utils.host_memory import keep_freed_memory
 from cnnlab.utils.io import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,13 @@ def _autocast_dtype(precision: Any) -> torch.dtype | None:
 
 
 def _train_step(model: ImageClassifier, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                device: torch.device, autocast_dtype: torch.dtype | None) -> None:
+                device: torch.device, autocast_dtype: torch.dtype | None, with_metrics: bool = False) -> None:
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        loss = model.criterion(model(images), labels)
+        logits = model(images)
+        loss = model.criterion(logits, labels)
+    if with_metrics:  # what training_step does besides the loss
+        model.train_metrics.update(logits.detach(), labels)
+        model.train_loss.update(loss.detach(), labels.shape[0])
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -77,18 +82,23 @@ def _fresh_model(cfg: DictConfig, datamodule: InMemoryImageDataModule, device: t
 
 
 def measure_compute_only(cfg, datamodule, device, timer, autocast_dtype) -> None:
-    """The ceiling: the same training step on one pre-made augmented-like batch already on the device."""
+    """The ceiling: the same training step on one batch made once and kept on the device.
+
+    The batch is a real training batch through the same augmentation, so it has the same
+    dtype and memory layout as the data path's batches: only the data work differs.
+    """
     model, optimizer = _fresh_model(cfg, datamodule, device)
-    shape = datamodule.train_split.images.shape[1:]
-    images = torch.rand(timer.batch_size, *shape, device=device)
-    labels = torch.randint(0, datamodule.num_classes, (timer.batch_size,), device=device)
+    batch = next(iter(datamodule.train_dataloader()))
+    images = datamodule.transform(batch.images.to(device), train=True)
+    labels = batch.labels.to(device)
     while not timer.done:
         timer.tick()
         _train_step(model, optimizer, images, labels, device, autocast_dtype)
 
 
 def measure_bare_data_path(cfg, datamodule, device, timer, autocast_dtype) -> None:
-    """cnnlab's data path without Lightning: gather, transfer as uint8, augment on the device, step."""
+    """cnnlab's data path and training step without Lightning: gather, transfer as uint8, augment
+    on the device, then the step with the same metric updates as ``training_step``."""
     model, optimizer = _fresh_model(cfg, datamodule, device)
     while not timer.done:
         for batch in datamodule.train_dataloader():
@@ -96,22 +106,25 @@ def measure_bare_data_path(cfg, datamodule, device, timer, autocast_dtype) -> No
             if timer.done:
                 break
             images = datamodule.transform(batch.images.to(device, non_blocking=True), train=True)
-            _train_step(model, optimizer, images, batch.labels.to(device, non_blocking=True), device, autocast_dtype)
+            _train_step(model, optimizer, images, batch.labels.to(device, non_blocking=True), device, autocast_dtype,
+                        with_metrics=True)
 
 
-def measure_trainer(cfg, datamodule, timer, output_dir: Path) -> float | None:
-    """cnnlab as users run it: Trainer.fit for one epoch. Returns that epoch's wall time (with validation)."""
+def measure_trainer(cfg, datamodule, timer, output_dir: Path, whole_epoch: bool) -> float | None:
+    """cnnlab as users run it: Trainer.fit, for a whole epoch (returning its wall time, validation
+    included) or for just the timing windows."""
     model = build_classifier(cfg, datamodule.class_names)
     epoch_timer = EpochTimer()
     callbacks = [*instantiate_all(cfg.get("callbacks")), epoch_timer, _TrainerWindow(timer)]
     callbacks = [c for c in callbacks if not isinstance(c, EpochTimer) or c is epoch_timer]
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False,
-        max_epochs=1, default_root_dir=str(output_dir),
-        **({} if cfg.benchmark.epoch else {"max_steps": timer.warmup + timer.steps + 1, "limit_val_batches": 0}),
+        default_root_dir=str(output_dir),
+        **({"max_epochs": 1} if whole_epoch else
+           {"max_epochs": -1, "max_steps": timer.warmup + timer.steps * timer.repeats + 1, "limit_val_batches": 0}),
     )
     trainer.fit(model, datamodule=datamodule)
-    return epoch_timer.epoch_seconds[0] if cfg.benchmark.epoch and epoch_timer.epoch_seconds else None
+    return epoch_timer.epoch_seconds[0] if whole_epoch and epoch_timer.epoch_seconds else None
 
 
 def _format_report(rows: list[Measurement], summary: dict[str, Any], header: dict[str, Any]) -> str:
@@ -122,17 +135,21 @@ def _format_report(rows: list[Measurement], summary: dict[str, Any], header: dic
         "",
         f"- device: {header['device']}; host: {header['host']}; torch {header['torch']}, {header['threads']} threads",
         f"- command: `{header['command']}`",
-        f"- augmentation: {header['augmentation']}; precision: {header['precision']}",
+        f"- augmentation: {header['augmentation']}",
+        f"- precision: {header['precision']}; channels_last: {header['channels_last']}; "
+        f"host malloc for cnnlab's paths: {header['host_malloc']} (the plain loop keeps the default)",
+        f"- timing: {header['windows']}",
         "",
-        "| path | images/s | vs compute-only | vs plain loop | peak host RSS (MB) | peak device (MB) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| path | images/s (median) | best window | vs compute-only | vs plain loop | peak host RSS (MB) | peak device (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         vs_plain = f"{row.images_per_s / max(plain):.2f}x" if plain else "-"
         device_mb = f"{row.peak_device_mb:,.0f}" if row.peak_device_mb is not None else "-"
         host_mb = f"{row.peak_host_mb:,.0f}" if row.peak_host_mb is not None else "-"
         lines.append(
-            f"| {row.name} | {row.images_per_s:,.0f} | {row.images_per_s / ceiling:.0%} | {vs_plain} | {host_mb} | {device_mb} |"
+            f"| {row.name} | {row.images_per_s:,.0f} | {row.best_images_per_s:,.0f} | {row.images_per_s / ceiling:.0%} "
+            f"| {vs_plain} | {host_mb} | {device_mb} |"
         )
     lines.append("")
     for key, value in summary.items():
@@ -156,24 +173,29 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     image_size = datamodule.train_split.images.shape[-1]
 
     def window() -> StepTimer:
-        return StepTimer(bench.warmup_steps, bench.steps, batch_size, device)
+        return StepTimer(bench.warmup_steps, bench.steps, batch_size, device, repeats=bench.repeats)
 
-    rows: list[Measurement] = []
+    measured: dict[str, Measurement] = {}
+    windows: dict[str, list[float]] = {}
 
-    def record(name: str, run: Any, notes: str = "") -> StepTimer:
+    def record(name: str, run: Any, notes: str = "") -> None:
+        """Measure one path; across rounds, a path pools its windows and keeps its highest peak memory."""
         timer = window()
         log.info("benchmark: %s ...", name)
         with PeakMemory(device) as memory:
             run(timer)
-        rows.append(Measurement(name, timer.images_per_s, batch_size, bench.steps, memory.host_mb, memory.device_mb, notes))
+        windows.setdefault(name, []).extend(timer.windows)
+        speeds = sorted(bench.steps * batch_size / seconds for seconds in windows[name])
+        previous = measured.get(name)
+        measured[name] = Measurement(
+            name, speeds[len(speeds) // 2], batch_size, bench.steps,
+            max(filter(None, [memory.host_mb, previous and previous.peak_host_mb]), default=None),
+            max(filter(None, [memory.device_mb, previous and previous.peak_device_mb]), default=None),
+            notes, best_images_per_s=speeds[-1], extra={"window_seconds": windows[name]},
+        )
         log.info("benchmark: %s: %.0f images/s", name, timer.images_per_s)
-        return timer
 
-    record("compute only (batch already on the device)", lambda t: measure_compute_only(cfg, datamodule, device, t, autocast_dtype))
-    record("cnnlab data path, bare loop", lambda t: measure_bare_data_path(cfg, datamodule, device, t, autocast_dtype))
-    epoch_seconds: list[float | None] = []
-    record("cnnlab data path, Lightning Trainer",
-           lambda t: epoch_seconds.append(measure_trainer(cfg, datamodule, t, output_dir)))
+    # The reference runs first, with the C library's default allocator, as a tutorial user has it.
     if bench.plain_loop:
         for name, dataset in reference_datasets(datamodule, image_size).items():
             net = instantiate(cfg.model)
@@ -181,18 +203,42 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
             record(name, lambda t, net=net, dataset=dataset: run_plain_loop(
                        net, dataset, device, t, bench.plain_loop_workers, float(cfg.optimizer.get("lr", 1e-3)), autocast_dtype),
                    notes=f"{bench.plain_loop_workers} DataLoader workers (their memory is not counted)")
+    malloc_tuned = bool(cfg.get("tune_host_malloc")) and keep_freed_memory()
 
-    by_name = {row.name: row.images_per_s for row in rows}
-    ceiling = by_name["compute only (batch already on the device)"]
-    bare = by_name["cnnlab data path, bare loop"]
-    trainer_speed = by_name["cnnlab data path, Lightning Trainer"]
-    plain = [speed for name, speed in by_name.items() if name.startswith("plain loop")]
+    # The machine's speed can drift over a run (shared hosts, clock boost), so the paths take
+    # turns: each round measures each of them once; a path's figure is the median of all its
+    # windows (the fastest one is reported beside it).
+    epoch_seconds: list[float | None] = []
+    for round_index in range(bench.rounds):
+        record("compute only (batch already on the device)", lambda t: measure_compute_only(cfg, datamodule, device, t, autocast_dtype))
+        record("cnnlab data path, bare loop", lambda t: measure_bare_data_path(cfg, datamodule, device, t, autocast_dtype))
+        whole_epoch = bench.epoch and round_index == 0
+        record("cnnlab data path, Lightning Trainer",
+               lambda t, whole_epoch=whole_epoch: epoch_seconds.append(measure_trainer(cfg, datamodule, t, output_dir, whole_epoch)))
+
+    order = ["compute only", "cnnlab data path, bare", "cnnlab data path, Lightning", "plain loop"]
+    rows = sorted(measured.values(), key=lambda row: next(i for i, prefix in enumerate(order) if row.name.startswith(prefix)))
+    def ratios(speed: dict[str, float]) -> dict[str, float]:
+        ceiling = speed["compute only (batch already on the device)"]
+        bare = speed["cnnlab data path, bare loop"]
+        trainer_speed = speed["cnnlab data path, Lightning Trainer"]
+        plain = [value for name, value in speed.items() if name.startswith("plain loop")]
+        values = {
+            "data path efficiency, bare loop vs compute-only": bare / ceiling,
+            "data path efficiency, Trainer vs compute-only": trainer_speed / ceiling,
+            "Lightning overhead, Trainer vs bare loop": 1 - trainer_speed / bare,
+        }
+        if plain:
+            values["speed-up, Trainer vs the fastest plain loop"] = trainer_speed / max(plain)
+        return values
+
+    median = ratios({row.name: row.images_per_s for row in rows})
+    best = ratios({row.name: row.best_images_per_s for row in rows})
     summary: dict[str, Any] = {
-        "data path efficiency (Trainer vs compute-only)": f"{trainer_speed / ceiling:.1%}",
-        "Lightning overhead (Trainer vs bare loop)": f"{1 - trainer_speed / bare:+.1%}",
+        name: (f"{value:.2f}x (best windows: {best[name]:.2f}x)" if name.startswith("speed-up")
+               else f"{value:.1%} (best windows: {best[name]:.1%})")
+        for name, value in median.items()
     }
-    if plain:
-        summary["speed-up over the fastest plain loop"] = f"{trainer_speed / max(plain):.2f}x"
     if epoch_seconds and epoch_seconds[0] is not None:
         n_train, n_val = len(datamodule.train_split), len(datamodule.val_split)
         summary[f"one epoch through the Trainer ({n_train:,} train + {n_val:,} val images)"] = f"{epoch_seconds[0]:.1f} s"
@@ -208,6 +254,10 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         "command": bench.get("command") or "python scripts/benchmark.py " + " ".join(_overrides()),
         "augmentation": repr(augment) if augment is not None else "none",
         "precision": str(cfg.trainer.precision),
+        "channels_last": bool(cfg.get("classifier", {}).get("channels_last", False)),
+        "host_malloc": "tuned (freed memory kept for reuse)" if malloc_tuned else "C library default",
+        "windows": f"median of {bench.rounds} interleaved rounds x {bench.repeats} windows of {bench.steps} steps, "
+                   f"after {bench.warmup_steps} warm-up steps",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     report = _format_report(rows, summary, header)

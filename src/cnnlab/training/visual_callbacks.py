@@ -310,9 +310,12 @@ class GradientNormLogger(Callback):
         self.norm_type = float(norm_type)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        # Only steps whose logs reach the loggers (every trainer.log_every_n_steps) pay for the
+        # norm; Lightning's LearningRateMonitor gates its work the same way.
+        if not trainer._logger_connector.should_update_logs:
+            return
         grads = [p.grad.detach() for p in pl_module.parameters() if p.grad is not None]
         if not grads:
             return
-        per_tensor = torch.stack([torch.linalg.vector_norm(g, self.norm_type) for g in grads])
-        total = torch.linalg.vector_norm(per_tensor, self.norm_type)
+        total = torch.nn.utils.get_total_norm(grads, self.norm_type)
         pl_module.log("train/grad_norm", total, on_step=True, on_epoch=False)
