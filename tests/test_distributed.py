@@ -14,14 +14,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from conftest import CONF_DIR, FAST, ROOT
 from cnnlab.errors import ConfigValueError
 from cnnlab.tasks.train import build_run
 from cnnlab.utils.config import ddp_strategy
+from conftest import CONF_DIR, FAST, ROOT
 
 TESTS = Path(__file__).resolve().parent
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_scripts import run, script_command, train_overrides
 
 from cnnlab.errors import RunDirectoryInUseError
 from cnnlab.tasks.train import train
-from test_scripts import run, script_command, train_overrides
 
 
 def scalar_steps(log_dir: Path, tag: str) -> list[int]:
@@ -38,7 +38,7 @@ def test_one_command_resumes_a_stopped_run_in_its_own_folder(tmp_path: Path, cif
     assert list((tmp_path / "logs" / "train" / "runs").iterdir()) == [first], "no new run folder"
     resumed = json.loads((first / "metrics.json").read_text())
     assert resumed["epochs"] == 2 and resumed["global_step"] == 2 * steps_per_epoch
-    assert resumed["resumed_from"] == str(last.resolve())
+    assert resumed["resumed_from"] == str(last.absolute())
     assert resumed["val/acc_best"] >= stopped["val/acc_best"]  # the best so far carries over
     # The first session's record is kept: its config, its overrides and its results.
     assert (first / ".hydra" / "overrides.yaml").read_text() == first_overrides

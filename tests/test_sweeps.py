@@ -13,11 +13,11 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from test_scripts import run, script_command, train_overrides
 
 from cnnlab.tasks.train import build_run
 from conftest import CONF_DIR, ROOT
 from hydra_plugins.cnnlab_launchers.resuming_submitit import ResumingSlurmLauncher
-from test_scripts import run, script_command, train_overrides
 
 
 def job_folders(sweep: Path) -> list[Path]:

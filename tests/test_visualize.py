@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import CIFAR_CLASSES, CONF_DIR, FAST, ROOT
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -23,8 +22,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cnnlab.data.augment import NormalizeBatch
 from cnnlab.data.folder import decode_image_file
 from cnnlab.errors import InputNotFoundError, LayerNotFoundError
-from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.models.simple_cnn import SimpleCNN
+from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.inference import load_trained_network
 from cnnlab.tasks.predict import predict
 from cnnlab.tasks.summary import summary
@@ -33,6 +32,7 @@ from cnnlab.tasks.visualize import visualize
 from cnnlab.training.visual_callbacks import epoch_is_due
 from cnnlab.visualize.feature_maps import capture_activations, find_layer
 from cnnlab.visualize.gradcam import grad_cam
+from conftest import CIFAR_CLASSES, CONF_DIR, FAST, ROOT
 
 # ---------------------------------------------------------------------------------------------
 # helpers

@@ -73,7 +73,6 @@ def run_plain_loop(
     timer: StepTimer,
     num_workers: int = 2,
     lr: float = 1e-3,
-    autocast_dtype: torch.dtype | None = None,
 ) -> None:
     """Train ``net`` on ``dataset`` the tutorial's way until ``timer``'s window is measured."""
     loader = DataLoader(dataset, batch_size=timer.batch_size, shuffle=True, num_workers=num_workers, drop_last=True)
@@ -87,8 +86,7 @@ def run_plain_loop(
                 break
             images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad()
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                loss = criterion(net(images), labels)
+            loss = criterion(net(images), labels)
             loss.backward()
             optimizer.step()
 

@@ -137,7 +137,7 @@ def _format_report(rows: list[Measurement], summary: dict[str, Any], header: dic
         f"- command: `{header['command']}`",
         f"- augmentation: {header['augmentation']}",
         f"- precision: {header['precision']}; channels_last: {header['channels_last']}; "
-        f"host malloc for cnnlab's paths: {header['host_malloc']} (the plain loop keeps the default)",
+        f"host malloc for cnnlab's paths: {header['host_malloc']} (the plain loop: float32, default malloc)",
         f"- timing: {header['windows']}",
         "",
         "| path | images/s (median) | best window | vs compute-only | vs plain loop | peak host RSS (MB) | peak device (MB) |",
@@ -195,13 +195,14 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         )
         log.info("benchmark: %s: %.0f images/s", name, timer.images_per_s)
 
-    # The reference runs first, with the C library's default allocator, as a tutorial user has it.
+    # The reference runs first, as the tutorial has it: float32, the C library's default
+    # allocator, whatever precision or allocator settings cnnlab's paths use.
     if bench.plain_loop:
         for name, dataset in reference_datasets(datamodule, image_size).items():
             net = instantiate(cfg.model)
             net.normalize = nn.Identity()  # the tutorial's transforms already normalise
             record(name, lambda t, net=net, dataset=dataset: run_plain_loop(
-                       net, dataset, device, t, bench.plain_loop_workers, float(cfg.optimizer.get("lr", 1e-3)), autocast_dtype),
+                       net, dataset, device, t, bench.plain_loop_workers, float(cfg.optimizer.get("lr", 1e-3))),
                    notes=f"{bench.plain_loop_workers} DataLoader workers (their memory is not counted)")
     malloc_tuned = bool(cfg.get("tune_host_malloc")) and keep_freed_memory()
 

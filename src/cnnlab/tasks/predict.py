@@ -86,13 +86,13 @@ def predict_files(net: torch.nn.Module, class_names: list[str], files: list[Path
             probabilities = class_probabilities(net, torch.stack(images)) if images else torch.empty(0)
             top_p, top_i = probabilities.topk(k, dim=1) if images else (None, None)
             row = 0
-            for path, item in zip(chunk, decoded):
+            for path, item in zip(chunk, decoded, strict=True):
                 if isinstance(item, str):
                     results.append(Prediction(str(path), error=item))
                     continue
                 assert top_p is not None and top_i is not None
                 results.append(Prediction(str(path), [(class_names[i], float(p)) for p, i in
-                                                      zip(top_p[row].tolist(), top_i[row].tolist())]))
+                                                      zip(top_p[row].tolist(), top_i[row].tolist(), strict=True)]))
                 row += 1
     return results
 

@@ -235,7 +235,7 @@ def plot(summary: SweepSummary, path: Path) -> Path:
 
     params = summary.swept or ["job"]
     fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.6), squeeze=False)
-    for ax, param in zip(axes[0], params):
+    for ax, param in zip(axes[0], params, strict=True):
         points = [(job.name if param == "job" else job.overrides.get(param, ""), job.metrics.get(summary.metric))
                   for job in summary.finished]
         points = [(x, y) for x, y in points if isinstance(y, (int, float)) and math.isfinite(y)]

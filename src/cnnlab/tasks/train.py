@@ -211,7 +211,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         results["epoch_seconds"] = timers[0].epoch_seconds
     results.update(epochs=epochs, global_step=global_step, fit_seconds=round(fit_seconds, 2))
     if ckpt_path:
-        results["resumed_from"] = str(Path(ckpt_path).resolve())
+        results["resumed_from"] = str(Path(ckpt_path).absolute())  # the path as given: last.ckpt may be a link
     keep_previous_results(output_dir, cfg.get("session") or "")
     write_metrics(output_dir / RESULTS_FILE, results)
     log_hparams_with_metrics(trainer, flatten(OmegaConf.to_container(cfg, resolve=True)), results)

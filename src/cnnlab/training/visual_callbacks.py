@@ -120,7 +120,7 @@ class ConfusionMatrixLogger(Callback):
             totals = matrix.sum(dim=1).clamp_min(1)
             per_class = matrix.diagonal().float() / totals
             # Every process holds the same synchronised values; sync_dist only keeps Lightning from warning.
-            pl_module.log_dict({f"val/acc_class/{name}": acc for name, acc in zip(names, per_class)}, sync_dist=True)
+            pl_module.log_dict({f"val/acc_class/{name}": acc for name, acc in zip(names, per_class, strict=True)}, sync_dist=True)
         writer = tensorboard_writer(trainer)
         if writer is not None:
             figure = confusion_matrix_figure(matrix, names, title=f"{stage} epoch {trainer.current_epoch}")

@@ -128,7 +128,7 @@ def walkthrough_text() -> str:
     """The classic example worked through step by step, as text for a terminal."""
     image, kernel, correlation, convolution = classic_example()
     patch = image[:3, :3]
-    terms = " + ".join(f"({int(k)})*{int(v)}" for k, v in zip(kernel.ravel(), patch.ravel()))
+    terms = " + ".join(f"({int(k)})*{int(v)}" for k, v in zip(kernel.ravel(), patch.ravel(), strict=True))
     small = np.arange(1, 17).reshape(4, 4)
     return "\n".join([
         "A 5x5 image holding 1..25, row by row:",

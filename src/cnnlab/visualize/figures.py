@@ -84,7 +84,7 @@ def confusion_matrix_figure(matrix: Tensor | np.ndarray, class_names: Sequence[s
     figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
     accuracy = np.diag(fractions)
     axes.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right", rotation_mode="anchor")
-    axes.set_yticks(range(n), labels=[f"{name} ({acc:.0%})" for name, acc in zip(class_names, accuracy)])
+    axes.set_yticks(range(n), labels=[f"{name} ({acc:.0%})" for name, acc in zip(class_names, accuracy, strict=True)])
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class (accuracy)")
     if n <= MAX_ANNOTATED_CLASSES:
@@ -207,7 +207,7 @@ def gradcam_figure(image: Tensor, heatmap: Tensor, title: str = "", alpha: float
     if title:
         figure.suptitle(title)
     panels = figure.subplots(1, 3)
-    for axes, name in zip(panels, ("image", "Grad-CAM", "overlay")):
+    for axes, name in zip(panels, ("image", "Grad-CAM", "overlay"), strict=True):
         _hide_axes(axes)
         axes.set_title(name, fontsize=9)
     panels[0].imshow(shown, cmap="gray", interpolation="nearest")
