@@ -59,6 +59,7 @@ class RandomBatchAugment(nn.Module):
         self.rotation_degrees = float(rotation_degrees)
         self.brightness = float(brightness)
         self.contrast = float(contrast)
+        self.register_buffer("luma", torch.tensor(_LUMA_WEIGHTS).view(1, 3, 1, 1), persistent=False)
 
     def extra_repr(self) -> str:
         return (
@@ -126,8 +127,7 @@ class RandomBatchAugment(nn.Module):
         if self.contrast > 0:
             factor = 1 + (torch.rand(shape, device=images.device) * 2 - 1) * self.contrast
             if images.shape[1] == 3:
-                luma = torch.tensor(_LUMA_WEIGHTS, device=images.device).view(1, 3, 1, 1)
-                grey_mean = (images * luma).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+                grey_mean = (images * self.luma).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
             else:
                 grey_mean = images.mean(dim=(1, 2, 3), keepdim=True)
             images = ((images - grey_mean) * factor + grey_mean).clamp_(0, 1)
@@ -152,6 +152,7 @@ class NormalizeBatch(nn.Module):
         std_t = torch.tensor([float(s) for s in std]).view(1, -1, 1, 1)
         self.register_buffer("scale", 1.0 / std_t, persistent=False)
         self.register_buffer("shift", -mean_t / std_t, persistent=False)
+        self.register_buffer("uint8_scale", 1.0 / (255.0 * std_t), persistent=False)  # for 0..255 input
 
     def forward(self, images: Tensor) -> Tensor:
         if self.scale.shape[1] not in (1, images.shape[1]):
@@ -159,5 +160,5 @@ class NormalizeBatch(nn.Module):
                 f"images have {images.shape[1]} channels but the normalisation has {self.scale.shape[1]}"
             )
         if images.dtype == torch.uint8:
-            return images.float() * (self.scale / 255.0) + self.shift
+            return images.float() * self.uint8_scale + self.shift
         return images * self.scale + self.shift

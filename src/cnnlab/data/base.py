@@ -246,5 +246,7 @@ class InMemoryImageDataModule(L.LightningDataModule):
         normalises either.
         """
         if train and self.augment is not None:
-            return self.augment(images)
+            # The data module is no nn.Module, so Lightning does not move this one; after the
+            # first batch this is a no-op.
+            return self.augment.to(images.device)(images)
         return images

@@ -160,6 +160,7 @@ class TorchvisionFineTuner(nn.Module):
         if n_trainable > len(stages):
             raise ValueError(f"{arch} has {len(stages)} stages; trainable_stages={trainable_stages} is too many")
         self.stage_names = [name for name, _ in stages]
+        self._stages = dict(stages)  # a plain dict: the modules are already registered in the backbone
         self._frozen_stages = [module for _, module in stages[: len(stages) - n_trainable]]
         self.backbone.requires_grad_(False)
         for _, module in stages[len(stages) - n_trainable :]:
@@ -216,10 +217,9 @@ class TorchvisionFineTuner(nn.Module):
 
     def cam_target_layer(self) -> nn.Module:
         """The layer Grad-CAM looks at by default: the last stage with convolutions."""
-        stages = dict(find_stages(self.backbone))
         for name in reversed(self.stage_names):
-            if any(isinstance(m, nn.Conv2d) for m in stages[name].modules()):
-                return stages[name]
+            if any(isinstance(m, nn.Conv2d) for m in self._stages[name].modules()):
+                return self._stages[name]
         raise ValueError(f"{self.arch} has no convolutional stage for Grad-CAM")
 
     def parameter_groups(self) -> list[dict]:
