@@ -40,6 +40,21 @@ def test_each_sample_gets_its_own_exact_crop_and_flip():
         params.append(matches[0])
     assert len({p[:2] for p in params}) > 1, "samples of one batch must be able to get different crops"
     assert {p[2] for p in params} == {False, True}, "some samples flipped, some not"
+    assert out.is_contiguous(memory_format=torch.channels_last), "the fast layout for the convolutions that follow"
+
+
+def test_crop_offsets_and_flips_are_uniform_like_torchvision():
+    # RandomCrop(padding=1) then RandomHorizontalFlip: 9 offsets x 2 flips, each with chance 1/18.
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (1800, 3, 6, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    out = (RandomBatchAugment(crop_padding=1, hflip=True)(images) * 255).round().to(torch.uint8)
+    counts: dict[tuple[int, int, bool], int] = {}
+    for source, result in zip(images, out, strict=True):
+        matches = matching_crops(source, result, pad=1)
+        assert len(matches) == 1
+        counts[matches[0]] = counts.get(matches[0], 0) + 1
+    assert len(counts) == 18
+    assert all(55 <= count <= 145 for count in counts.values()), counts  # 100 expected each, sd ~10
 
 
 def test_identical_images_in_one_batch_come_out_different():
@@ -75,8 +90,13 @@ def test_normalize_matches_torchvision():
     normalize = NormalizeBatch(mean, std)
     assert torch.allclose(normalize(images), expected, atol=1e-5)
     assert torch.allclose(normalize(images.float() / 255), expected, atol=1e-5)
-    channels_last = images.contiguous(memory_format=torch.channels_last)
-    assert normalize(channels_last).is_contiguous(memory_format=torch.channels_last)
+    for channels_last in (images.contiguous(memory_format=torch.channels_last),
+                          (images.float() / 255).contiguous(memory_format=torch.channels_last)):
+        out = normalize(channels_last)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(out, expected, atol=1e-5)
+    single = NormalizeBatch([0.5], [0.25])  # one value for every channel
+    assert torch.allclose(single(images.contiguous(memory_format=torch.channels_last)), (images.float() / 255 - 0.5) / 0.25, atol=1e-5)
 
 
 def test_bad_settings_are_rejected():

@@ -22,6 +22,9 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
         "plain loop (in-memory PIL, like CIFAR10)",
     ]
     assert all(row["images_per_s"] > 0 and row["peak_host_mb"] > 0 for row in results["rows"])
+    # Every path, the plain loop too, takes its turn in each of the 3 rounds: 3 x 3 windows.
+    assert [len(row["extra"]["window_seconds"]) for row in results["rows"]] == [9, 9, 9, 9]
+    assert results["header"]["optimizer"] == "Adam (fused)"
     assert "one epoch through the Trainer (320 train + 40 val images)" in results["summary"]
     written = json.loads((tmp_path / "run" / "benchmark.json").read_text())
     assert written["rows"] == results["rows"]

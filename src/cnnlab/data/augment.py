@@ -80,26 +80,32 @@ class RandomBatchAugment(nn.Module):
         return images
 
     def _crop_and_flip(self, images: Tensor) -> Tensor:
+        """Each sample's random crop of its zero-padded image, mirrored for about half of them.
+
+        The work happens on an (N, H, W, C) view, so the result is a channels-last batch (the fast
+        layout for the convolutions that follow) and each gathered element is a whole pixel. All
+        crop windows of a padded image form one strided view (``unfold``), and one gather picks
+        each sample's window. A mirrored sample takes its window from the mirror image of its
+        padded image: with the offset uniform over [0, 2 * padding], that is distributed exactly as
+        torchvision's ``RandomCrop(padding=p)`` followed by ``RandomHorizontalFlip``.
+        """
         n, _, h, w = images.shape
         pad = self.crop_padding
         if pad == 0 and not self.hflip:
             return images
         device = images.device
-        flip = torch.rand(n, device=device) < 0.5 if self.hflip else None
-        if pad == 0:
-            assert flip is not None
-            return torch.where(flip[:, None, None, None], images.flip(3), images)
-        padded = F.pad(images, (pad, pad, pad, pad))
-        top = torch.randint(0, 2 * pad + 1, (n, 1), device=device)
-        left = torch.randint(0, 2 * pad + 1, (n, 1), device=device)
-        cols = torch.arange(w, device=device)
-        if flip is not None:
-            cols = torch.where(flip[:, None], cols.flip(0), cols)
-        row_index = top + torch.arange(h, device=device)  # (N, H)
-        col_index = left + cols  # (N, W)
-        sample_index = torch.arange(n, device=device)[:, None, None]
-        # Advanced indices around a slice put their dims first: the result is (N, H, W, C).
-        cropped = padded[sample_index, :, row_index[:, :, None], col_index[:, None, :]]
+        pixels = images.permute(0, 2, 3, 1)
+        if pad:
+            pixels = F.pad(pixels, (0, 0, pad, pad, pad, pad))  # zeros around H and W
+        source = torch.arange(n, device=device)
+        if self.hflip:
+            mirrored = torch.rand(n, device=device) < 0.5
+            pixels = torch.cat([pixels, pixels.flip(2)])
+            source = source + n * mirrored
+        top = torch.randint(0, 2 * pad + 1, (n,), device=device)
+        left = torch.randint(0, 2 * pad + 1, (n,), device=device)
+        windows = pixels.unfold(1, h, 1).unfold(2, w, 1)  # (N', 2p+1, 2p+1, C, H, W), a view
+        cropped = windows.permute(0, 1, 2, 4, 5, 3)[source, top, left]  # (N, H, W, C), contiguous
         return cropped.permute(0, 3, 1, 2)
 
     def _rotate(self, images: Tensor) -> Tensor:
@@ -155,10 +161,22 @@ class NormalizeBatch(nn.Module):
         self.register_buffer("uint8_scale", 1.0 / (255.0 * std_t), persistent=False)  # for 0..255 input
 
     def forward(self, images: Tensor) -> Tensor:
-        if self.scale.shape[1] not in (1, images.shape[1]):
-            raise ValueError(
-                f"images have {images.shape[1]} channels but the normalisation has {self.scale.shape[1]}"
-            )
-        if images.dtype == torch.uint8:
-            return images.float() * self.uint8_scale + self.shift
-        return images * self.scale + self.shift
+        channels = images.shape[1]
+        if self.scale.shape[1] not in (1, channels):
+            raise ValueError(f"images have {channels} channels but the normalisation has {self.scale.shape[1]}")
+        scale = self.uint8_scale if images.dtype == torch.uint8 else self.scale
+        values = images.float()
+        if self.scale.shape[1] == 1 or not _is_channels_last(images):
+            return torch.addcmul(self.shift, values, scale)
+        # Per-channel constants broadcast over a channels-last batch leave an innermost run of
+        # only C values, which vectorises poorly (about 7x slower on a CPU). As rows of W * C
+        # values with the constants tiled along each row, the same arithmetic runs at full speed.
+        n, _, h, w = images.shape
+        rows = values.permute(0, 2, 3, 1).reshape(n * h, w * channels)
+        out = torch.addcmul(self.shift.view(channels).repeat(w), rows, scale.view(channels).repeat(w))
+        return out.view(n, h, w, channels).permute(0, 3, 1, 2)
+
+
+def _is_channels_last(images: Tensor) -> bool:
+    """Whether a 4-d batch is stored in channels-last order (and not also plainly contiguous)."""
+    return images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()

@@ -31,6 +31,7 @@ from cnnlab.training.callbacks import EpochTimer
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
 from cnnlab.utils.config import instantiate_all
+from cnnlab.utils.cuda_check import skip_unloadable_nvml_check
 from cnnlab.utils.host_memory import keep_freed_memory
 from cnnlab.utils.io import atomic_write, atomic_write_json
 
@@ -136,8 +137,9 @@ def _format_report(rows: list[Measurement], summary: dict[str, Any], header: dic
         f"- device: {header['device']}; host: {header['host']}; torch {header['torch']}, {header['threads']} threads",
         f"- command: `{header['command']}`",
         f"- augmentation: {header['augmentation']}",
+        f"- optimizer (cnnlab's paths): {header['optimizer']}",
         f"- precision: {header['precision']}; channels_last: {header['channels_last']}; "
-        f"host malloc for cnnlab's paths: {header['host_malloc']} (the plain loop: float32, default malloc)",
+        f"host malloc (every path): {header['host_malloc']}; the plain loop: float32 (tutorial's Adam)",
         f"- timing: {header['windows']}",
         "",
         "| path | images/s (median) | best window | vs compute-only | vs plain loop | peak host RSS (MB) | peak device (MB) |",
@@ -195,22 +197,24 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         )
         log.info("benchmark: %s: %.0f images/s", name, timer.images_per_s)
 
-    # The reference runs first, as the tutorial has it: float32, the C library's default
-    # allocator, whatever precision or allocator settings cnnlab's paths use.
-    if bench.plain_loop:
-        for name, dataset in reference_datasets(datamodule, image_size).items():
-            net = instantiate(cfg.model)
-            net.normalize = nn.Identity()  # the tutorial's transforms already normalise
-            record(name, lambda t, net=net, dataset=dataset: run_plain_loop(
-                       net, dataset, device, t, bench.plain_loop_workers, float(cfg.optimizer.get("lr", 1e-3))),
-                   notes=f"{bench.plain_loop_workers} DataLoader workers (their memory is not counted)")
+    # Process-wide settings apply to every path, the tutorial's loop included (they can only
+    # help it): the allocator setting, and no NVML probe on every optimizer step where there is
+    # no NVML (a cost Lightning's import brings, which the tutorial's script would not pay).
     malloc_tuned = bool(cfg.get("tune_host_malloc")) and keep_freed_memory()
+    skip_unloadable_nvml_check()
+    reference = reference_datasets(datamodule, image_size) if bench.plain_loop else {}
 
     # The machine's speed can drift over a run (shared hosts, clock boost), so the paths take
     # turns: each round measures each of them once; a path's figure is the median of all its
     # windows (the fastest one is reported beside it).
     epoch_seconds: list[float | None] = []
     for round_index in range(bench.rounds):
+        for name, dataset in reference.items():
+            net = instantiate(cfg.model)
+            net.normalize = nn.Identity()  # the tutorial's transforms already normalise
+            record(name, lambda t, net=net, dataset=dataset: run_plain_loop(
+                       net, dataset, device, t, bench.plain_loop_workers, float(cfg.optimizer.get("lr", 1e-3))),
+                   notes=f"{bench.plain_loop_workers} DataLoader workers (their memory is not counted)")
         record("compute only (batch already on the device)", lambda t: measure_compute_only(cfg, datamodule, device, t, autocast_dtype))
         record("cnnlab data path, bare loop", lambda t: measure_bare_data_path(cfg, datamodule, device, t, autocast_dtype))
         whole_epoch = bench.epoch and round_index == 0
@@ -255,6 +259,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         "command": bench.get("command") or "python scripts/benchmark.py " + " ".join(_overrides()),
         "augmentation": repr(augment) if augment is not None else "none",
         "precision": str(cfg.trainer.precision),
+        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1] + (" (fused)" if cfg.optimizer.get("fused") else ""),
         "channels_last": bool(cfg.get("classifier", {}).get("channels_last", False)),
         "host_malloc": "tuned (freed memory kept for reuse)" if malloc_tuned else "C library default",
         "windows": f"median of {bench.rounds} interleaved rounds x {bench.repeats} windows of {bench.steps} steps, "

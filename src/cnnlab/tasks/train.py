@@ -25,6 +25,7 @@ from cnnlab.training.callbacks import EpochTimer, RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
 from cnnlab.utils.config import CHECKPOINTS_FOLDER, flatten, instantiate_all, print_config
+from cnnlab.utils.cuda_check import skip_unloadable_nvml_check
 from cnnlab.utils.host_memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         ensure_fresh_run_dir(output_dir)
     if cfg.get("tune_host_malloc"):
         keep_freed_memory()
+    skip_unloadable_nvml_check()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 

@@ -11,25 +11,14 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from cnnlab.data.base import Batch
+from cnnlab.training.metrics import TopKAccuracy
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
-
-
-def _accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    # validate_args=False: the inputs are our own logits and labels; checking them costs a
-    # noticeable share of a small network's step.
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False),
-            "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro", validate_args=False),
-        },
-        prefix=prefix,
-    )
 
 
 class ImageClassifier(L.LightningModule):
@@ -81,9 +70,9 @@ class ImageClassifier(L.LightningModule):
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.train_loss = MeanMetric()
-        self.train_metrics = _accuracy_metrics(num_classes, "train/")
-        self.val_metrics = _accuracy_metrics(num_classes, "val/")
-        self.test_metrics = _accuracy_metrics(num_classes, "test/")
+        self.train_metrics = TopKAccuracy(num_classes, (1, 5), prefix="train/")
+        self.val_metrics = TopKAccuracy(num_classes, (1, 5), prefix="val/")
+        self.test_metrics = TopKAccuracy(num_classes, (1, 5), prefix="test/")
         self.test_per_class = MulticlassAccuracy(num_classes, average=None, validate_args=False)
         self.val_acc_best = MaxMetric()
         self.flip_tta = flip_tta
