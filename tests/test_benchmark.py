@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import statistics
 
-from cnnlab.tasks.benchmark import benchmark
+import pytest
+
+from cnnlab.tasks.benchmark import benchmark, fastest_quarter
 
 
 def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
     cfg = make_config("benchmark", [
         "data.num_images=400", "data.val_split=40", "data.test_split=40", "data.batch_size=16",
-        "benchmark.warmup_steps=2", "benchmark.steps=4", "benchmark.plain_loop_workers=0",
-        "~callbacks.progress_bar", "logger=csv",
+        "benchmark.warmup_steps=2", "benchmark.window_warmup_steps=1", "benchmark.steps=4", "benchmark.rounds=3",
+        "benchmark.plain_loop_workers=0", "~callbacks.progress_bar", "logger=csv",
     ])
     results = benchmark(cfg)
     names = [row["name"] for row in results["rows"]]
@@ -22,20 +25,33 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
         "plain loop (in-memory PIL, like CIFAR10)",
     ]
     assert all(row["images_per_s"] > 0 and row["peak_host_mb"] > 0 for row in results["rows"])
-    # Every path, the plain loop too, takes its turn in each of the 3 rounds: 3 x 3 windows.
-    assert [len(row["extra"]["window_seconds"]) for row in results["rows"]] == [9, 9, 9, 9]
+    # Every path, the plain loop too, takes its turn in each of the 3 rounds: one window each.
+    assert [len(row["extra"]["window_seconds"]) for row in results["rows"]] == [3, 3, 3, 3]
+    assert all(len(values) == 3 for values in results["ratios_per_round"].values())
+    trainer_row = results["rows"][2]
+    assert trainer_row["images_per_s"] == pytest.approx(statistics.median(4 * 16 / s for s in trainer_row["extra"]["window_seconds"]))
     assert results["header"]["optimizer"] == "Adam (fused)"
-    assert "one epoch through the Trainer (320 train + 40 val images)" in results["summary"]
+    assert results["epoch_seconds"] > 0
+    assert set(results["summary"]) == set(results["ratios_fastest_quarter"]) == {
+        "data path efficiency, bare loop vs compute-only", "data path efficiency, Trainer vs compute-only",
+        "Lightning overhead, Trainer vs bare loop", "speed-up, Trainer vs the fastest plain loop",
+    }
     written = json.loads((tmp_path / "run" / "benchmark.json").read_text())
     assert written["rows"] == results["rows"]
     report = (tmp_path / "run" / "benchmark.md").read_text()
-    assert "| cnnlab data path, Lightning Trainer |" in report and "Lightning overhead" in report
+    assert "| cnnlab data path, Lightning Trainer |" in report and "| Lightning overhead" in report
+    assert "one epoch through the Trainer (320 train + 40 val images)" in report
+
+
+def test_fastest_quarter_is_the_mean_of_the_fastest_windows():
+    assert fastest_quarter([100.0, 400.0, 300.0, 200.0, 50.0, 350.0, 10.0, 20.0]) == 375.0
+    assert fastest_quarter([5.0, 7.0]) == 7.0
 
 
 def test_benchmark_uses_the_files_for_the_plain_loop_on_folder_data(make_config, image_folder):
     cfg = make_config("benchmark", [
         "data=folder", f"data.root={image_folder}", "data.batch_size=4", "data.image_size=16",
-        "benchmark.warmup_steps=1", "benchmark.steps=2", "benchmark.plain_loop_workers=0", "benchmark.epoch=false",
+        "benchmark.warmup_steps=1", "benchmark.steps=2", "benchmark.rounds=2", "benchmark.plain_loop_workers=0", "benchmark.epoch=false",
         "~callbacks.progress_bar", "logger=csv",
     ])
     names = [row["name"] for row in benchmark(cfg)["rows"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ class Measurement:
     """One measured training path."""
 
     name: str
-    images_per_s: float  # median over the timing windows
+    images_per_s: float  # median over the path's timing windows
     batch_size: int
     steps: int
     peak_host_mb: float | None = None
@@ -34,52 +35,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class StepTimer:
-    """Times steady-state windows: ``warmup`` steps are skipped, then ``repeats`` back-to-back
-    windows of ``steps`` steps each are timed.
-
-    Call :meth:`tick` once at the start of every step; :attr:`done` turns true after the last
-    window. The device is synchronised only at window boundaries. Throughput is taken from the
-    median window; :attr:`best_images_per_s` gives the fastest one.
-    """
-
-    def __init__(self, warmup: int, steps: int, batch_size: int, device: torch.device, repeats: int = 1) -> None:
-        self.warmup, self.steps, self.batch_size, self.device = warmup, steps, batch_size, device
-        self.repeats = repeats
-        self.count = 0
-        self._start = 0.0
-        self.windows: list[float] = []
-
-    @property
-    def done(self) -> bool:
-        return len(self.windows) == self.repeats
-
-    def tick(self) -> None:
-        since_warmup = self.count - self.warmup
-        if since_warmup >= 0 and since_warmup % self.steps == 0 and not self.done:
-            synchronize(self.device)
-            now = time.perf_counter()
-            if since_warmup > 0:
-                self.windows.append(now - self._start)
-            self._start = now
-        self.count += 1
-
-    def _check(self) -> None:
-        if not self.done:
-            needed = self.warmup + self.steps * self.repeats + 1
-            raise RuntimeError(f"the timing windows were not reached (ran {self.count} of {needed} steps)")
-
-    @property
-    def images_per_s(self) -> float:
-        """Throughput of the median window."""
-        self._check()
-        return self.steps * self.batch_size / sorted(self.windows)[len(self.windows) // 2]
-
-    @property
-    def best_images_per_s(self) -> float:
-        """Throughput of the fastest window."""
-        self._check()
-        return self.steps * self.batch_size / min(self.windows)
+def time_steps(step: Callable[[], object], count: int, device: torch.device) -> float:
+    """Seconds that ``count`` calls of ``step`` take, the device's queued work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(count):
+        step()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 class PeakMemory:

@@ -14,7 +14,6 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from cnnlab.benchmark.measure import StepTimer
 from cnnlab.data.base import InMemoryImageDataModule
 from cnnlab.data.cifar10 import CIFAR10DataModule
 from cnnlab.data.folder import ImageFolderDataModule
@@ -66,28 +65,32 @@ def reference_datasets(datamodule: InMemoryImageDataModule, image_size: int) -> 
     return datasets
 
 
-def run_plain_loop(
-    net: nn.Module,
-    dataset: Dataset,
-    device: torch.device,
-    timer: StepTimer,
-    num_workers: int = 2,
-    lr: float = 1e-3,
-) -> None:
-    """Train ``net`` on ``dataset`` the tutorial's way until ``timer``'s window is measured."""
-    loader = DataLoader(dataset, batch_size=timer.batch_size, shuffle=True, num_workers=num_workers, drop_last=True)
-    criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    net.to(device).train()
-    while not timer.done:
-        for images, labels in loader:
-            timer.tick()
-            if timer.done:
-                break
-            images, labels = images.to(device), labels.to(device)
-            optimizer.zero_grad()
-            loss = criterion(net(images), labels)
-            loss.backward()
-            optimizer.step()
+class PlainLoop:
+    """The tutorial's training loop, one step per :meth:`step` call, so the benchmark can time
+    windows of it between the other paths' windows.
 
+    Its iterator runs on across calls; at the end of an epoch it starts a new one, with new
+    worker processes, as the tutorial's ``for images, labels in loader`` does.
+    """
 
+    def __init__(self, net: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 64,
+                 num_workers: int = 2, lr: float = 1e-3) -> None:
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=True)
+        self.device = device
+        self.net = net.to(device).train()
+        self.criterion = nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self._batches = iter(self.loader)
+
+    def step(self) -> None:
+        """One training step on the next batch."""
+        try:
+            images, labels = next(self._batches)
+        except StopIteration:
+            self._batches = iter(self.loader)
+            images, labels = next(self._batches)
+        images, labels = images.to(self.device), labels.to(self.device)
+        self.optimizer.zero_grad()
+        loss = self.criterion(self.net(images), labels)
+        loss.backward()
+        self.optimizer.step()
