@@ -30,10 +30,12 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
     return series
 
 
-@pytest.mark.parametrize("model", ["simple_cnn", "simple_cnn_bn", "resnet18_ft"])
-def test_every_model_trains_tests_and_evaluates(model, make_config, resnet_weights, tmp_path):
+@pytest.mark.parametrize(("model", "precision"), [
+    ("simple_cnn", "32-true"), ("simple_cnn_bn", "32-true"), ("resnet18_ft", "32-true"), ("simple_cnn", "bf16-mixed"),
+])
+def test_every_model_trains_tests_and_evaluates(model, precision, make_config, resnet_weights, tmp_path):
     extra = [f"model.weights_path={resnet_weights}"] if model == "resnet18_ft" else []
-    results = train(make_config(overrides=[f"model={model}", *extra]))
+    results = train(make_config(overrides=[f"model={model}", f"trainer.precision={precision}", *extra]))
     run = tmp_path / "run"
 
     recorded = json.loads((run / "metrics.json").read_text())
@@ -46,6 +48,7 @@ def test_every_model_trains_tests_and_evaluates(model, make_config, resnet_weigh
     assert {p.name for p in (run / "checkpoints").iterdir()} >= {"last.ckpt", Path(recorded["best_checkpoint"]).name}
     assert {"train/loss_step", "val/acc", "val/acc_top5", "test/acc", "hparams/test/acc", "lr-Adam"} <= set(tensorboard_scalars(run))
 
+    # eval runs in the precision the checkpoint was trained in (bf16 too), so the numbers are the same
     evaluated = evaluate(make_config("eval", [f"ckpt_path={recorded['best_checkpoint']}"], run_dir=tmp_path / "eval"))
     for key in ("test/acc", "test/acc_top5", "test/acc_class/cat"):
         assert evaluated[key] == results[key], key

@@ -31,6 +31,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("tune_host_malloc"):
         keep_freed_memory()
     trained = checkpoint_config(checkpoint)
+    if cfg.trainer.get("precision") is None:  # as trained, so that the test metrics reproduce
+        with open_dict(cfg):
+            cfg.trainer.precision = trained.get("trainer", {}).get("precision") or "32-true"
 
     if cfg.get("model"):
         ensure_same_model(checkpoint, cfg.model, cfg.ckpt_path)
