@@ -34,6 +34,7 @@ from torch import nn
 from cnnlab.benchmark.measure import Measurement, PeakMemory, synchronize, time_steps
 from cnnlab.benchmark.plain_loop import PlainLoop, reference_datasets
 from cnnlab.data.base import InMemoryImageDataModule
+from cnnlab.errors import ConfigValueError
 from cnnlab.training.callbacks import EpochTimer
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
@@ -287,7 +288,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     bench = cfg.benchmark
     if bench.rounds < 1 or bench.steps < 1:
-        raise ValueError("benchmark.rounds and benchmark.steps must be at least 1")
+        raise ConfigValueError(f"benchmark.rounds and benchmark.steps must be at least 1 (got {bench.rounds} and {bench.steps})")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed)
     datamodule: InMemoryImageDataModule = instantiate(cfg.data)
