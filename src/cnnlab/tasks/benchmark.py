@@ -274,7 +274,8 @@ def _format_report(rows: list[Measurement], summary: dict[str, tuple[str, str]],
             f"| {row.name} | {row.images_per_s:,.0f} | {row.extra['fastest_quarter_images_per_s']:,.0f} "
             f"| {row.best_images_per_s:,.0f} | {row.images_per_s / ceiling:.0%} | {vs_plain} | {host_mb} | {device_mb} |"
         )
-    lines += ["", "(vs columns: from the medians)", "",
+    notes = sorted({f"{row.name.split(' (')[0]}: {row.notes}" for row in rows if row.notes})
+    lines += ["", "(vs columns: from the medians" + "".join(f"; {note}" for note in notes) + ")", "",
               "| ratio | median of the per-round ratios (middle half of the rounds) | from each path's fastest quarter |",
               "|---|---:|---:|"]
     lines += [f"| {key} | {per_round} | {undisturbed} |" for key, (per_round, undisturbed) in summary.items()]
@@ -342,6 +343,8 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     rows = [
         Measurement(name, statistics.median(speeds[name]), batch_size, bench.steps,
                     windows.times[name].peak_host_mb, windows.times[name].peak_device_mb,
+                    notes=(f"{bench.plain_loop_workers} DataLoader workers, whose memory the peak RSS does not count"
+                           if name.startswith("plain loop") and bench.plain_loop_workers else ""),
                     best_images_per_s=max(speeds[name]),
                     extra={"window_seconds": windows.times[name].windows,
                            "fastest_quarter_images_per_s": fastest_quarter(speeds[name])})
