@@ -58,4 +58,35 @@ def test_simple_cnn_other_sizes_and_bad_size():
 
 def test_cam_target_layer_is_the_last_conv_block():
     cnn = SimpleCNN()
-    assert cnn.cam_target_layer() is cnn.features[-2]  # ReLU after the 64->128 conv
+    assert cnn.cam_target_layer() is cnn.features[-3]  # the 64->128 conv, before its pool
+    bn = SimpleCNN(batch_norm=True)
+    assert isinstance(bn.cam_target_layer(), nn.BatchNorm2d) and bn.cam_target_layer() is bn.features[-3]
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_simple_cnn_pool_before_relu_equals_the_classic_order(batch_norm):
+    """Pooling before the ReLU (the faster order) gives the classic conv-ReLU-pool network's
+    output and gradients exactly."""
+    torch.manual_seed(0)
+    cnn = SimpleCNN(batch_norm=batch_norm, dropout=0.0)
+    classic_layers = []
+    for layer in cnn.features:
+        if isinstance(layer, nn.ReLU):  # move each ReLU back in front of its pool
+            classic_layers.insert(len(classic_layers) - 1, layer)
+        else:
+            classic_layers.append(layer)
+    assert [type(m) for m in classic_layers[-3:]] == [nn.Conv2d if not batch_norm else nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    classic = nn.Sequential(cnn.normalize, *classic_layers, cnn.classifier)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+
+    def output_and_grads(net):
+        cnn.zero_grad()
+        out = net(images)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in cnn.parameters()]
+
+    out_new, grads_new = output_and_grads(cnn)
+    out_old, grads_old = output_and_grads(classic)
+    assert torch.equal(out_new, out_old)
+    for new, old in zip(grads_new, grads_old, strict=True):
+        assert torch.equal(new, old)

@@ -251,7 +251,7 @@ def test_visualize_script_writes_feature_maps_and_grad_cam_for_an_image_file(cnn
     out = only_run_dir(tmp_path, "visualize")
     record = json.loads((out / "visualization.json").read_text())
     assert record["feature_layer"] == "features.0" and record["feature_map_shape"] == [32, 32, 32]
-    assert record["cam_layer"] == "features.7" and record["cam_size"] == [8, 8]
+    assert record["cam_layer"] == "features.6" and record["cam_size"] == [8, 8]
     assert record["explained_class"] == record["predicted_class"] in CIFAR_CLASSES
     assert png_size(out / "feature_maps.png") == (680, 720)  # 16 channels, 4x4
     assert png_size(out / "gradcam.png") == (900, 340)
@@ -264,10 +264,10 @@ def test_visualize_script_writes_feature_maps_and_grad_cam_for_an_image_file(cnn
 
 def test_visualize_a_test_image_by_index_with_a_chosen_layer_and_class(cnn_run, tmp_path):
     cfg = compose_config("visualize", [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}",
-                                       f"ckpt_path={cnn_run.ckpt}", "image=3", "layer=features.4", "channels=8",
+                                       f"ckpt_path={cnn_run.ckpt}", "image=3", "layer=features.3", "channels=8",
                                        "target_class=ship"])
     record = visualize(cfg)
-    assert record["feature_layer"] == "features.4" and record["feature_map_shape"] == [64, 16, 16]
+    assert record["feature_layer"] == "features.3" and record["feature_map_shape"] == [64, 16, 16]
     assert record["explained_class"] == "ship"
     assert record["image"].startswith("test image 3 (true class: ")
     assert png_size(tmp_path / "out" / "feature_maps.png") == (680, 380)  # 8 channels, 4 columns: 2 rows
@@ -333,7 +333,7 @@ def test_summary_script_prints_layers_shapes_and_parameter_counts(tmp_path):
     assert "trainable parameters: 1,147,466" in result.stdout
     lines = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.startswith("features.")}
     assert lines["features.0"][1:4] == ["Conv2d", "32x32x32", "896"]
-    assert lines["features.8"][1:3] == ["MaxPool2d", "128x4x4"]
+    assert lines["features.7"][1:3] == ["MaxPool2d", "128x4x4"] and lines["features.8"][1] == "ReLU"
     assert not (tmp_path / "logs").exists() and not list(tmp_path.glob("*.log"))  # it only prints
 
 
