@@ -35,7 +35,14 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
     assert set(results["summary"]) == set(results["ratios_fastest_quarter"]) == {
         "data path efficiency, bare loop vs compute-only", "data path efficiency, Trainer vs compute-only",
         "Lightning overhead, Trainer vs bare loop", "speed-up, Trainer vs the fastest plain loop",
+        "Lightning overhead per step (ms), Trainer minus bare loop",
     }
+    # The overhead in milliseconds is the same comparison as the share: Trainer minus bare loop.
+    rows = {row["name"]: row for row in results["rows"]}
+    trainer_fq = rows["cnnlab data path, Lightning Trainer"]["extra"]["fastest_quarter_images_per_s"]
+    bare_fq = rows["cnnlab data path, bare loop"]["extra"]["fastest_quarter_images_per_s"]
+    assert results["ratios_fastest_quarter"]["Lightning overhead per step (ms), Trainer minus bare loop"] == \
+        pytest.approx(1000 * 16 * (1 / trainer_fq - 1 / bare_fq))
     written = json.loads((tmp_path / "run" / "benchmark.json").read_text())
     assert written["rows"] == results["rows"]
     report = (tmp_path / "run" / "benchmark.md").read_text()

@@ -232,14 +232,19 @@ def fastest_quarter(speeds: list[float]) -> float:
     return sum(fastest) / len(fastest)
 
 
-def _ratios(speeds: dict[str, list[float]]) -> dict[str, list[float]]:
-    """The report's ratios, one per entry of each path's speed list (per round, or one overall)."""
+OVERHEAD_MS = "Lightning overhead per step (ms), Trainer minus bare loop"
+
+
+def _ratios(speeds: dict[str, list[float]], batch_size: int) -> dict[str, list[float]]:
+    """The report's ratios, one per entry of each path's speed list (per round, or one overall),
+    and Lightning's overhead in milliseconds per step (a share alone depends on the step's length)."""
     count = min(len(values) for values in speeds.values())
     plain = [name for name in speeds if name.startswith("plain loop")]
     ratios = {
         "data path efficiency, bare loop vs compute-only": [speeds[BARE][r] / speeds[CEILING][r] for r in range(count)],
         "data path efficiency, Trainer vs compute-only": [speeds[TRAINER][r] / speeds[CEILING][r] for r in range(count)],
         "Lightning overhead, Trainer vs bare loop": [1 - speeds[TRAINER][r] / speeds[BARE][r] for r in range(count)],
+        OVERHEAD_MS: [1000 * batch_size * (1 / speeds[TRAINER][r] - 1 / speeds[BARE][r]) for r in range(count)],
     }
     if plain:
         ratios["speed-up, Trainer vs the fastest plain loop"] = [
@@ -350,12 +355,14 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
                            "fastest_quarter_images_per_s": fastest_quarter(speeds[name])})
         for name in names
     ]
-    per_round = _ratios(speeds)
-    undisturbed = _ratios({name: [fastest_quarter(values)] for name, values in speeds.items()})
+    per_round = _ratios(speeds, batch_size)
+    undisturbed = _ratios({name: [fastest_quarter(values)] for name, values in speeds.items()}, batch_size)
     summary: dict[str, tuple[str, str]] = {}
     for name, values in per_round.items():
         middle, low, high = _median_and_middle_half(values)
-        if name.startswith("speed-up"):
+        if name == OVERHEAD_MS:
+            summary[name] = (f"{middle:.2f} ({low:.2f} to {high:.2f})", f"{undisturbed[name][0]:.2f}")
+        elif name.startswith("speed-up"):
             summary[name] = (f"{middle:.2f}x ({low:.2f}x to {high:.2f}x)", f"{undisturbed[name][0]:.2f}x")
         else:
             summary[name] = (f"{middle:.1%} ({low:.1%} to {high:.1%})", f"{undisturbed[name][0]:.1%}")
