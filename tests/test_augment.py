@@ -83,6 +83,20 @@ def test_zero_rotation_is_identity_and_brightness_scales_per_sample():
     assert len(set(factors.tolist())) == 6
 
 
+def test_normalize_computes_in_the_dtype_of_its_network():
+    """Float32 normally; bfloat16 once the network is converted (trainer.precision=bf16-true), so
+    the first convolution gets the dtype of its weights."""
+    images = random_batch(4)
+    normalize = NormalizeBatch([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
+    expected = normalize(images)
+    assert expected.dtype == torch.float32
+    normalize.to(torch.bfloat16)
+    for batch in (images, images.float() / 255, images.contiguous(memory_format=torch.channels_last)):
+        out = normalize(batch)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.01)  # bfloat16 keeps 8 bits
+
+
 def test_normalize_matches_torchvision():
     images = random_batch(4)
     mean, std = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]

@@ -7,7 +7,9 @@ import statistics
 
 import pytest
 
-from cnnlab.tasks.benchmark import benchmark, fastest_quarter
+import torch
+
+from cnnlab.tasks.benchmark import benchmark, fastest_quarter, precision_dtypes
 
 
 def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
@@ -63,3 +65,13 @@ def test_benchmark_uses_the_files_for_the_plain_loop_on_folder_data(make_config,
     ])
     names = [row["name"] for row in benchmark(cfg)["rows"]]
     assert "plain loop (ImageFolder, JPEG decode per image)" in names
+
+
+def test_the_other_paths_compute_in_the_trainers_precision():
+    """(autocast dtype, parameter dtype): mixed precision autocasts, true precision converts the weights."""
+    assert precision_dtypes("32-true") == precision_dtypes("32") == (None, None)
+    assert precision_dtypes("bf16-mixed") == precision_dtypes("bf16") == (torch.bfloat16, None)
+    assert precision_dtypes("16-mixed") == (torch.float16, None)
+    assert precision_dtypes("bf16-true") == (None, torch.bfloat16)
+    assert precision_dtypes("16-true") == (None, torch.float16)
+    assert precision_dtypes("64-true") == (None, torch.float64)

@@ -32,6 +32,7 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
 
 @pytest.mark.parametrize(("model", "precision"), [
     ("simple_cnn", "32-true"), ("simple_cnn_bn", "32-true"), ("resnet18_ft", "32-true"), ("simple_cnn", "bf16-mixed"),
+    ("simple_cnn", "bf16-true"),
 ])
 def test_every_model_trains_tests_and_evaluates(model, precision, make_config, resnet_weights, tmp_path):
     extra = [f"model.weights_path={resnet_weights}"] if model == "resnet18_ft" else []
@@ -48,7 +49,7 @@ def test_every_model_trains_tests_and_evaluates(model, precision, make_config, r
     assert {p.name for p in (run / "checkpoints").iterdir()} >= {"last.ckpt", Path(recorded["best_checkpoint"]).name}
     assert {"train/loss_step", "val/acc", "val/acc_top5", "test/acc", "hparams/test/acc", "lr-Adam"} <= set(tensorboard_scalars(run))
 
-    # eval runs in the precision the checkpoint was trained in (bf16 too), so the numbers are the same
+    # eval runs in the precision the checkpoint was trained in (bf16 too, mixed or true), so the numbers are the same
     evaluated = evaluate(make_config("eval", [f"ckpt_path={recorded['best_checkpoint']}"], run_dir=tmp_path / "eval"))
     for key in ("test/acc", "test/acc_top5", "test/acc_class/cat"):
         assert evaluated[key] == results[key], key

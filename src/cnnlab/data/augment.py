@@ -141,11 +141,13 @@ class RandomBatchAugment(nn.Module):
 
 
 class NormalizeBatch(nn.Module):
-    """Turn a uint8 (or [0, 1] float) batch into float32 normalised by per-channel mean and std.
+    """Turn a uint8 (or [0, 1] float) batch into floats normalised by per-channel mean and std.
 
     ``mean`` and ``std`` are in [0, 1] units, as torchvision's ``Normalize`` after ``ToTensor``;
     one value each applies to every channel (``NormalizeBatch([0], [1])`` only scales to [0, 1]).
-    The output keeps the input's memory format (channels-last stays channels-last).
+    The output has the dtype of the module's constants, i.e. of the network it belongs to:
+    float32 normally (and under autocast), bfloat16 when the network was converted to it
+    (``trainer.precision=bf16-true``). It keeps the input's memory format.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -165,7 +167,7 @@ class NormalizeBatch(nn.Module):
         if self.scale.shape[1] not in (1, channels):
             raise ValueError(f"images have {channels} channels but the normalisation has {self.scale.shape[1]}")
         scale = self.uint8_scale if images.dtype == torch.uint8 else self.scale
-        values = images.float()
+        values = images.to(scale.dtype)
         if self.scale.shape[1] == 1 or not _is_channels_last(images):
             return torch.addcmul(self.shift, values, scale)
         # Per-channel constants broadcast over a channels-last batch leave an innermost run of

@@ -62,13 +62,19 @@ def _device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _autocast_dtype(precision: Any) -> torch.dtype | None:
+def precision_dtypes(precision: Any) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """(autocast dtype, parameter dtype) under a Lightning ``trainer.precision`` setting, so the
+    benchmark's other paths compute as the Trainer does: ``*-mixed`` autocasts around float32
+    weights, ``*-true`` converts the weights themselves."""
     text = str(precision)
-    if "bf16" in text:
-        return torch.bfloat16
-    if text.startswith("16"):
-        return torch.float16
-    return None
+    half = torch.bfloat16 if text.startswith("bf16") else torch.float16
+    if text in ("64", "64-true"):
+        return None, torch.float64
+    if text in ("bf16-true", "16-true"):
+        return None, half
+    if text in ("bf16", "bf16-mixed", "16", "16-mixed"):
+        return half, None
+    return None, None
 
 
 def _train_step(model: ImageClassifier, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
@@ -96,7 +102,7 @@ class ComputeOnly:
         batch = next(iter(datamodule.train_dataloader()))
         self.images = datamodule.transform(batch.images.to(device), train=True)
         self.labels = batch.labels.to(device)
-        self.autocast_dtype = _autocast_dtype(cfg.trainer.precision)
+        self.autocast_dtype = precision_dtypes(cfg.trainer.precision)[0]
 
     def step(self) -> None:
         _train_step(self.model, self.optimizer, self.images, self.labels, self.autocast_dtype)
@@ -109,7 +115,7 @@ class BareDataPath:
     def __init__(self, cfg: DictConfig, datamodule: InMemoryImageDataModule, device: torch.device) -> None:
         self.model, self.optimizer = _fresh_model(cfg, datamodule, device)
         self.datamodule, self.device = datamodule, device
-        self.autocast_dtype = _autocast_dtype(cfg.trainer.precision)
+        self.autocast_dtype = precision_dtypes(cfg.trainer.precision)[0]
         self._batches = iter(datamodule.train_dataloader())
 
     def step(self) -> None:
@@ -125,6 +131,9 @@ class BareDataPath:
 
 def _fresh_model(cfg: DictConfig, datamodule: InMemoryImageDataModule, device: torch.device) -> tuple[ImageClassifier, torch.optim.Optimizer]:
     model = build_classifier(cfg, datamodule.class_names).to(device).train()
+    parameter_dtype = precision_dtypes(cfg.trainer.precision)[1]
+    if parameter_dtype is not None:
+        model.to(parameter_dtype)
     optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
     return model, optimizer
 
