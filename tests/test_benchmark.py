@@ -8,8 +8,10 @@ import statistics
 import pytest
 
 import torch
+from hydra.utils import instantiate
+from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision
 
-from cnnlab.tasks.benchmark import benchmark, fastest_quarter, precision_dtypes
+from cnnlab.tasks.benchmark import BareDataPath, ComputeOnly, benchmark, fastest_quarter
 
 
 def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
@@ -67,11 +69,20 @@ def test_benchmark_uses_the_files_for_the_plain_loop_on_folder_data(make_config,
     assert "plain loop (ImageFolder, JPEG decode per image)" in names
 
 
-def test_the_other_paths_compute_in_the_trainers_precision():
-    """(autocast dtype, parameter dtype): mixed precision autocasts, true precision converts the weights."""
-    assert precision_dtypes("32-true") == precision_dtypes("32") == (None, None)
-    assert precision_dtypes("bf16-mixed") == precision_dtypes("bf16") == (torch.bfloat16, None)
-    assert precision_dtypes("16-mixed") == (torch.float16, None)
-    assert precision_dtypes("bf16-true") == (None, torch.bfloat16)
-    assert precision_dtypes("16-true") == (None, torch.float16)
-    assert precision_dtypes("64-true") == (None, torch.float64)
+@pytest.mark.parametrize(("precision", "weight_dtype"), [
+    (MixedPrecision("bf16-mixed", "cpu"), torch.float32),  # autocast around float32 weights
+    (HalfPrecision("bf16-true"), torch.bfloat16),  # the weights themselves in bf16
+])
+def test_the_other_paths_compute_in_the_trainers_precision(make_config, precision, weight_dtype):
+    """The ceiling and bare paths take the Trainer's precision plugin: its weight conversion and
+    its autocast, so they compute as the Trainer's own steps do."""
+    cfg = make_config("benchmark", ["data.num_images=200", "data.val_split=20", "data.test_split=20", "data.batch_size=8"])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    cfg.model.num_classes = datamodule.num_classes
+    for path in (ComputeOnly(cfg, datamodule, torch.device("cpu"), precision),
+                 BareDataPath(cfg, datamodule, torch.device("cpu"), precision)):
+        before = [p.detach().clone() for p in path.model.parameters()]
+        path.step()
+        assert {p.dtype for p in path.model.parameters()} == {weight_dtype}
+        assert any(not torch.equal(b, p) for b, p in zip(before, path.model.parameters(), strict=True))  # it trained

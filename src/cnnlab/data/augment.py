@@ -161,6 +161,9 @@ class NormalizeBatch(nn.Module):
         self.register_buffer("scale", 1.0 / std_t, persistent=False)
         self.register_buffer("shift", -mean_t / std_t, persistent=False)
         self.register_buffer("uint8_scale", 1.0 / (255.0 * std_t), persistent=False)  # for 0..255 input
+        # (shift, scale) tiled along rows of W x C values, per (uint8 input?, width, dtype, device):
+        # made on the first batch of a shape instead of on every step.
+        self._tiled: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def forward(self, images: Tensor) -> Tensor:
         channels = images.shape[1]
@@ -175,7 +178,11 @@ class NormalizeBatch(nn.Module):
         # values with the constants tiled along each row, the same arithmetic runs at full speed.
         n, _, h, w = images.shape
         rows = values.permute(0, 2, 3, 1).reshape(n * h, w * channels)
-        out = torch.addcmul(self.shift.view(channels).repeat(w), rows, scale.view(channels).repeat(w))
+        key = (images.dtype == torch.uint8, w, scale.dtype, scale.device)
+        if key not in self._tiled:
+            self._tiled[key] = (self.shift.view(channels).repeat(w), scale.view(channels).repeat(w))
+        tiled_shift, tiled_scale = self._tiled[key]
+        out = torch.addcmul(tiled_shift, rows, tiled_scale)
         return out.view(n, h, w, channels).permute(0, 3, 1, 2)
 
 

@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.precision import Precision
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -62,24 +63,9 @@ def _device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def precision_dtypes(precision: Any) -> tuple[torch.dtype | None, torch.dtype | None]:
-    """(autocast dtype, parameter dtype) under a Lightning ``trainer.precision`` setting, so the
-    benchmark's other paths compute as the Trainer does: ``*-mixed`` autocasts around float32
-    weights, ``*-true`` converts the weights themselves."""
-    text = str(precision)
-    half = torch.bfloat16 if text.startswith("bf16") else torch.float16
-    if text in ("64", "64-true"):
-        return None, torch.float64
-    if text in ("bf16-true", "16-true"):
-        return None, half
-    if text in ("bf16", "bf16-mixed", "16", "16-mixed"):
-        return half, None
-    return None, None
-
-
 def _train_step(model: ImageClassifier, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                autocast_dtype: torch.dtype | None, with_metrics: bool = False) -> None:
-    with torch.autocast(images.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                precision: Precision, with_metrics: bool = False) -> None:
+    with precision.train_step_context():  # autocast under *-mixed, as the Trainer's training_step runs
         logits = model(images)
         loss = model.criterion(logits, labels)
     if with_metrics:  # what training_step does besides the loss
@@ -97,25 +83,24 @@ class ComputeOnly:
     dtype and memory layout as the data path's batches: only the data work differs.
     """
 
-    def __init__(self, cfg: DictConfig, datamodule: InMemoryImageDataModule, device: torch.device) -> None:
-        self.model, self.optimizer = _fresh_model(cfg, datamodule, device)
+    def __init__(self, cfg: DictConfig, datamodule: InMemoryImageDataModule, device: torch.device, precision: Precision) -> None:
+        self.model, self.optimizer = _fresh_model(cfg, datamodule, device, precision)
         batch = next(iter(datamodule.train_dataloader()))
         self.images = datamodule.transform(batch.images.to(device), train=True)
         self.labels = batch.labels.to(device)
-        self.autocast_dtype = precision_dtypes(cfg.trainer.precision)[0]
+        self.precision = precision
 
     def step(self) -> None:
-        _train_step(self.model, self.optimizer, self.images, self.labels, self.autocast_dtype)
+        _train_step(self.model, self.optimizer, self.images, self.labels, self.precision)
 
 
 class BareDataPath:
     """cnnlab's data path and training step without Lightning: gather, transfer as uint8,
     augment on the device, then the step with the same metric updates as ``training_step``."""
 
-    def __init__(self, cfg: DictConfig, datamodule: InMemoryImageDataModule, device: torch.device) -> None:
-        self.model, self.optimizer = _fresh_model(cfg, datamodule, device)
-        self.datamodule, self.device = datamodule, device
-        self.autocast_dtype = precision_dtypes(cfg.trainer.precision)[0]
+    def __init__(self, cfg: DictConfig, datamodule: InMemoryImageDataModule, device: torch.device, precision: Precision) -> None:
+        self.model, self.optimizer = _fresh_model(cfg, datamodule, device, precision)
+        self.datamodule, self.device, self.precision = datamodule, device, precision
         self._batches = iter(datamodule.train_dataloader())
 
     def step(self) -> None:
@@ -126,14 +111,14 @@ class BareDataPath:
             batch = next(self._batches)
         images = self.datamodule.transform(batch.images.to(self.device, non_blocking=True), train=True)
         _train_step(self.model, self.optimizer, images, batch.labels.to(self.device, non_blocking=True),
-                    self.autocast_dtype, with_metrics=True)
+                    self.precision, with_metrics=True)
 
 
-def _fresh_model(cfg: DictConfig, datamodule: InMemoryImageDataModule, device: torch.device) -> tuple[ImageClassifier, torch.optim.Optimizer]:
-    model = build_classifier(cfg, datamodule.class_names).to(device).train()
-    parameter_dtype = precision_dtypes(cfg.trainer.precision)[1]
-    if parameter_dtype is not None:
-        model.to(parameter_dtype)
+def _fresh_model(cfg: DictConfig, datamodule: InMemoryImageDataModule, device: torch.device,
+                 precision: Precision) -> tuple[ImageClassifier, torch.optim.Optimizer]:
+    """A new classifier and optimizer, the weights converted as the Trainer's precision converts
+    its own (bf16 weights under ``bf16-true``; unchanged under ``*-mixed``)."""
+    model = precision.convert_module(build_classifier(cfg, datamodule.class_names)).to(device).train()
     optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
     return model, optimizer
 
@@ -155,10 +140,10 @@ class InterleavedWindows(Callback):
     caches and prefetch queues that the other paths' windows disturbed). The other paths are
     built at the Trainer's first window boundary, when the data module is attached to the
     Trainer, so they gather batches exactly as the Trainer does (on the GPU, when the data is
-    device-resident). Stops the fit after ``rounds`` rounds.
+    device-resident) and compute in its precision (its precision plugin). Stops the fit after ``rounds`` rounds.
     """
 
-    def __init__(self, build_paths: Callable[[], dict[str, Stepper]], device: torch.device,
+    def __init__(self, build_paths: Callable[[L.Trainer], dict[str, Callable[[], Stepper]]], device: torch.device,
                  rounds: int, steps: int, warmup_steps: int, window_warmup_steps: int) -> None:
         self.build_paths, self.device = build_paths, device
         self.rounds, self.steps = rounds, steps
@@ -183,15 +168,15 @@ class InterleavedWindows(Callback):
         synchronize(self.device)
         self.times[TRAINER].windows.append(time.perf_counter() - self._window_start)
         self._timed = -1
-        self._run_other_windows()
+        self._run_other_windows(trainer)
         if len(self.times[TRAINER].windows) == self.rounds:
             trainer.should_stop = True
         self._untimed = self.window_warmup_steps
 
-    def _run_other_windows(self) -> None:
+    def _run_other_windows(self, trainer: L.Trainer) -> None:
         if self._paths is None:
             self._paths = {}
-            for name, build in self.build_paths().items():
+            for name, build in self.build_paths(trainer).items():
                 times = self.times[name] = _PathTimes()
                 with PeakMemory(self.device) as memory:
                     path = self._paths[name] = build()
@@ -327,10 +312,11 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         with trainer_memory:
             epoch_seconds = time_one_epoch(cfg, datamodule, output_dir)
 
-    def build_paths() -> dict[str, Callable[[], Stepper]]:
+    def build_paths(trainer: L.Trainer) -> dict[str, Callable[[], Stepper]]:
+        precision = trainer.precision_plugin  # the Trainer's own: the same autocast or weight dtype
         builders: dict[str, Callable[[], Stepper]] = {
-            CEILING: lambda: ComputeOnly(cfg, datamodule, device),
-            BARE: lambda: BareDataPath(cfg, datamodule, device),
+            CEILING: lambda: ComputeOnly(cfg, datamodule, device, precision),
+            BARE: lambda: BareDataPath(cfg, datamodule, device, precision),
         }
         if bench.plain_loop:
             for name, dataset in reference_datasets(datamodule, image_size).items():
