@@ -7,11 +7,15 @@ import statistics
 
 import pytest
 
+import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision
 
-from cnnlab.tasks.benchmark import BareDataPath, ComputeOnly, benchmark, fastest_quarter
+from cnnlab.tasks.benchmark import TRAINER, TRAINER_LOOP_ONLY, BareDataPath, ComputeOnly, InterleavedWindows, benchmark, fastest_quarter
 
 
 def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
@@ -25,14 +29,15 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
     assert names == [
         "compute only (batch already on the device)",
         "cnnlab data path, bare loop",
+        "cnnlab data path, Lightning Trainer without callbacks or logger",
         "cnnlab data path, Lightning Trainer",
         "plain loop (in-memory PIL, like CIFAR10)",
     ]
     assert all(row["images_per_s"] > 0 and row["peak_host_mb"] > 0 for row in results["rows"])
     # Every path, the plain loop too, takes its turn in each of the 3 rounds: one window each.
-    assert [len(row["extra"]["window_seconds"]) for row in results["rows"]] == [3, 3, 3, 3]
+    assert [len(row["extra"]["window_seconds"]) for row in results["rows"]] == [3, 3, 3, 3, 3]
     assert all(len(values) == 3 for values in results["ratios_per_round"].values())
-    trainer_row = results["rows"][2]
+    trainer_row = results["rows"][3]
     assert trainer_row["images_per_s"] == pytest.approx(statistics.median(4 * 16 / s for s in trainer_row["extra"]["window_seconds"]))
     assert results["header"]["optimizer"] == "Adam (fused)"
     assert results["epoch_seconds"] > 0
@@ -40,6 +45,9 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
         "data path efficiency, bare loop vs compute-only", "data path efficiency, Trainer vs compute-only",
         "Lightning overhead, Trainer vs bare loop", "speed-up, Trainer vs the fastest plain loop",
         "Lightning overhead per step (ms), Trainer minus bare loop",
+        "Lightning overhead without callbacks or logger, vs bare loop",
+        "of which Lightning's loop (ms), Trainer without callbacks or logger minus bare loop",
+        "of which callbacks and logger (ms), Trainer minus Trainer without them",
     }
     # The overhead in milliseconds is the same comparison as the share: Trainer minus bare loop.
     rows = {row["name"]: row for row in results["rows"]}
@@ -47,6 +55,12 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
     bare_fq = rows["cnnlab data path, bare loop"]["extra"]["fastest_quarter_images_per_s"]
     assert results["ratios_fastest_quarter"]["Lightning overhead per step (ms), Trainer minus bare loop"] == \
         pytest.approx(1000 * 16 * (1 / trainer_fq - 1 / bare_fq))
+    # ... and its two parts add up to it, round by round.
+    per_round = results["ratios_per_round"]
+    for total, loop, callbacks in zip(per_round["Lightning overhead per step (ms), Trainer minus bare loop"],
+                                      per_round["of which Lightning's loop (ms), Trainer without callbacks or logger minus bare loop"],
+                                      per_round["of which callbacks and logger (ms), Trainer minus Trainer without them"], strict=True):
+        assert loop + callbacks == pytest.approx(total)
     written = json.loads((tmp_path / "run" / "benchmark.json").read_text())
     assert written["rows"] == results["rows"]
     report = (tmp_path / "run" / "benchmark.md").read_text()
@@ -86,3 +100,26 @@ def test_the_other_paths_compute_in_the_trainers_precision(make_config, precisio
         path.step()
         assert {p.dtype for p in path.model.parameters()} == {weight_dtype}
         assert any(not torch.equal(b, p) for b, p in zip(before, path.model.parameters(), strict=True))  # it trained
+
+
+class _TrainBatchEnds(Callback):
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        self.seen += 1
+
+
+def test_the_loop_only_windows_run_without_callbacks_and_loggers_and_put_them_back(tmp_path):
+    counter = _TrainBatchEnds()
+    logger = CSVLogger(tmp_path)
+    windows = InterleavedWindows(lambda trainer: {}, torch.device("cpu"), rounds=2, steps=3, warmup_steps=2,
+                                 window_warmup_steps=1, time_loop_only=True)
+    trainer = L.Trainer(accelerator="cpu", callbacks=[counter, windows], logger=logger, max_epochs=-1, max_steps=200,
+                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(BoringModel())
+    assert [len(windows.times[name].windows) for name in (TRAINER, TRAINER_LOOP_ONLY)] == [2, 2]
+    # Each loop-only window takes 1 + 1 + 3 steps (untimed, opening, timed) that no other callback sees.
+    assert counter.seen == trainer.global_step - 2 * 5
+    assert trainer.callbacks[:2] == [counter, windows] and trainer.loggers == [logger]

@@ -5,7 +5,9 @@ Four paths train the same network with the same batch size and augmentation:
 1. compute only: the model on one batch already on the device (the ceiling);
 2. cnnlab's data path in a bare loop (in-memory uint8 gather, on-device augmentation);
 3. the same through Lightning's Trainer, as ``train.py`` runs it;
-4. the tutorial's plain loop (per-image PIL transforms in DataLoader workers).
+4. optionally the same Trainer with its callbacks and logger switched off for the window, which
+   splits Lightning's overhead into its training loop and what the configured callbacks cost;
+5. the tutorial's plain loop (per-image PIL transforms in DataLoader workers).
 
 A shared host's speed drifts by tens of percent within minutes, more than the differences
 measured here. So the paths take turns window by window: one ``Trainer.fit`` runs throughout,
@@ -28,6 +30,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.precision import Precision
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 CEILING = "compute only (batch already on the device)"
 BARE = "cnnlab data path, bare loop"
 TRAINER = "cnnlab data path, Lightning Trainer"
+TRAINER_LOOP_ONLY = "cnnlab data path, Lightning Trainer without callbacks or logger"
 
 
 class Stepper(Protocol):
@@ -141,14 +145,21 @@ class InterleavedWindows(Callback):
     built at the Trainer's first window boundary, when the data module is attached to the
     Trainer, so they gather batches exactly as the Trainer does (on the GPU, when the data is
     device-resident) and compute in its precision (its precision plugin). Stops the fit after ``rounds`` rounds.
+
+    With ``time_loop_only``, each round also times a Trainer window with every other callback
+    and the loggers taken off the Trainer (and put back after it): the same fit, model and
+    optimizer, so the difference is what the callbacks and logging cost per step.
     """
 
     def __init__(self, build_paths: Callable[[L.Trainer], dict[str, Callable[[], Stepper]]], device: torch.device,
-                 rounds: int, steps: int, warmup_steps: int, window_warmup_steps: int) -> None:
+                 rounds: int, steps: int, warmup_steps: int, window_warmup_steps: int, time_loop_only: bool = False) -> None:
         self.build_paths, self.device = build_paths, device
         self.rounds, self.steps = rounds, steps
         self.warmup_steps, self.window_warmup_steps = warmup_steps, window_warmup_steps
-        self.times: dict[str, _PathTimes] = {TRAINER: _PathTimes()}
+        self._trainer_paths = [TRAINER, TRAINER_LOOP_ONLY] if time_loop_only else [TRAINER]
+        self.times: dict[str, _PathTimes] = {name: _PathTimes() for name in self._trainer_paths}
+        self._current = 0  # index in _trainer_paths of the Trainer window that is open or next
+        self._taken_off: tuple[list[Callback], list[Logger]] | None = None
         self._paths: dict[str, Stepper] | None = None
         self._untimed = warmup_steps  # Trainer steps still to run before its next window
         self._timed = -1  # Trainer steps run in the open window; -1: no window open
@@ -166,12 +177,29 @@ class InterleavedWindows(Callback):
             self._timed += 1
             return
         synchronize(self.device)
-        self.times[TRAINER].windows.append(time.perf_counter() - self._window_start)
+        self.times[self._trainer_paths[self._current]].windows.append(time.perf_counter() - self._window_start)
         self._timed = -1
+        self._untimed = self.window_warmup_steps
+        self._current += 1
+        if self._current < len(self._trainer_paths):  # the loop-only window comes next
+            self._take_off_callbacks_and_loggers(trainer)
+            return
+        self._current = 0
+        self._put_back_callbacks_and_loggers(trainer)
         self._run_other_windows(trainer)
         if len(self.times[TRAINER].windows) == self.rounds:
             trainer.should_stop = True
-        self._untimed = self.window_warmup_steps
+
+    def _take_off_callbacks_and_loggers(self, trainer: L.Trainer) -> None:
+        # Lightning reads trainer.callbacks and trainer.loggers afresh at every hook call, so
+        # the following steps run without them.
+        self._taken_off = (trainer.callbacks, trainer.loggers)
+        trainer.callbacks, trainer.loggers = [self], []
+
+    def _put_back_callbacks_and_loggers(self, trainer: L.Trainer) -> None:
+        if self._taken_off is not None:
+            trainer.callbacks, trainer.loggers = self._taken_off
+            self._taken_off = None
 
     def _run_other_windows(self, trainer: L.Trainer) -> None:
         if self._paths is None:
@@ -227,19 +255,37 @@ def fastest_quarter(speeds: list[float]) -> float:
 
 
 OVERHEAD_MS = "Lightning overhead per step (ms), Trainer minus bare loop"
+LOOP_MS = "of which Lightning's loop (ms), Trainer without callbacks or logger minus bare loop"
+CALLBACKS_MS = "of which callbacks and logger (ms), Trainer minus Trainer without them"
+MILLISECOND_RATIOS = (OVERHEAD_MS, LOOP_MS, CALLBACKS_MS)
 
 
 def _ratios(speeds: dict[str, list[float]], batch_size: int) -> dict[str, list[float]]:
-    """The report's ratios, one per entry of each path's speed list (per round, or one overall),
-    and Lightning's overhead in milliseconds per step (a share alone depends on the step's length)."""
+    """The report's ratios, one per entry of each path's speed list (per round, or one overall).
+
+    Lightning's overhead is also given in milliseconds per step (a share alone depends on the
+    step's length) and, when the loop-only Trainer path ran, split into its loop and the callbacks.
+    """
     count = min(len(values) for values in speeds.values())
     plain = [name for name in speeds if name.startswith("plain loop")]
+
+    def share(path: str, reference: str) -> list[float]:
+        return [speeds[path][r] / speeds[reference][r] for r in range(count)]
+
+    def extra_milliseconds(path: str, reference: str) -> list[float]:
+        return [1000 * batch_size * (1 / speeds[path][r] - 1 / speeds[reference][r]) for r in range(count)]
+
     ratios = {
-        "data path efficiency, bare loop vs compute-only": [speeds[BARE][r] / speeds[CEILING][r] for r in range(count)],
-        "data path efficiency, Trainer vs compute-only": [speeds[TRAINER][r] / speeds[CEILING][r] for r in range(count)],
-        "Lightning overhead, Trainer vs bare loop": [1 - speeds[TRAINER][r] / speeds[BARE][r] for r in range(count)],
-        OVERHEAD_MS: [1000 * batch_size * (1 / speeds[TRAINER][r] - 1 / speeds[BARE][r]) for r in range(count)],
+        "data path efficiency, bare loop vs compute-only": share(BARE, CEILING),
+        "data path efficiency, Trainer vs compute-only": share(TRAINER, CEILING),
+        "Lightning overhead, Trainer vs bare loop": [1 - value for value in share(TRAINER, BARE)],
+        OVERHEAD_MS: extra_milliseconds(TRAINER, BARE),
     }
+    if TRAINER_LOOP_ONLY in speeds:
+        ratios["Lightning overhead without callbacks or logger, vs bare loop"] = [
+            1 - value for value in share(TRAINER_LOOP_ONLY, BARE)]
+        ratios[LOOP_MS] = extra_milliseconds(TRAINER_LOOP_ONLY, BARE)
+        ratios[CALLBACKS_MS] = extra_milliseconds(TRAINER, TRAINER_LOOP_ONLY)
     if plain:
         ratios["speed-up, Trainer vs the fastest plain loop"] = [
             speeds[TRAINER][r] / max(speeds[name][r] for name in plain) for r in range(count)
@@ -325,20 +371,23 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         return builders
 
     log.info("benchmark: %d rounds of %d-step windows, the paths taking turns ...", bench.rounds, bench.steps)
-    windows = InterleavedWindows(build_paths, device, bench.rounds, bench.steps, bench.warmup_steps, bench.window_warmup_steps)
-    max_steps = bench.warmup_steps + bench.rounds * (bench.steps + 1 + bench.window_warmup_steps) + 2
+    windows = InterleavedWindows(build_paths, device, bench.rounds, bench.steps, bench.warmup_steps,
+                                 bench.window_warmup_steps, time_loop_only=bench.split_overhead)
+    trainer_windows = 2 if bench.split_overhead else 1
+    max_steps = bench.warmup_steps + bench.rounds * trainer_windows * (bench.steps + 1 + bench.window_warmup_steps) + 2
     trainer = _trainer(cfg, output_dir, [windows], max_epochs=-1, max_steps=max_steps, limit_val_batches=0)
     with PeakMemory(device) as interleaved_memory:
         trainer.fit(build_classifier(cfg, datamodule.class_names), datamodule=datamodule)
     if windows.rounds_done < bench.rounds:
         raise RuntimeError(f"only {windows.rounds_done} of {bench.rounds} timing rounds ran; is the training split "
                            f"smaller than one batch?")
-    trainer_times = windows.times[TRAINER]
     memory = trainer_memory if bench.epoch else interleaved_memory
-    trainer_times.peak_host_mb, trainer_times.peak_device_mb = memory.host_mb, memory.device_mb
+    for name in (TRAINER, TRAINER_LOOP_ONLY):  # one fit runs both Trainer paths: one peak
+        if name in windows.times:
+            windows.times[name].peak_host_mb, windows.times[name].peak_device_mb = memory.host_mb, memory.device_mb
 
-    order = [CEILING, BARE, TRAINER]
-    names = order + sorted(name for name in windows.times if name not in order)
+    order = [CEILING, BARE, TRAINER_LOOP_ONLY, TRAINER]
+    names = [name for name in order if name in windows.times] + sorted(name for name in windows.times if name not in order)
     speeds = {name: [bench.steps * batch_size / seconds for seconds in windows.times[name].windows] for name in names}
     rows = [
         Measurement(name, statistics.median(speeds[name]), batch_size, bench.steps,
@@ -355,7 +404,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     summary: dict[str, tuple[str, str]] = {}
     for name, values in per_round.items():
         middle, low, high = _median_and_middle_half(values)
-        if name == OVERHEAD_MS:
+        if name in MILLISECOND_RATIOS:
             summary[name] = (f"{middle:.2f} ({low:.2f} to {high:.2f})", f"{undisturbed[name][0]:.2f}")
         elif name.startswith("speed-up"):
             summary[name] = (f"{middle:.2f}x ({low:.2f}x to {high:.2f}x)", f"{undisturbed[name][0]:.2f}x")
