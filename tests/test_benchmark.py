@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import statistics
 
-import pytest
-
 import lightning as L
+import pytest
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
@@ -15,7 +14,15 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision
 
-from cnnlab.tasks.benchmark import TRAINER, TRAINER_LOOP_ONLY, BareDataPath, ComputeOnly, InterleavedWindows, benchmark, fastest_quarter
+from cnnlab.tasks.benchmark import (
+    TRAINER,
+    TRAINER_LOOP_ONLY,
+    BareDataPath,
+    ComputeOnly,
+    InterleavedWindows,
+    benchmark,
+    fastest_quarter,
+)
 
 
 def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
