@@ -1,6 +1,6 @@
 """The benchmark task: where training time goes, side by side in one run on the same data and device.
 
-Four paths train the same network with the same batch size and augmentation:
+The paths train the same network with the same batch size and augmentation:
 
 1. compute only: the model on one batch already on the device (the ceiling);
 2. cnnlab's data path in a bare loop (in-memory uint8 gather, on-device augmentation);
