@@ -217,6 +217,12 @@ class InterleavedWindows(Callback):
             self.times[name].windows.append(time_steps(path.step, self.steps, self.device))
 
     @property
+    def steps_needed(self) -> int:
+        """Trainer steps that cover every window (a few spare: the fit stops itself after the last round)."""
+        per_window = self.window_warmup_steps + 1 + self.steps  # untimed, opening, timed
+        return self.warmup_steps + self.rounds * len(self._trainer_paths) * per_window + 2
+
+    @property
     def rounds_done(self) -> int:
         return min(len(times.windows) for times in self.times.values())
 
@@ -373,9 +379,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     log.info("benchmark: %d rounds of %d-step windows, the paths taking turns ...", bench.rounds, bench.steps)
     windows = InterleavedWindows(build_paths, device, bench.rounds, bench.steps, bench.warmup_steps,
                                  bench.window_warmup_steps, time_loop_only=bench.split_overhead)
-    trainer_windows = 2 if bench.split_overhead else 1
-    max_steps = bench.warmup_steps + bench.rounds * trainer_windows * (bench.steps + 1 + bench.window_warmup_steps) + 2
-    trainer = _trainer(cfg, output_dir, [windows], max_epochs=-1, max_steps=max_steps, limit_val_batches=0)
+    trainer = _trainer(cfg, output_dir, [windows], max_epochs=-1, max_steps=windows.steps_needed, limit_val_batches=0)
     with PeakMemory(device) as interleaved_memory:
         trainer.fit(build_classifier(cfg, datamodule.class_names), datamodule=datamodule)
     if windows.rounds_done < bench.rounds:
