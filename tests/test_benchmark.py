@@ -14,6 +14,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision
 
+from cnnlab.errors import ConfigValueError
 from cnnlab.tasks.benchmark import (
     TRAINER,
     TRAINER_LOOP_ONLY,
@@ -73,6 +74,15 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
     report = (tmp_path / "run" / "benchmark.md").read_text()
     assert "| cnnlab data path, Lightning Trainer |" in report and "| Lightning overhead" in report
     assert "one epoch through the Trainer (320 train + 40 val images)" in report
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("benchmark.rounds=0", "benchmark.rounds and benchmark.steps must be at least 1"),
+    ("benchmark.split_overhead=flase", "benchmark.split_overhead must be true or false, got 'flase'"),
+])
+def test_a_bad_benchmark_setting_is_named(make_config, override, message):
+    with pytest.raises(ConfigValueError, match=message):
+        benchmark(make_config("benchmark", [override]))
 
 
 def test_fastest_quarter_is_the_mean_of_the_fastest_windows():

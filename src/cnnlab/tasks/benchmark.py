@@ -341,6 +341,9 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     bench = cfg.benchmark
     if bench.rounds < 1 or bench.steps < 1:
         raise ConfigValueError(f"benchmark.rounds and benchmark.steps must be at least 1 (got {bench.rounds} and {bench.steps})")
+    for switch in ("epoch", "plain_loop", "split_overhead"):  # a mistyped value would be a truthy string
+        if not isinstance(bench[switch], bool):
+            raise ConfigValueError(f"benchmark.{switch} must be true or false, got {bench[switch]!r}")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed)
     datamodule: InMemoryImageDataModule = instantiate(cfg.data)
