@@ -9,6 +9,8 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from lightning.pytorch.profilers import SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnnlab.checkpoint import read_checkpoint
@@ -16,6 +18,8 @@ from cnnlab.errors import CheckpointError, RunDirectoryInUseError
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.evaluate import evaluate
 from cnnlab.tasks.train import train
+from cnnlab.training.classifier import ImageClassifier
+from cnnlab.training.profiler import NoProfiler
 from conftest import CONF_DIR
 
 
@@ -128,6 +132,29 @@ def test_csv_logger(make_config, tmp_path):
     train(make_config(overrides=["logger=csv", "trainer.max_epochs=1"]))
     header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val/acc", "test/acc", "train/loss_step"} <= set(header)
+
+
+def test_default_profiler_records_nothing_and_lightnings_profilers_plug_in(make_config):
+    trainer = instantiate(make_config().trainer)
+    assert isinstance(trainer.profiler, NoProfiler)
+    with trainer.profiler.profile("training_step") as entered:
+        assert entered is None
+    assert trainer.profiler.profile("a") is trainer.profiler.profile("b")  # one shared no-op, nothing made per call
+    assert trainer.profiler.summary() == ""
+    assert isinstance(instantiate(make_config(overrides=["trainer.profiler=simple"]).trainer).profiler, SimpleProfiler)
+
+
+def test_hook_bookkeeping_bypasses_module_checks_and_submodules_still_register():
+    model = ImageClassifier(torch.nn.Linear(4, 3), num_classes=3)
+    model._current_fx_name = "training_step"  # what Lightning sets around every hook call
+    assert model._current_fx_name == "training_step" and "_current_fx_name" not in model._modules
+    model.probe = torch.nn.Linear(3, 3)
+    model.scale = torch.nn.Parameter(torch.ones(1))
+    model.register_buffer("counts", torch.zeros(3))
+    model.counts = torch.ones(3)
+    assert "probe" in model._modules and "scale" in model._parameters and torch.equal(model._buffers["counts"], torch.ones(3))
+    with pytest.raises(TypeError):  # nn.Module's own checks still apply to every other name
+        model.scale = torch.zeros(1)
 
 
 def test_fast_dev_run_smoke_test(make_config, tmp_path):

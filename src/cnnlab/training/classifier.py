@@ -83,6 +83,15 @@ class ImageClassifier(L.LightningModule):
         object.__setattr__(self, "_run_net", torch.compile(self.net) if compile else self.net)
         self._resumed_val_acc_best: float | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning records which hook is running (_current_fx_name) before and after each of
+        # the ~20 hook calls of a training step. nn.Module.__setattr__ first checks every value
+        # for being a parameter, buffer or submodule (~1 µs each time); a hook's name is none.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def forward(self, images: Tensor) -> Tensor:
         """Logits for a batch of images: uint8 (0..255) or floats in [0, 1], on the model's device."""
         if self.channels_last:
