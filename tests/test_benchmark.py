@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 
 import lightning as L
 import pytest
@@ -21,6 +22,7 @@ from cnnlab.tasks.benchmark import (
     BareDataPath,
     ComputeOnly,
     InterleavedWindows,
+    PairedSteps,
     benchmark,
     fastest_quarter,
 )
@@ -30,7 +32,7 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
     cfg = make_config("benchmark", [
         "data.num_images=400", "data.val_split=40", "data.test_split=40", "data.batch_size=16",
         "benchmark.warmup_steps=2", "benchmark.window_warmup_steps=1", "benchmark.steps=4", "benchmark.rounds=3",
-        "benchmark.plain_loop_workers=0", "~callbacks.progress_bar", "logger=csv",
+        "benchmark.plain_loop_workers=0", "benchmark.paired_steps=3", "~callbacks.progress_bar", "logger=csv",
     ])
     results = benchmark(cfg)
     names = [row["name"] for row in results["rows"]]
@@ -69,16 +71,26 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
                                       per_round["of which Lightning's loop (ms), Trainer without callbacks or logger minus bare loop"],
                                       per_round["of which callbacks and logger (ms), Trainer minus Trainer without them"], strict=True):
         assert loop + callbacks == pytest.approx(total)
+    # The step-paired overhead: 3 pairs with every callback, 3 without.
+    paired = results["paired_steps"]
+    assert set(paired) == {TRAINER, TRAINER_LOOP_ONLY} and all(values["pairs"] == 3 for values in paired.values())
+    for values in paired.values():
+        assert values["trainer_ms"] > 0 and values["bare_ms"] > 0
+        assert values["overhead_ms"] == pytest.approx(values["trainer_ms"] - values["bare_ms"])
+        assert values["overhead_share"] == pytest.approx(1 - values["bare_ms"] / values["trainer_ms"])
     written = json.loads((tmp_path / "run" / "benchmark.json").read_text())
     assert written["rows"] == results["rows"]
     report = (tmp_path / "run" / "benchmark.md").read_text()
     assert "| cnnlab data path, Lightning Trainer |" in report and "| Lightning overhead" in report
     assert "one epoch through the Trainer (320 train + 40 val images)" in report
+    assert "Step by step: each Trainer step right after one bare-loop step, 3 pairs" in report
+    assert "| without callbacks or logger |" in report and "- of which callbacks and logger:" in report
 
 
 @pytest.mark.parametrize(("override", "message"), [
     ("benchmark.rounds=0", "benchmark.rounds and benchmark.steps must be at least 1"),
     ("benchmark.split_overhead=flase", "benchmark.split_overhead must be true or false, got 'flase'"),
+    ("benchmark.paired_steps=-5", "benchmark.paired_steps must be a count of pairs \\(0 = off\\), got -5"),
 ])
 def test_a_bad_benchmark_setting_is_named(make_config, override, message):
     with pytest.raises(ConfigValueError, match=message):
@@ -94,10 +106,12 @@ def test_benchmark_uses_the_files_for_the_plain_loop_on_folder_data(make_config,
     cfg = make_config("benchmark", [
         "data=folder", f"data.root={image_folder}", "data.batch_size=4", "data.image_size=16",
         "benchmark.warmup_steps=1", "benchmark.steps=2", "benchmark.rounds=2", "benchmark.plain_loop_workers=0", "benchmark.epoch=false",
+        "benchmark.paired_steps=0",
         "~callbacks.progress_bar", "logger=csv",
     ])
-    names = [row["name"] for row in benchmark(cfg)["rows"]]
-    assert "plain loop (ImageFolder, JPEG decode per image)" in names
+    results = benchmark(cfg)
+    assert "plain loop (ImageFolder, JPEG decode per image)" in [row["name"] for row in results["rows"]]
+    assert results["paired_steps"] is None  # switched off
 
 
 @pytest.mark.parametrize(("precision", "weight_dtype"), [
@@ -140,3 +154,32 @@ def test_the_loop_only_windows_run_without_callbacks_and_loggers_and_put_them_ba
     # Each loop-only window takes 1 + 1 + 3 steps (untimed, opening, timed) that no other callback sees.
     assert counter.seen == trainer.global_step - 2 * 5
     assert trainer.callbacks[:2] == [counter, windows] and trainer.loggers == [logger]
+
+
+class _SleepyStepper:
+    """A stand-in bare loop whose every step takes a known, long time."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.steps = seconds, 0
+
+    def step(self) -> None:
+        time.sleep(self.seconds)
+        self.steps += 1
+
+
+def test_paired_steps_time_each_trainer_step_apart_from_its_bare_step(tmp_path):
+    counter, logger, bare = _TrainBatchEnds(), CSVLogger(tmp_path), _SleepyStepper(0.05)
+    paired = PairedSteps(lambda trainer: bare, pairs=3, warmup_steps=2, phases=[TRAINER, TRAINER_LOOP_ONLY])
+    trainer = L.Trainer(accelerator="cpu", callbacks=[counter, paired], logger=logger, max_epochs=-1,
+                        max_steps=paired.steps_needed, limit_val_batches=0, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(BoringModel())
+    assert bare.steps == 2 * (2 + 3)  # per phase: the untimed pairs, then the timed ones
+    for times in paired.times.values():
+        assert len(times.trainer) == len(times.bare) == 3
+        assert min(times.bare) >= 0.05
+        # A BoringModel step takes about a millisecond: the bare step's 50 ms sleep is not in it.
+        assert statistics.median(times.trainer) < 0.05
+    # The second phase's Trainer steps ran without the other callbacks, which came back afterwards.
+    assert counter.seen == trainer.global_step - (2 + 3)
+    assert trainer.callbacks[:2] == [counter, paired] and trainer.loggers == [logger]

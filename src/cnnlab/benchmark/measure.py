@@ -7,8 +7,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
 
 
 @dataclass
@@ -29,6 +33,12 @@ class Measurement:
         return asdict(self)
 
 
+class Stepper(Protocol):
+    """A training path that the benchmark advances one step at a time."""
+
+    def step(self) -> None: ...
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so wall-clock times cover it."""
     if device.type == "cuda":
@@ -43,6 +53,28 @@ def time_steps(step: Callable[[], object], count: int, device: torch.device) -> 
         step()
     synchronize(device)
     return time.perf_counter() - start
+
+
+class CallbacksAside:
+    """Takes every callback but one, and the loggers, off a running Trainer, and puts them back.
+
+    Lightning reads ``trainer.callbacks`` and ``trainer.loggers`` afresh at every hook call, so
+    the steps in between run without them: the same fit, model and optimizer, so timing those
+    steps against the others gives what the callbacks and logging cost.
+    """
+
+    def __init__(self) -> None:
+        self._taken_off: tuple[list[Callback], list[Logger]] | None = None
+
+    def take_off(self, trainer: L.Trainer, keep: Callback) -> None:
+        if self._taken_off is None:
+            self._taken_off = (trainer.callbacks, trainer.loggers)
+            trainer.callbacks, trainer.loggers = [keep], []
+
+    def put_back(self, trainer: L.Trainer) -> None:
+        if self._taken_off is not None:
+            trainer.callbacks, trainer.loggers = self._taken_off
+            self._taken_off = None
 
 
 class PeakMemory:

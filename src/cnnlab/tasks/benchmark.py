@@ -24,18 +24,18 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.precision import Precision
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cnnlab.benchmark.measure import Measurement, PeakMemory, synchronize, time_steps
+from cnnlab.benchmark.measure import CallbacksAside, Measurement, PeakMemory, Stepper, synchronize, time_steps
+from cnnlab.benchmark.paired import PairedSteps
 from cnnlab.benchmark.plain_loop import PlainLoop, reference_datasets
 from cnnlab.data.base import InMemoryImageDataModule
 from cnnlab.errors import ConfigValueError
@@ -53,12 +53,6 @@ CEILING = "compute only (batch already on the device)"
 BARE = "cnnlab data path, bare loop"
 TRAINER = "cnnlab data path, Lightning Trainer"
 TRAINER_LOOP_ONLY = "cnnlab data path, Lightning Trainer without callbacks or logger"
-
-
-class Stepper(Protocol):
-    """A training path that the benchmark advances one step at a time."""
-
-    def step(self) -> None: ...
 
 
 def _device(accelerator: str) -> torch.device:
@@ -159,7 +153,7 @@ class InterleavedWindows(Callback):
         self._trainer_paths = [TRAINER, TRAINER_LOOP_ONLY] if time_loop_only else [TRAINER]
         self.times: dict[str, _PathTimes] = {name: _PathTimes() for name in self._trainer_paths}
         self._current = 0  # index in _trainer_paths of the Trainer window that is open or next
-        self._taken_off: tuple[list[Callback], list[Logger]] | None = None
+        self._aside = CallbacksAside()
         self._paths: dict[str, Stepper] | None = None
         self._untimed = warmup_steps  # Trainer steps still to run before its next window
         self._timed = -1  # Trainer steps run in the open window; -1: no window open
@@ -182,24 +176,13 @@ class InterleavedWindows(Callback):
         self._untimed = self.window_warmup_steps
         self._current += 1
         if self._current < len(self._trainer_paths):  # the loop-only window comes next
-            self._take_off_callbacks_and_loggers(trainer)
+            self._aside.take_off(trainer, keep=self)
             return
         self._current = 0
-        self._put_back_callbacks_and_loggers(trainer)
+        self._aside.put_back(trainer)
         self._run_other_windows(trainer)
         if len(self.times[TRAINER].windows) == self.rounds:
             trainer.should_stop = True
-
-    def _take_off_callbacks_and_loggers(self, trainer: L.Trainer) -> None:
-        # Lightning reads trainer.callbacks and trainer.loggers afresh at every hook call, so
-        # the following steps run without them.
-        self._taken_off = (trainer.callbacks, trainer.loggers)
-        trainer.callbacks, trainer.loggers = [self], []
-
-    def _put_back_callbacks_and_loggers(self, trainer: L.Trainer) -> None:
-        if self._taken_off is not None:
-            trainer.callbacks, trainer.loggers = self._taken_off
-            self._taken_off = None
 
     def _run_other_windows(self, trainer: L.Trainer) -> None:
         if self._paths is None:
@@ -240,6 +223,20 @@ def time_one_epoch(cfg: DictConfig, datamodule: InMemoryImageDataModule, output_
     trainer = _trainer(cfg, output_dir, [epoch_timer], max_epochs=1)
     trainer.fit(build_classifier(cfg, datamodule.class_names), datamodule=datamodule)
     return epoch_timer.epoch_seconds[0]
+
+
+def time_paired_steps(cfg: DictConfig, datamodule: InMemoryImageDataModule, output_dir: Path, device: torch.device,
+                      pairs: int, warmup_steps: int, loop_only: bool) -> dict[str, dict[str, float]]:
+    """Lightning's overhead step by step (see :class:`PairedSteps`): a fresh Trainer, each of its
+    steps right after one step of a fresh bare loop; per phase the summary of ``PairedTimes``."""
+    phases = [TRAINER, TRAINER_LOOP_ONLY] if loop_only else [TRAINER]
+    paired = PairedSteps(lambda trainer: BareDataPath(cfg, datamodule, device, trainer.precision_plugin),
+                         pairs, warmup_steps, phases)
+    trainer = _trainer(cfg, output_dir, [paired], max_epochs=-1, max_steps=paired.steps_needed, limit_val_batches=0)
+    trainer.fit(build_classifier(cfg, datamodule.class_names), datamodule=datamodule)
+    if any(len(times.trainer) < pairs for times in paired.times.values()):
+        raise RuntimeError("the step-paired timing stopped early; is the training split smaller than one batch?")
+    return {name: times.summary() for name, times in paired.times.items()}
 
 
 def _median_and_middle_half(values: list[float]) -> tuple[float, float, float]:
@@ -299,8 +296,24 @@ def _ratios(speeds: dict[str, list[float]], batch_size: int) -> dict[str, list[f
     return ratios
 
 
+def _format_paired(paired: dict[str, dict[str, float]]) -> list[str]:
+    pairs = next(iter(paired.values()))["pairs"]
+    lines = ["", f"Step by step: each Trainer step right after one bare-loop step, {pairs:,} pairs per line "
+                 "(mean over the pairs; the overhead with its standard error):", "",
+             "| Trainer | Trainer (ms/step) | bare loop (ms/step) | Lightning overhead (ms/step) | share of a Trainer step |",
+             "|---|---:|---:|---:|---:|"]
+    for name, values in paired.items():
+        label = "with callbacks and logger" if name == TRAINER else "without callbacks or logger"
+        lines.append(f"| {label} | {values['trainer_ms']:.2f} | {values['bare_ms']:.2f} "
+                     f"| {values['overhead_ms']:.2f} ± {values['overhead_standard_error_ms']:.2f} | {values['overhead_share']:.1%} |")
+    if TRAINER_LOOP_ONLY in paired:
+        callbacks_ms = paired[TRAINER]["overhead_ms"] - paired[TRAINER_LOOP_ONLY]["overhead_ms"]
+        lines += ["", f"- of which callbacks and logger: {callbacks_ms:.2f} ms per step (the difference of the two overheads)"]
+    return lines
+
+
 def _format_report(rows: list[Measurement], summary: dict[str, tuple[str, str]], header: dict[str, Any],
-                   epoch: tuple[str, str] | None) -> str:
+                   epoch: tuple[str, str] | None, paired: dict[str, dict[str, float]] | None = None) -> str:
     ceiling = next(r.images_per_s for r in rows if r.name == CEILING)
     plain = [r.images_per_s for r in rows if r.name.startswith("plain loop")]
     lines = [
@@ -330,6 +343,8 @@ def _format_report(rows: list[Measurement], summary: dict[str, tuple[str, str]],
               "| ratio | median of the per-round ratios (middle half of the rounds) | from each path's fastest quarter |",
               "|---|---:|---:|"]
     lines += [f"| {key} | {per_round} | {undisturbed} |" for key, (per_round, undisturbed) in summary.items()]
+    if paired:
+        lines += _format_paired(paired)
     if epoch is not None:
         lines += ["", f"- {epoch[0]}: {epoch[1]}"]
     return "\n".join(lines) + "\n"
@@ -344,6 +359,9 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     for switch in ("epoch", "plain_loop", "split_overhead"):  # a mistyped value would be a truthy string
         if not isinstance(bench[switch], bool):
             raise ConfigValueError(f"benchmark.{switch} must be true or false, got {bench[switch]!r}")
+    paired_steps = bench.get("paired_steps", 0)
+    if isinstance(paired_steps, bool) or not isinstance(paired_steps, int) or paired_steps < 0:
+        raise ConfigValueError(f"benchmark.paired_steps must be a count of pairs (0 = off), got {paired_steps!r}")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed)
     datamodule: InMemoryImageDataModule = instantiate(cfg.data)
@@ -393,6 +411,13 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         if name in windows.times:
             windows.times[name].peak_host_mb, windows.times[name].peak_device_mb = memory.host_mb, memory.device_mb
 
+    paired = None
+    if paired_steps and device.type == "cpu":
+        log.info("benchmark: %d Trainer steps, each right after a bare-loop step ...", paired_steps)
+        paired = time_paired_steps(cfg, datamodule, output_dir, device, paired_steps, bench.warmup_steps, bench.split_overhead)
+    elif paired_steps:
+        log.info("benchmark: no step-paired timing on %s (it would synchronise every step)", device.type)
+
     order = [CEILING, BARE, TRAINER_LOOP_ONLY, TRAINER]
     names = [name for name in order if name in windows.times] + sorted(name for name in windows.times if name not in order)
     speeds = {name: [bench.steps * batch_size / seconds for seconds in windows.times[name].windows] for name in names}
@@ -422,7 +447,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         n_train, n_val = len(datamodule.train_split), len(datamodule.val_split)
         epoch = (f"one epoch through the Trainer ({n_train:,} train + {n_val:,} val images)", f"{epoch_seconds:.1f} s")
     header = _header(cfg, datamodule, device, malloc_tuned)
-    report = _format_report(rows, summary, header, epoch)
+    report = _format_report(rows, summary, header, epoch, paired)
     print(report, flush=True)
     results = {
         "header": header,
@@ -431,6 +456,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         "ratios_per_round": per_round,
         "ratios_fastest_quarter": {name: values[0] for name, values in undisturbed.items()},
         "epoch_seconds": epoch_seconds,
+        "paired_steps": paired,
     }
     atomic_write_json(output_dir / "benchmark.json", results)
     atomic_write(output_dir / "benchmark.md", lambda f: f.write(report.encode()))
