@@ -90,7 +90,8 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
 @pytest.mark.parametrize(("override", "message"), [
     ("benchmark.rounds=0", "benchmark.rounds and benchmark.steps must be at least 1"),
     ("benchmark.split_overhead=flase", "benchmark.split_overhead must be true or false, got 'flase'"),
-    ("benchmark.paired_steps=-5", "benchmark.paired_steps must be a count of pairs \\(0 = off\\), got -5"),
+    ("benchmark.paired_steps=-5", "benchmark.paired_steps must be 0 \\(off\\) or at least 2 pairs, got -5"),
+    ("benchmark.paired_steps=1", "benchmark.paired_steps must be 0 \\(off\\) or at least 2 pairs, got 1"),
 ])
 def test_a_bad_benchmark_setting_is_named(make_config, override, message):
     with pytest.raises(ConfigValueError, match=message):

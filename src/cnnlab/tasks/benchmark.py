@@ -360,8 +360,9 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         if not isinstance(bench[switch], bool):
             raise ConfigValueError(f"benchmark.{switch} must be true or false, got {bench[switch]!r}")
     paired_steps = bench.get("paired_steps", 0)
-    if isinstance(paired_steps, bool) or not isinstance(paired_steps, int) or paired_steps < 0:
-        raise ConfigValueError(f"benchmark.paired_steps must be a count of pairs (0 = off), got {paired_steps!r}")
+    if isinstance(paired_steps, bool) or not isinstance(paired_steps, int) or paired_steps < 0 or paired_steps == 1:
+        # A standard error needs two pairs at least.
+        raise ConfigValueError(f"benchmark.paired_steps must be 0 (off) or at least 2 pairs, got {paired_steps!r}")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed)
     datamodule: InMemoryImageDataModule = instantiate(cfg.data)
