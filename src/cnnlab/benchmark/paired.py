@@ -50,7 +50,10 @@ class PairedSteps(Callback):
     whole step, from fetching its batch to the optimizer, runs in one piece after the other's.
     Run at ``on_train_batch_start`` instead, between the Trainer's augmentation and its
     forward pass, the bare step evicted the Trainer's fresh batch and model from the caches,
-    and the overhead came out about 0.3 ms per bf16 step higher on the dev CPU. A Trainer step
+    and the overhead came out about 0.3 ms per bf16 step higher on the dev CPU. Even at the end,
+    the interplay biases the figure by some tenths of a millisecond, in either direction: a
+    float32 run on the JPEG copy gave 0.13 ± 0.09 ms, less than Lightning's loop alone costs
+    with a toy network (0.72 ms). So it is a diagnostic, off by default. A Trainer step
     is timed from this hook to the next, so it covers everything the Trainer does per step
     (logging, fetch, transfer, hooks, optimizer). The first ``warmup_steps`` pairs are not
     timed. A second phase, when ``phases`` names one, repeats the pairs with every other
