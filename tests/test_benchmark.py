@@ -152,6 +152,7 @@ def test_the_loop_only_windows_run_without_callbacks_and_loggers_and_put_them_ba
                         enable_checkpointing=False, default_root_dir=tmp_path)
     trainer.fit(BoringModel())
     assert [len(windows.times[name].windows) for name in (TRAINER, TRAINER_LOOP_ONLY)] == [2, 2]
+    assert windows.order == [TRAINER, TRAINER_LOOP_ONLY, TRAINER_LOOP_ONLY, TRAINER]  # swapped in round 2
     # Each loop-only window takes 1 + 1 + 3 steps (untimed, opening, timed) that no other callback sees.
     assert counter.seen == trainer.global_step - 2 * 5
     assert trainer.callbacks[:2] == [counter, windows] and trainer.loggers == [logger]
@@ -166,6 +167,22 @@ class _SleepyStepper:
     def step(self) -> None:
         time.sleep(self.seconds)
         self.steps += 1
+
+
+def test_every_path_gets_one_window_per_round_and_the_trainer_windows_swap_places(tmp_path):
+    first, second = _SleepyStepper(0), _SleepyStepper(0)
+    windows = InterleavedWindows(lambda trainer: {"first": lambda: first, "second": lambda: second}, torch.device("cpu"),
+                                 rounds=3, steps=2, warmup_steps=1, window_warmup_steps=1, time_loop_only=True)
+    trainer = L.Trainer(accelerator="cpu", callbacks=[windows], logger=False, max_epochs=-1, max_steps=windows.steps_needed,
+                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(BoringModel())
+    assert windows.order == [TRAINER, TRAINER_LOOP_ONLY, "first", "second",
+                             TRAINER_LOOP_ONLY, TRAINER, "first", "second",
+                             TRAINER, TRAINER_LOOP_ONLY, "first", "second"]
+    # Each other path: its warm-up steps, then per round its untimed and timed steps.
+    assert first.steps == second.steps == 1 + 2 + 2 * (1 + 2)
+    assert windows.rounds_done == 3 and trainer.global_step < windows.steps_needed
 
 
 def test_paired_steps_time_each_trainer_step_apart_from_its_bare_step(tmp_path):

@@ -142,7 +142,9 @@ class InterleavedWindows(Callback):
 
     With ``time_loop_only``, each round also times a Trainer window with every other callback
     and the loggers taken off the Trainer (and put back after it): the same fit, model and
-    optimizer, so the difference is what the callbacks and logging cost per step.
+    optimizer, so the difference is what the callbacks and logging cost per step. The two
+    Trainer windows swap places from one round to the next. ``order`` lists every window's
+    path in the order they ran.
     """
 
     def __init__(self, build_paths: Callable[[L.Trainer], dict[str, Callable[[], Stepper]]], device: torch.device,
@@ -152,7 +154,9 @@ class InterleavedWindows(Callback):
         self.warmup_steps, self.window_warmup_steps = warmup_steps, window_warmup_steps
         self._trainer_paths = [TRAINER, TRAINER_LOOP_ONLY] if time_loop_only else [TRAINER]
         self.times: dict[str, _PathTimes] = {name: _PathTimes() for name in self._trainer_paths}
-        self._current = 0  # index in _trainer_paths of the Trainer window that is open or next
+        self._round_order = list(self._trainer_paths)  # this round's Trainer windows, in the order they run
+        self._current = 0  # index in _round_order of the Trainer window that is open or next
+        self.order: list[str] = []
         self._aside = CallbacksAside()
         self._paths: dict[str, Stepper] | None = None
         self._untimed = warmup_steps  # Trainer steps still to run before its next window
@@ -171,18 +175,32 @@ class InterleavedWindows(Callback):
             self._timed += 1
             return
         synchronize(self.device)
-        self.times[self._trainer_paths[self._current]].windows.append(time.perf_counter() - self._window_start)
+        self.times[self._round_order[self._current]].windows.append(time.perf_counter() - self._window_start)
+        self.order.append(self._round_order[self._current])
         self._timed = -1
         self._untimed = self.window_warmup_steps
         self._current += 1
-        if self._current < len(self._trainer_paths):  # the loop-only window comes next
-            self._aside.take_off(trainer, keep=self)
+        if self._current < len(self._round_order):
+            self._prepare(trainer, self._round_order[self._current])
             return
         self._current = 0
         self._aside.put_back(trainer)
         self._run_other_windows(trainer)
         if len(self.times[TRAINER].windows) == self.rounds:
             trainer.should_stop = True
+            return
+        # Whichever window runs first in a round follows the other paths' windows, the only ones
+        # that run other models and (the plain loop) worker processes; rounds alternate which
+        # Trainer window that is, so neither carries that position's cost in every round.
+        self._round_order.reverse()
+        self._prepare(trainer, self._round_order[0])
+
+    def _prepare(self, trainer: L.Trainer, path: str) -> None:
+        """Set the Trainer up for ``path``'s window: its callbacks and loggers on, or taken off."""
+        if path == TRAINER_LOOP_ONLY:
+            self._aside.take_off(trainer, keep=self)
+        else:
+            self._aside.put_back(trainer)
 
     def _run_other_windows(self, trainer: L.Trainer) -> None:
         if self._paths is None:
@@ -198,6 +216,7 @@ class InterleavedWindows(Callback):
                 time_steps(path.step, self.window_warmup_steps, self.device)
         for name, path in self._paths.items():
             self.times[name].windows.append(time_steps(path.step, self.steps, self.device))
+            self.order.append(name)
 
     @property
     def steps_needed(self) -> int:
@@ -388,14 +407,16 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
 
     def build_paths(trainer: L.Trainer) -> dict[str, Callable[[], Stepper]]:
         precision = trainer.precision_plugin  # the Trainer's own: the same autocast or weight dtype
-        builders: dict[str, Callable[[], Stepper]] = {
-            CEILING: lambda: ComputeOnly(cfg, datamodule, device, precision),
-            BARE: lambda: BareDataPath(cfg, datamodule, device, precision),
-        }
+        # The windows run in this order, right before the Trainer's: the plain loop first, so its
+        # worker processes are idle again before the paths compared with the Trainer; the bare
+        # loop last, so it and the Trainer's next window lie closest in time.
+        builders: dict[str, Callable[[], Stepper]] = {}
         if bench.plain_loop:
             for name, dataset in reference_datasets(datamodule, image_size).items():
                 builders[name] = lambda dataset=dataset: PlainLoop(
                     _tutorial_net(cfg), dataset, device, batch_size, bench.plain_loop_workers, float(cfg.optimizer.get("lr", 1e-3)))
+        builders[CEILING] = lambda: ComputeOnly(cfg, datamodule, device, precision)
+        builders[BARE] = lambda: BareDataPath(cfg, datamodule, device, precision)
         return builders
 
     log.info("benchmark: %d rounds of %d-step windows, the paths taking turns ...", bench.rounds, bench.steps)
@@ -453,6 +474,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     results = {
         "header": header,
         "rows": [row.as_dict() for row in rows],
+        "window_order": windows.order,
         "summary": {name: {"per_round_median": a, "fastest_quarter": b} for name, (a, b) in summary.items()},
         "ratios_per_round": per_round,
         "ratios_fastest_quarter": {name: values[0] for name, values in undisturbed.items()},
