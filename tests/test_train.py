@@ -163,6 +163,17 @@ def test_fast_dev_run_smoke_test(make_config, tmp_path):
     assert results["global_step"] == 1 and "test/acc" in results
 
 
+@pytest.mark.parametrize(("overrides", "steps"), [
+    # Two epochs (tests' default) of 6 batches, an optimizer step every 2 batches.
+    (["trainer.limit_train_batches=6", "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.5"], 6),
+    (["trainer.limit_train_batches=6", "trainer.max_epochs=3", "trainer.max_steps=8"], 8),  # stops inside epoch 2
+])
+def test_trainer_knobs_in_conf_set_the_run_length(overrides, steps, make_config):
+    # Set without Hydra's "+": the knobs live in conf/trainer/default.yaml.
+    results = train(make_config(overrides=["trainer.limit_val_batches=1", "trainer.limit_test_batches=1", *overrides]))
+    assert results["global_step"] == steps and "test/acc" in results
+
+
 def test_tutorial_experiment_composes_the_tutorial_recipe():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=tutorial"])
@@ -173,7 +184,7 @@ def test_tutorial_experiment_composes_the_tutorial_recipe():
 @pytest.mark.parametrize("recipe", ["resnet18_cifar", "fast"])
 def test_from_scratch_recipes_train_a_few_steps(recipe, make_config, tmp_path):
     # The recipes as configured, shortened: a few steps at a small batch, full precision on the CPU.
-    results = train(make_config(overrides=[f"experiment={recipe}", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
+    results = train(make_config(overrides=[f"experiment={recipe}", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
                                            "trainer.precision=32-true", "data.batch_size=16", "data.eval_batch_size=32"]))
     assert results["global_step"] == 3 and "test/acc" in results
     if recipe == "fast":

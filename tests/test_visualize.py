@@ -107,7 +107,7 @@ def resnet_ckpt(tmp_path_factory: pytest.TempPathFactory, cifar_root: Path, resn
     root = tmp_path_factory.mktemp("resnet_run")
     cfg = compose_config("train", [
         f"paths.root_dir={root}", f"paths.output_dir={root / 'run'}", f"paths.cache_dir={root / 'cache'}",
-        *FAST, "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+        *FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         f"data.root={cifar_root}", "data.val_split=20", "data.download=false",
         "model=resnet18_ft", f"model.weights_path={resnet_weights}", "model.input_size=64", "test=false",
         "~callbacks.confusion_matrix", "~callbacks.misclassified", "~callbacks.conv_filters",
