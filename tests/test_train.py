@@ -165,13 +165,19 @@ def test_fast_dev_run_smoke_test(make_config, tmp_path):
 
 @pytest.mark.parametrize(("overrides", "steps"), [
     # Two epochs (tests' default) of 6 batches, an optimizer step every 2 batches.
-    (["trainer.limit_train_batches=6", "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.5"], 6),
+    (["trainer.limit_train_batches=6", "trainer.accumulate_grad_batches=2"], 6),
     (["trainer.limit_train_batches=6", "trainer.max_epochs=3", "trainer.max_steps=8"], 8),  # stops inside epoch 2
 ])
 def test_trainer_knobs_in_conf_set_the_run_length(overrides, steps, make_config):
     # Set without Hydra's "+": the knobs live in conf/trainer/default.yaml.
     results = train(make_config(overrides=["trainer.limit_val_batches=1", "trainer.limit_test_batches=1", *overrides]))
     assert results["global_step"] == steps and "test/acc" in results
+
+
+def test_clipping_and_validation_interval_reach_the_trainer(make_config):
+    trainer = instantiate(make_config(overrides=["trainer.gradient_clip_val=0.5", "trainer.val_check_interval=0.25"]).trainer)
+    assert (trainer.gradient_clip_val, trainer.val_check_interval) == (0.5, 0.25)
+    assert instantiate(make_config().trainer).gradient_clip_val is None  # no clipping unless asked
 
 
 def test_tutorial_experiment_composes_the_tutorial_recipe():
