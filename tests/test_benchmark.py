@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import time
 
@@ -15,6 +16,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision
 
+from cnnlab.benchmark.rounds import median_interval
 from cnnlab.errors import ConfigValueError
 from cnnlab.tasks.benchmark import (
     TRAINER,
@@ -71,6 +73,10 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
                                       per_round["of which Lightning's loop (ms), Trainer without callbacks or logger minus bare loop"],
                                       per_round["of which callbacks and logger (ms), Trainer minus Trainer without them"], strict=True):
         assert loop + callbacks == pytest.approx(total)
+    # Each median comes with its bootstrap interval, which holds it.
+    for name, (low, high) in results["median_intervals_95"].items():
+        assert low <= statistics.median(per_round[name]) <= high
+        assert results["summary"][name]["median_interval_95"].count(" to ") == 1
     # The step-paired overhead: 3 pairs with every callback, 3 without.
     paired = results["paired_steps"]
     assert set(paired) == {TRAINER, TRAINER_LOOP_ONLY} and all(values["pairs"] == 3 for values in paired.values())
@@ -82,6 +88,7 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
     assert written["rows"] == results["rows"]
     report = (tmp_path / "run" / "benchmark.md").read_text()
     assert "| cnnlab data path, Lightning Trainer |" in report and "| Lightning overhead" in report
+    assert "| the median's 95% interval (bootstrap over the rounds) |" in report
     assert "one epoch through the Trainer (320 train + 40 val images)" in report
     assert "Step by step: each Trainer step right after one bare-loop step, 3 pairs" in report
     assert "| without callbacks or logger |" in report and "- of which callbacks and logger:" in report
@@ -96,6 +103,27 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
 def test_a_bad_benchmark_setting_is_named(make_config, override, message):
     with pytest.raises(ConfigValueError, match=message):
         benchmark(make_config("benchmark", [override]))
+
+
+def test_the_medians_interval_covers_the_true_median_and_narrows_with_more_rounds():
+    rng = random.Random(2)
+    # 200 runs of 48 rounds drawn around a true median of 5 (points of overhead, say): a 95%
+    # interval should hold it in about 95% of them.
+    covered = 0
+    for run in range(200):
+        rounds = [rng.gauss(5.0, 3.0) for _ in range(48)]
+        low, high = median_interval(rounds, resamples=500, seed=run)
+        assert low <= statistics.median(rounds) <= high
+        covered += low <= 5.0 <= high
+    assert 0.88 <= covered / 200 <= 0.99
+    # Sixteen times the rounds: about a quarter of the width (the median's error falls as 1/sqrt(n)).
+    rng = random.Random(1)
+    rounds = [rng.gauss(5.0, 3.0) for _ in range(768)]
+    short, long = median_interval(rounds[:48]), median_interval(rounds)
+    assert 0.1 < (long[1] - long[0]) / (short[1] - short[0]) < 0.5
+    assert median_interval(rounds[:48]) == short  # seeded: the same report from the same rounds
+    assert median_interval([2.0]) == (2.0, 2.0)
+    assert median_interval([3.0] * 10) == (3.0, 3.0)
 
 
 def test_fastest_quarter_is_the_mean_of_the_fastest_windows():

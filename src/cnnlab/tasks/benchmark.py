@@ -37,6 +37,7 @@ from torch import nn
 from cnnlab.benchmark.measure import CallbacksAside, Measurement, PeakMemory, Stepper, synchronize, time_steps
 from cnnlab.benchmark.paired import PairedSteps
 from cnnlab.benchmark.plain_loop import PlainLoop, reference_datasets
+from cnnlab.benchmark.rounds import format_ratio, median_and_middle_half, median_interval
 from cnnlab.data.base import InMemoryImageDataModule
 from cnnlab.errors import ConfigValueError
 from cnnlab.training.callbacks import EpochTimer
@@ -258,13 +259,6 @@ def time_paired_steps(cfg: DictConfig, datamodule: InMemoryImageDataModule, outp
     return {name: times.summary() for name, times in paired.times.items()}
 
 
-def _median_and_middle_half(values: list[float]) -> tuple[float, float, float]:
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    quartiles = statistics.quantiles(values, n=4, method="inclusive")
-    return statistics.median(values), quartiles[0], quartiles[2]
-
-
 def fastest_quarter(speeds: list[float]) -> float:
     """Mean of the fastest quarter of a path's windows (at least one).
 
@@ -279,7 +273,6 @@ def fastest_quarter(speeds: list[float]) -> float:
 OVERHEAD_MS = "Lightning overhead per step (ms), Trainer minus bare loop"
 LOOP_MS = "of which Lightning's loop (ms), Trainer without callbacks or logger minus bare loop"
 CALLBACKS_MS = "of which callbacks and logger (ms), Trainer minus Trainer without them"
-MILLISECOND_RATIOS = (OVERHEAD_MS, LOOP_MS, CALLBACKS_MS)
 
 
 def _ratios(speeds: dict[str, list[float]], batch_size: int) -> dict[str, list[float]]:
@@ -331,7 +324,7 @@ def _format_paired(paired: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
-def _format_report(rows: list[Measurement], summary: dict[str, tuple[str, str]], header: dict[str, Any],
+def _format_report(rows: list[Measurement], summary: dict[str, tuple[str, str, str]], header: dict[str, Any],
                    epoch: tuple[str, str] | None, paired: dict[str, dict[str, float]] | None = None) -> str:
     ceiling = next(r.images_per_s for r in rows if r.name == CEILING)
     plain = [r.images_per_s for r in rows if r.name.startswith("plain loop")]
@@ -359,9 +352,11 @@ def _format_report(rows: list[Measurement], summary: dict[str, tuple[str, str]],
         )
     notes = sorted({f"{row.name.split(' (')[0]}: {row.notes}" for row in rows if row.notes})
     lines += ["", "(vs columns: from the medians" + "".join(f"; {note}" for note in notes) + ")", "",
-              "| ratio | median of the per-round ratios (middle half of the rounds) | from each path's fastest quarter |",
-              "|---|---:|---:|"]
-    lines += [f"| {key} | {per_round} | {undisturbed} |" for key, (per_round, undisturbed) in summary.items()]
+              "| ratio | median of the per-round ratios (middle half of the rounds) "
+              "| the median's 95% interval (bootstrap over the rounds) | from each path's fastest quarter |",
+              "|---|---:|---:|---:|"]
+    lines += [f"| {key} | {per_round} | {interval} | {undisturbed} |"
+              for key, (per_round, interval, undisturbed) in summary.items()]
     if paired:
         lines += _format_paired(paired)
     if epoch is not None:
@@ -455,15 +450,12 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     ]
     per_round = _ratios(speeds, batch_size)
     undisturbed = _ratios({name: [fastest_quarter(values)] for name, values in speeds.items()}, batch_size)
-    summary: dict[str, tuple[str, str]] = {}
+    summary: dict[str, tuple[str, str, str]] = {}
+    intervals = {name: median_interval(values) for name, values in per_round.items()}
     for name, values in per_round.items():
-        middle, low, high = _median_and_middle_half(values)
-        if name in MILLISECOND_RATIOS:
-            summary[name] = (f"{middle:.2f} ({low:.2f} to {high:.2f})", f"{undisturbed[name][0]:.2f}")
-        elif name.startswith("speed-up"):
-            summary[name] = (f"{middle:.2f}x ({low:.2f}x to {high:.2f}x)", f"{undisturbed[name][0]:.2f}x")
-        else:
-            summary[name] = (f"{middle:.1%} ({low:.1%} to {high:.1%})", f"{undisturbed[name][0]:.1%}")
+        middle, low, high = (format_ratio(name, value) for value in median_and_middle_half(values))
+        summary[name] = (f"{middle} ({low} to {high})", " to ".join(format_ratio(name, bound) for bound in intervals[name]),
+                         format_ratio(name, undisturbed[name][0]))
     epoch = None
     if epoch_seconds is not None:
         n_train, n_val = len(datamodule.train_split), len(datamodule.val_split)
@@ -475,8 +467,10 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         "header": header,
         "rows": [row.as_dict() for row in rows],
         "window_order": windows.order,
-        "summary": {name: {"per_round_median": a, "fastest_quarter": b} for name, (a, b) in summary.items()},
+        "summary": {name: {"per_round_median": a, "median_interval_95": b, "fastest_quarter": c}
+                    for name, (a, b, c) in summary.items()},
         "ratios_per_round": per_round,
+        "median_intervals_95": {name: list(bounds) for name, bounds in intervals.items()},
         "ratios_fastest_quarter": {name: values[0] for name, values in undisturbed.items()},
         "epoch_seconds": epoch_seconds,
         "paired_steps": paired,

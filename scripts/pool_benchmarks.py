@@ -1,0 +1,41 @@
+"""Pool benchmark runs: ``python scripts/pool_benchmarks.py logs/benchmark/runs/<run> <run> ...``.
+
+One run's median is known to a few points at best; runs of the same command on the same
+machine pooled round by round narrow that. Prints each ratio per run and pooled, each median
+with its 95% bootstrap interval, and writes the table to ``--out`` when given. Runs of
+different setups (model, data, precision, machine, window length) are refused.
+
+A plain argparse script rather than a Hydra app: it reads finished runs and starts none.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from cnnlab.errors import CnnlabError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path, nargs="+", help="benchmark run folders (or their benchmark.json)")
+    parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
+    args = parser.parse_args(argv)
+
+    from cnnlab.benchmark.pooling import load_run, pool, to_markdown
+    from cnnlab.utils.io import atomic_write
+
+    try:
+        runs = [load_run(path) for path in args.runs]
+        report = to_markdown(runs, pool(runs))
+    except CnnlabError as error:
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    print(report, end="")
+    if args.out is not None:
+        atomic_write(args.out, lambda f: f.write(report.encode()))
+        print(f"markdown: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

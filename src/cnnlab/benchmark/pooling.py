@@ -1,0 +1,117 @@
+"""Pooling the rounds of several benchmark runs of one setup into one figure per ratio.
+
+A run's median of per-round ratios is known to a few points at best (the host's speed drifts
+from round to round), so a target near the line needs more rounds than one run holds. Runs of
+the same setup on the same machine can be pooled round by round: the pooled median and its
+bootstrap interval then rest on every run's rounds. Runs of different setups cannot, so the
+setups are compared first.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnlab.benchmark.rounds import format_ratio, median_interval
+from cnnlab.errors import ConfigValueError, InputNotFoundError
+
+RESULTS_FILE = "benchmark.json"
+# What must be the same for the rounds of two runs to measure the same thing.
+SETUP_KEYS = ("model", "data", "batch_size", "device", "host", "torch", "precision", "optimizer", "channels_last",
+              "host_malloc", "augmentation")
+
+
+@dataclass
+class BenchmarkRun:
+    """One benchmark run's setup and per-round ratios, as its ``benchmark.json`` holds them."""
+
+    path: Path
+    header: dict[str, Any]
+    ratios_per_round: dict[str, list[float]]
+
+    @property
+    def window_setup(self) -> str:
+        """The timing windows' length and warm-up; the number of rounds may differ between pooled runs."""
+        return self.header.get("windows", "").split("; ", 1)[-1]
+
+
+@dataclass
+class PooledRatio:
+    """One ratio: each run's median and 95% interval, and the same over all the runs' rounds."""
+
+    name: str
+    per_run: list[tuple[float, float, float, int]]  # (median, interval low, interval high, rounds)
+    median: float
+    interval: tuple[float, float]
+    rounds: int
+
+
+def load_run(path: Path) -> BenchmarkRun:
+    """A run from its folder (or its ``benchmark.json``)."""
+    file = path / RESULTS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise InputNotFoundError(f"no {RESULTS_FILE} at {path}: give a benchmark run folder "
+                                 f"(logs/benchmark/runs/<run>) or its {RESULTS_FILE}")
+    try:
+        results = json.loads(file.read_text())
+        return BenchmarkRun(file.parent, results["header"], results["ratios_per_round"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ConfigValueError(f"{file} is not a benchmark report ({type(error).__name__}: {error}); "
+                               f"was the run interrupted before it wrote its results?") from error
+
+
+def pool(runs: list[BenchmarkRun]) -> list[PooledRatio]:
+    """Every ratio the runs share, per run and pooled over all their rounds.
+
+    Raises ConfigValueError when two runs differ in setup (model, data, precision, machine ...)
+    or in their windows' length, naming the difference.
+    """
+    if not runs:
+        raise ConfigValueError("no benchmark runs to pool")
+    first = runs[0]
+    for run in runs[1:]:
+        for key in SETUP_KEYS:
+            if run.header.get(key) != first.header.get(key):
+                raise ConfigValueError(
+                    f"{run.path} and {first.path} ran different setups ({key}: {run.header.get(key)!r} against "
+                    f"{first.header.get(key)!r}); pool only runs of one command on one machine")
+        if run.window_setup != first.window_setup:
+            raise ConfigValueError(f"{run.path} and {first.path} timed different windows ({run.window_setup!r} "
+                                   f"against {first.window_setup!r}); pool only runs with the same benchmark.steps "
+                                   f"and warm-up")
+    names = [name for name in first.ratios_per_round if all(name in run.ratios_per_round for run in runs)]
+    pooled = []
+    for name in names:
+        per_run = []
+        for run in runs:
+            values = run.ratios_per_round[name]
+            per_run.append((statistics.median(values), *median_interval(values), len(values)))
+        values = [value for run in runs for value in run.ratios_per_round[name]]
+        pooled.append(PooledRatio(name, per_run, statistics.median(values), median_interval(values), len(values)))
+    return pooled
+
+
+def to_markdown(runs: list[BenchmarkRun], pooled: list[PooledRatio]) -> str:
+    """A table of each ratio per run and pooled: the median with its 95% bootstrap interval."""
+    header = runs[0].header
+    lines = [f"# {len(runs)} benchmark runs pooled: {header.get('model')} on {header.get('data')}, "
+             f"batch {header.get('batch_size')}, {header.get('precision')}", "",
+             f"- device: {header.get('device')}; host: {header.get('host')}; torch {header.get('torch')}"]
+    lines += [f"- run {i}: {run.path} ({run.header.get('date', '?')}): `{run.header.get('command', '?')}`"
+              for i, run in enumerate(runs, start=1)]
+    lines += ["", "Each cell: the median of the per-round ratios [its 95% interval, bootstrap over the rounds].", "",
+              "| ratio | " + " | ".join(f"run {i}" for i in range(1, len(runs) + 1)) + " | pooled | pooled rounds |",
+              "|---|" + "---:|" * (len(runs) + 2)]
+    for ratio in pooled:
+        cells = [_cell(ratio.name, median, (low, high)) for median, low, high, _ in ratio.per_run]
+        lines.append(f"| {ratio.name} | " + " | ".join(cells)
+                     + f" | {_cell(ratio.name, ratio.median, ratio.interval)} | {ratio.rounds} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(name: str, median: float, interval: tuple[float, float]) -> str:
+    low, high = (format_ratio(name, bound) for bound in interval)
+    return f"{format_ratio(name, median)} [{low}, {high}]"

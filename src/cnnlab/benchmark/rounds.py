@@ -1,0 +1,40 @@
+"""Statistics over the benchmark's rounds: each ratio's median, its scatter, and how far to trust it."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+
+def median_and_middle_half(values: list[float]) -> tuple[float, float, float]:
+    """The median of the per-round values and their lower and upper quartile."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    quartiles = statistics.quantiles(values, n=4, method="inclusive")
+    return statistics.median(values), quartiles[0], quartiles[2]
+
+
+def median_interval(values: list[float], confidence: float = 0.95, resamples: int = 2000,
+                    seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the median of the per-round values.
+
+    The middle half says how much single rounds scatter; this says how far the median itself
+    can be trusted, i.e. whether a run decides a comparison at all (a 5% target, say, with an
+    interval of 3-8% is undecided). Resampling with a fixed seed keeps a report's figures
+    reproducible from its ``benchmark.json``.
+    """
+    if len(values) < 2:
+        return values[0], values[0]
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    tail = (1 - confidence) / 2
+    return medians[int(tail * (resamples - 1))], medians[round((1 - tail) * (resamples - 1))]
+
+
+def format_ratio(name: str, value: float) -> str:
+    """A ratio as the report prints it: milliseconds for "(ms)" ratios, "2.71x" for speed-ups, else a share."""
+    if "(ms)" in name:
+        return f"{value:.2f}"
+    if name.startswith("speed-up"):
+        return f"{value:.2f}x"
+    return f"{value:.1%}"

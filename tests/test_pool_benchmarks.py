@@ -1,0 +1,88 @@
+"""scripts/pool_benchmarks.py on benchmark runs as the benchmark leaves them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from cnnlab.benchmark.pooling import load_run, pool
+from cnnlab.errors import ConfigValueError, InputNotFoundError
+from cnnlab.tasks.benchmark import benchmark
+from conftest import CONF_DIR, ROOT
+
+OVERHEAD = "Lightning overhead, Trainer vs bare loop"
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two small benchmark runs of one setup: 3 and 2 rounds."""
+    folder = tmp_path_factory.mktemp("bench")
+    runs = []
+    for name, rounds in (("a", 3), ("b", 2)):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("benchmark", overrides=[
+                f"paths.root_dir={folder}", f"paths.output_dir={folder / name}", "trainer=cpu",
+                "+trainer.enable_progress_bar=false", "~callbacks.progress_bar", "logger=csv",
+                "data.num_images=200", "data.val_split=20", "data.test_split=20", "data.batch_size=16",
+                "benchmark.warmup_steps=1", "benchmark.window_warmup_steps=0", "benchmark.steps=2",
+                f"benchmark.rounds={rounds}", "benchmark.plain_loop=false", "benchmark.epoch=false",
+            ])
+        runs.append((folder / name, benchmark(cfg)))
+    return runs
+
+
+def test_pooling_puts_every_runs_rounds_together(two_runs):
+    (path_a, results_a), (path_b, results_b) = two_runs
+    pooled = {ratio.name: ratio for ratio in pool([load_run(path_a), load_run(path_b)])}
+    assert set(pooled) == set(results_a["ratios_per_round"])  # no plain loop: no speed-up ratio
+    overhead = pooled[OVERHEAD]
+    rounds = results_a["ratios_per_round"][OVERHEAD] + results_b["ratios_per_round"][OVERHEAD]
+    assert overhead.rounds == 5 and overhead.median == pytest.approx(statistics.median(rounds))
+    assert overhead.interval[0] <= overhead.median <= overhead.interval[1]
+    # Each run's own figures are those its report gave, interval included.
+    for (median, low, high, count), results in zip(overhead.per_run, (results_a, results_b), strict=True):
+        assert median == pytest.approx(statistics.median(results["ratios_per_round"][OVERHEAD]))
+        assert [low, high] == pytest.approx(results["median_intervals_95"][OVERHEAD])
+        assert count == len(results["ratios_per_round"][OVERHEAD])
+
+
+def test_the_script_prints_and_writes_the_pooled_table(two_runs, tmp_path):
+    (path_a, _), (path_b, _) = two_runs
+    out = tmp_path / "pooled.md"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "pool_benchmarks.py"), str(path_a), str(path_b),
+                           "--out", str(out)], capture_output=True, text=True, check=True)
+    assert "# 2 benchmark runs pooled: SimpleCNN on SyntheticDataModule, batch 16, 32-true" in done.stdout
+    row = next(line for line in done.stdout.splitlines() if line.startswith(f"| {OVERHEAD} |"))
+    assert row.endswith("| 5 |") and row.count("[") == 3  # two runs and the pool, each with its interval
+    assert out.read_text() in done.stdout
+
+
+def test_runs_of_different_setups_or_no_runs_are_refused(two_runs, tmp_path):
+    (path_a, _), (path_b, _) = two_runs
+    other = tmp_path / "other"
+    shutil.copytree(path_b, other)
+    results = json.loads((other / "benchmark.json").read_text())
+    results["header"]["precision"] = "bf16-mixed"
+    (other / "benchmark.json").write_text(json.dumps(results))
+    with pytest.raises(ConfigValueError, match="ran different setups \\(precision: 'bf16-mixed' against '32-true'\\)"):
+        pool([load_run(path_a), load_run(other)])
+    results["header"]["precision"] = "32-true"
+    results["header"]["windows"] = "2 rounds; in each, every path runs 50 timed steps in turn"
+    (other / "benchmark.json").write_text(json.dumps(results))
+    with pytest.raises(ConfigValueError, match="timed different windows"):
+        pool([load_run(path_a), load_run(other)])
+
+    with pytest.raises(InputNotFoundError, match="no benchmark.json at"):
+        load_run(tmp_path / "missing")
+    (other / "benchmark.json").write_text('{"header": {')  # a run cut off mid-write by hand
+    with pytest.raises(ConfigValueError, match="is not a benchmark report"):
+        load_run(other)
+    failed = subprocess.run([sys.executable, str(ROOT / "scripts" / "pool_benchmarks.py"), str(path_a), str(other)],
+                            capture_output=True, text=True)
+    assert failed.returncode == 1 and "is not a benchmark report" in failed.stderr and not failed.stdout
