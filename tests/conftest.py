@@ -106,25 +106,29 @@ FAST = [
 ]
 
 
+def compose_run_config(name: str, folder: Path, run_dir: Path, overrides: list[str],
+                       cifar_root: Path | None = None) -> DictConfig:
+    """Compose ``conf/<name>.yaml`` as the scripts would, writing under ``folder`` and into ``run_dir``.
+
+    Training configs get the FAST settings and, unless ``overrides`` pick other data, the
+    CIFAR files at ``cifar_root``; the other entry configs a quiet CPU trainer.
+    """
+    base = [f"paths.root_dir={folder}", f"paths.output_dir={run_dir}", f"paths.cache_dir={folder / 'cache'}"]
+    if name == "train":
+        base += FAST
+        if not any(o.startswith("data=") for o in overrides):
+            base += [f"data.root={cifar_root}", "data.val_split=20", "data.download=false"]
+    else:
+        base += ["trainer=cpu", "+trainer.enable_progress_bar=false"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(name, overrides=base + list(overrides))
+
+
 @pytest.fixture
 def make_config(tmp_path: Path, cifar_root: Path) -> Callable[..., DictConfig]:
     """Compose ``conf/<name>.yaml`` as the scripts would, writing into this test's tmp folder."""
 
     def make(name: str = "train", overrides: list[str] | None = None, run_dir: Path | None = None) -> DictConfig:
-        run_dir = run_dir or tmp_path / "run"
-        base = [
-            f"paths.root_dir={tmp_path}",
-            f"paths.output_dir={run_dir}",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-        ]
-        overrides = list(overrides or [])
-        if name == "train":
-            base += FAST
-            if not any(o.startswith("data=") for o in overrides):
-                base += [f"data.root={cifar_root}", "data.val_split=20", "data.download=false"]
-        else:
-            base += ["trainer=cpu", "+trainer.enable_progress_bar=false"]
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(name, overrides=base + overrides)
+        return compose_run_config(name, tmp_path, run_dir or tmp_path / "run", list(overrides or []), cifar_root)
 
     return make

@@ -9,12 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from cnnlab.benchmark.pooling import load_run, pool
 from cnnlab.errors import ConfigValueError, InputNotFoundError
 from cnnlab.tasks.benchmark import benchmark
-from conftest import CONF_DIR, ROOT
+from conftest import ROOT, compose_run_config
 
 OVERHEAD = "Lightning overhead, Trainer vs bare loop"
 
@@ -25,14 +24,11 @@ def two_runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     runs = []
     for name, rounds in (("a", 3), ("b", 2)):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("benchmark", overrides=[
-                f"paths.root_dir={folder}", f"paths.output_dir={folder / name}", "trainer=cpu",
-                "+trainer.enable_progress_bar=false", "~callbacks.progress_bar", "logger=csv",
-                "data.num_images=200", "data.val_split=20", "data.test_split=20", "data.batch_size=16",
-                "benchmark.warmup_steps=1", "benchmark.window_warmup_steps=0", "benchmark.steps=2",
-                f"benchmark.rounds={rounds}", "benchmark.plain_loop=false", "benchmark.epoch=false",
-            ])
+        cfg = compose_run_config("benchmark", folder, folder / name, [
+            "~callbacks.progress_bar", "logger=csv", "data.num_images=200", "data.val_split=20", "data.test_split=20",
+            "data.batch_size=16", "benchmark.warmup_steps=1", "benchmark.window_warmup_steps=0", "benchmark.steps=2",
+            f"benchmark.rounds={rounds}", "benchmark.plain_loop=false", "benchmark.epoch=false",
+        ])
         runs.append((folder / name, benchmark(cfg)))
     return runs
 

@@ -37,7 +37,7 @@ from torch import nn
 from cnnlab.benchmark.measure import CallbacksAside, Measurement, PeakMemory, Stepper, synchronize, time_steps
 from cnnlab.benchmark.paired import PairedSteps
 from cnnlab.benchmark.plain_loop import PlainLoop, reference_datasets
-from cnnlab.benchmark.rounds import format_ratio, median_and_middle_half, median_interval
+from cnnlab.benchmark.rounds import fastest_quarter, format_ratio, median_and_middle_half, median_interval
 from cnnlab.data.base import InMemoryImageDataModule
 from cnnlab.errors import ConfigValueError
 from cnnlab.training.callbacks import EpochTimer
@@ -257,17 +257,6 @@ def time_paired_steps(cfg: DictConfig, datamodule: InMemoryImageDataModule, outp
     if any(len(times.trainer) < pairs for times in paired.times.values()):
         raise RuntimeError("the step-paired timing stopped early; is the training split smaller than one batch?")
     return {name: times.summary() for name, times in paired.times.items()}
-
-
-def fastest_quarter(speeds: list[float]) -> float:
-    """Mean of the fastest quarter of a path's windows (at least one).
-
-    Other load on a shared host only ever slows a window down, so the fastest windows estimate
-    the path's speed on an undisturbed machine (the reasoning behind ``timeit`` reporting its
-    minimum), with less scatter than the single fastest window.
-    """
-    fastest = sorted(speeds, reverse=True)[: max(1, len(speeds) // 4)]
-    return sum(fastest) / len(fastest)
 
 
 OVERHEAD_MS = "Lightning overhead per step (ms), Trainer minus bare loop"
