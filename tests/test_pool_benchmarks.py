@@ -74,6 +74,8 @@ def test_runs_of_different_setups_or_no_runs_are_refused(two_runs, tmp_path):
     with pytest.raises(ConfigValueError, match="timed different windows"):
         pool([load_run(path_a), load_run(other)])
 
+    with pytest.raises(ConfigValueError, match="no benchmark runs to pool"):
+        pool([])
     with pytest.raises(InputNotFoundError, match="no benchmark.json at"):
         load_run(tmp_path / "missing")
     (other / "benchmark.json").write_text('{"header": {')  # a run cut off mid-write by hand
