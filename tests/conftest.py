@@ -117,6 +117,8 @@ def compose_run_config(name: str, folder: Path, run_dir: Path, overrides: list[s
     if name == "train":
         base += FAST
         if not any(o.startswith("data=") for o in overrides):
+            if cifar_root is None:
+                raise ValueError("a train config on CIFAR files needs cifar_root (the cifar_root fixture), or a data= override")
             base += [f"data.root={cifar_root}", "data.val_split=20", "data.download=false"]
     else:
         base += ["trainer=cpu", "+trainer.enable_progress_bar=false"]
