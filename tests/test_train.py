@@ -10,6 +10,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.profilers import SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -18,6 +20,7 @@ from cnnlab.errors import CheckpointError, RunDirectoryInUseError
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.evaluate import evaluate
 from cnnlab.tasks.train import train
+from cnnlab.training.callbacks import SkipUnusedBatchHooks
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.profiler import NoProfiler
 from conftest import CONF_DIR
@@ -85,9 +88,9 @@ def test_folder_data_trains(make_config, image_folder):
     assert results["test/acc"] >= 0
 
 
-def test_same_seed_repeats_a_cpu_run(make_config, tmp_path):
+def test_same_seed_repeats_a_cpu_run_with_or_without_skipping_unused_hooks(make_config, tmp_path):
     first = train(make_config(overrides=["seed=7"], run_dir=tmp_path / "a"))
-    second = train(make_config(overrides=["seed=7"], run_dir=tmp_path / "b"))
+    second = train(make_config(overrides=["seed=7", "~callbacks.skip_unused_hooks"], run_dir=tmp_path / "b"))
     for key in ("train/loss", "val/loss", "test/loss", "test/acc"):
         assert first[key] == second[key], key
 
@@ -142,6 +145,42 @@ def test_default_profiler_records_nothing_and_lightnings_profilers_plug_in(make_
     assert trainer.profiler.profile("a") is trainer.profiler.profile("b")  # one shared no-op, nothing made per call
     assert trainer.profiler.summary() == ""
     assert isinstance(instantiate(make_config(overrides=["trainer.profiler=simple"]).trainer).profiler, SimpleProfiler)
+
+
+class _CountingCallback(Callback):
+    """Implements one training, one validation and one epoch hook, and counts their calls."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+
+    def _count(self, hook: str) -> None:
+        self.calls[hook] = self.calls.get(hook, 0) + 1
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self._count("on_before_backward")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._count("on_validation_batch_end")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._count("on_train_epoch_end")
+
+
+def test_unused_batch_hooks_are_skipped_and_implemented_hooks_still_run(tmp_path):
+    counting, checkpoint = _CountingCallback(), ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
+    trainer = L.Trainer(accelerator="cpu", callbacks=[counting, checkpoint, SkipUnusedBatchHooks()], max_epochs=2,
+                        limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=0, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(BoringModel())
+    assert counting.calls == {"on_before_backward": 6, "on_validation_batch_end": 4, "on_train_epoch_end": 2}
+    # A per-batch hook a callback leaves empty is None on that instance, which Lightning's dispatcher passes by
+    # (calling None would have failed the fit); implemented hooks and per-epoch hooks keep their methods.
+    for hook in ("on_train_batch_start", "on_after_backward", "on_before_zero_grad", "on_train_batch_end"):
+        assert getattr(counting, hook) is None, hook
+    assert callable(counting.on_before_backward) and callable(counting.on_train_epoch_start)
+    assert checkpoint.on_train_batch_start is None and callable(checkpoint.on_train_batch_end)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert type(counting).on_train_batch_start is Callback.on_train_batch_start  # the class itself is untouched
 
 
 def test_hook_bookkeeping_bypasses_module_checks_and_submodules_still_register():
