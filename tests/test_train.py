@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import lightning as L
@@ -151,19 +152,16 @@ class _CountingCallback(Callback):
     """Implements one training, one validation and one epoch hook, and counts their calls."""
 
     def __init__(self) -> None:
-        self.calls: dict[str, int] = {}
-
-    def _count(self, hook: str) -> None:
-        self.calls[hook] = self.calls.get(hook, 0) + 1
+        self.calls: Counter[str] = Counter()
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        self._count("on_before_backward")
+        self.calls["on_before_backward"] += 1
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._count("on_validation_batch_end")
+        self.calls["on_validation_batch_end"] += 1
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._count("on_train_epoch_end")
+        self.calls["on_train_epoch_end"] += 1
 
 
 def test_unused_batch_hooks_are_skipped_and_implemented_hooks_still_run(tmp_path):
