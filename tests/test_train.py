@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LambdaCallback, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.profilers import SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -166,7 +166,9 @@ class _CountingCallback(Callback):
 
 def test_unused_batch_hooks_are_skipped_and_implemented_hooks_still_run(tmp_path):
     counting, checkpoint = _CountingCallback(), ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
-    trainer = L.Trainer(accelerator="cpu", callbacks=[counting, checkpoint, SkipUnusedBatchHooks()], max_epochs=2,
+    lambda_ends: list[int] = []  # a hook set on the instance, not the class
+    on_instance = LambdaCallback(on_train_batch_end=lambda trainer, module, outputs, batch, i: lambda_ends.append(i))
+    trainer = L.Trainer(accelerator="cpu", callbacks=[counting, checkpoint, on_instance, SkipUnusedBatchHooks()], max_epochs=2,
                         limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=0, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(BoringModel())
@@ -178,6 +180,7 @@ def test_unused_batch_hooks_are_skipped_and_implemented_hooks_still_run(tmp_path
     assert callable(counting.on_before_backward) and callable(counting.on_train_epoch_start)
     assert checkpoint.on_train_batch_start is None and callable(checkpoint.on_train_batch_end)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert lambda_ends == [0, 1, 2, 0, 1, 2] and on_instance.on_train_batch_start is None
     assert type(counting).on_train_batch_start is Callback.on_train_batch_start  # the class itself is untouched
 
 

@@ -77,12 +77,16 @@ class SkipUnusedBatchHooks(Callback):
     profiler's context), about 1 µs on a 2-core CPU and more inside the loop, where the network's
     kernels have evicted that Python from the caches. Lightning's dispatcher skips a hook that is
     not callable, so at ``setup`` each hook a callback inherits unchanged from ``Callback`` is
-    shadowed on that instance by ``None``. Hooks a callback implements, and all other hooks,
-    are untouched: what runs is exactly what ran before.
+    shadowed on that instance by ``None``. Hooks a callback implements, in its class or on the
+    instance (as Lightning's ``LambdaCallback`` sets them), and all other hooks are untouched:
+    what runs is exactly what ran before.
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for callback in trainer.callbacks:
             for hook in PER_BATCH_HOOKS:
-                if getattr(type(callback), hook) is getattr(Callback, hook):
+                # Lightning's is_overridden would also do, but it fails on a hook that is a
+                # callable object (no __code__); identity with the base method cannot misjudge.
+                inherited = hook not in vars(callback) and getattr(type(callback), hook) is getattr(Callback, hook)
+                if inherited:
                     setattr(callback, hook, None)
