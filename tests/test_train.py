@@ -21,7 +21,7 @@ from cnnlab.errors import CheckpointError, RunDirectoryInUseError
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.evaluate import evaluate
 from cnnlab.tasks.train import train
-from cnnlab.training.callbacks import SkipUnusedBatchHooks
+from cnnlab.training.callbacks import PER_BATCH_HOOKS, SkipUnusedBatchHooks
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.profiler import NoProfiler
 from conftest import CONF_DIR
@@ -164,24 +164,34 @@ class _CountingCallback(Callback):
         self.calls["on_train_epoch_end"] += 1
 
 
-def test_unused_batch_hooks_are_skipped_and_implemented_hooks_still_run(tmp_path):
+def test_unused_batch_hooks_are_skipped_during_the_run_and_implemented_hooks_still_run(tmp_path):
     counting, checkpoint = _CountingCallback(), ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
     lambda_ends: list[int] = []  # a hook set on the instance, not the class
     on_instance = LambdaCallback(on_train_batch_end=lambda trainer, module, outputs, batch, i: lambda_ends.append(i))
-    trainer = L.Trainer(accelerator="cpu", callbacks=[counting, checkpoint, on_instance, SkipUnusedBatchHooks()], max_epochs=2,
-                        limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=0, logger=False,
+    empty_hooks = ("on_train_batch_start", "on_after_backward", "on_before_zero_grad", "on_train_batch_end")
+    inside_fit: dict[str, object] = {}  # the hooks as Lightning's dispatcher sees them, read at the end of training
+    look = LambdaCallback(on_train_end=lambda trainer, module: inside_fit.update(
+        {hook: getattr(counting, hook) for hook in (*empty_hooks, "on_before_backward", "on_train_epoch_start")},
+        checkpoint_start=checkpoint.on_train_batch_start, checkpoint_end=checkpoint.on_train_batch_end,
+        lambda_start=on_instance.on_train_batch_start))
+    trainer = L.Trainer(accelerator="cpu", callbacks=[counting, checkpoint, on_instance, look, SkipUnusedBatchHooks()],
+                        max_epochs=2, limit_train_batches=3, limit_val_batches=2, num_sanity_val_steps=0, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(BoringModel())
     assert counting.calls == {"on_before_backward": 6, "on_validation_batch_end": 4, "on_train_epoch_end": 2}
-    # A per-batch hook a callback leaves empty is None on that instance, which Lightning's dispatcher passes by
-    # (calling None would have failed the fit); implemented hooks and per-epoch hooks keep their methods.
-    for hook in ("on_train_batch_start", "on_after_backward", "on_before_zero_grad", "on_train_batch_end"):
-        assert getattr(counting, hook) is None, hook
-    assert callable(counting.on_before_backward) and callable(counting.on_train_epoch_start)
-    assert checkpoint.on_train_batch_start is None and callable(checkpoint.on_train_batch_end)
+    # Inside the fit, a per-batch hook a callback leaves empty is None on that instance, which Lightning's dispatcher
+    # passes by (calling None would have failed the fit); implemented hooks and per-epoch hooks keep their methods.
+    for hook in empty_hooks:
+        assert inside_fit[hook] is None, hook
+    assert callable(inside_fit["on_before_backward"]) and callable(inside_fit["on_train_epoch_start"])
+    assert inside_fit["checkpoint_start"] is None and callable(inside_fit["checkpoint_end"])
+    assert inside_fit["lambda_start"] is None and lambda_ends == [0, 1, 2, 0, 1, 2]
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    assert lambda_ends == [0, 1, 2, 0, 1, 2] and on_instance.on_train_batch_start is None
-    assert type(counting).on_train_batch_start is Callback.on_train_batch_start  # the class itself is untouched
+    # After it every callback is as it came: no shadow left on an instance, the class untouched.
+    for callback in (counting, checkpoint, on_instance):
+        assert not any(vars(callback).get(hook, "unset") is None for hook in PER_BATCH_HOOKS), callback
+    assert on_instance.on_train_batch_end is not None and callable(counting.on_train_batch_start)
+    assert type(counting).on_train_batch_start is Callback.on_train_batch_start
 
 
 def test_hook_bookkeeping_bypasses_module_checks_and_submodules_still_register():

@@ -77,10 +77,14 @@ class SkipUnusedBatchHooks(Callback):
     profiler's context), about 1 µs on a 2-core CPU and more inside the loop, where the network's
     kernels have evicted that Python from the caches. Lightning's dispatcher skips a hook that is
     not callable, so at ``setup`` each hook a callback inherits unchanged from ``Callback`` is
-    shadowed on that instance by ``None``. Hooks a callback implements, in its class or on the
-    instance (as Lightning's ``LambdaCallback`` sets them), and all other hooks are untouched:
-    what runs is exactly what ran before.
+    shadowed on that instance by ``None``, until ``teardown`` takes the shadows away again (so a
+    callback leaves the run as it came, e.g. for a Trainer without this one). Hooks a callback
+    implements, in its class or on the instance (as Lightning's ``LambdaCallback`` sets them),
+    and all other hooks are untouched: what runs is exactly what ran before.
     """
+
+    def __init__(self) -> None:
+        self._shadowed: list[tuple[Callback, str]] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for callback in trainer.callbacks:
@@ -90,3 +94,9 @@ class SkipUnusedBatchHooks(Callback):
                 inherited = hook not in vars(callback) and getattr(type(callback), hook) is getattr(Callback, hook)
                 if inherited:
                     setattr(callback, hook, None)
+                    self._shadowed.append((callback, hook))
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for callback, hook in self._shadowed:
+            delattr(callback, hook)  # the class's empty method shows through again
+        self._shadowed.clear()
