@@ -98,5 +98,6 @@ class SkipUnusedBatchHooks(Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for callback, hook in self._shadowed:
-            delattr(callback, hook)  # the class's empty method shows through again
+            if vars(callback).get(hook, False) is None:  # still the shadow set at setup, not a hook set since
+                delattr(callback, hook)  # the class's empty method shows through again
         self._shadowed.clear()
