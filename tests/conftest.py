@@ -15,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.models import resnet18
 
 from cnnlab.utils.config import register_resolvers
@@ -24,6 +25,22 @@ CONF_DIR = ROOT / "conf"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 register_resolvers()
+
+
+def scalar_events(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of each time a scalar was written, over every TensorBoard event file in ``log_dir``."""
+    written: list[tuple[int, float]] = []
+    for events in sorted(log_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            written += [(event.step, event.value) for event in accumulator.Scalars(tag)]
+    return written
+
+
+def scalar_steps(log_dir: Path, tag: str) -> list[int]:
+    """The steps at which a scalar was written, over every TensorBoard event file in ``log_dir``."""
+    return [step for step, _ in scalar_events(log_dir, tag)]
 
 
 def class_images(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -7,21 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_scripts import run, script_command, train_overrides
 
 from cnnlab.errors import RunDirectoryInUseError
 from cnnlab.tasks.train import train
-
-
-def scalar_steps(log_dir: Path, tag: str) -> list[int]:
-    steps: list[int] = []
-    for events in sorted(log_dir.glob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(events))
-        accumulator.Reload()
-        if tag in accumulator.Tags()["scalars"]:
-            steps += [event.step for event in accumulator.Scalars(tag)]
-    return steps
+from conftest import scalar_steps
 
 
 def test_one_command_resumes_a_stopped_run_in_its_own_folder(tmp_path: Path, cifar_root: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -20,11 +21,11 @@ from cnnlab.checkpoint import read_checkpoint
 from cnnlab.errors import CheckpointError, RunDirectoryInUseError
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.evaluate import evaluate
-from cnnlab.tasks.train import train
+from cnnlab.tasks.train import build_run, train
 from cnnlab.training.callbacks import PER_BATCH_HOOKS, SkipUnusedBatchHooks
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.profiler import NoProfiler
-from conftest import CONF_DIR
+from conftest import CONF_DIR, scalar_events, scalar_steps
 
 
 def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -94,6 +95,33 @@ def test_same_seed_repeats_a_cpu_run_with_or_without_skipping_unused_hooks(make_
     second = train(make_config(overrides=["seed=7", "~callbacks.skip_unused_hooks"], run_dir=tmp_path / "b"))
     for key in ("train/loss", "val/loss", "test/loss", "test/acc"):
         assert first[key] == second[key], key
+
+
+def test_step_metrics_are_written_on_every_nth_step_with_that_steps_values(make_config, tmp_path):
+    # The step loss (training_step), the gradient norm (GradientNormLogger) and the learning rate
+    # (LearningRateMonitor) each decide at the start of a step whether its logs reach the loggers.
+    losses: dict[int, float] = {}
+    norms: dict[int, float] = {}
+
+    def record_norm(trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        norms[trainer.global_step] = float(torch.nn.utils.get_total_norm(grads))
+
+    def record_loss(trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        losses[trainer.global_step - 1] = float(outputs["loss"])  # the step has been taken
+
+    datamodule, model, trainer = build_run(make_config(overrides=["trainer.log_every_n_steps=3"]))
+    trainer.callbacks.append(LambdaCallback(on_before_optimizer_step=record_norm, on_train_batch_end=record_loss))
+    trainer.fit(model, datamodule=datamodule)
+
+    log_dir = tmp_path / "run" / "tensorboard"
+    logging_steps = [step for step in range(trainer.global_step) if (step + 1) % 3 == 0]
+    assert len(logging_steps) >= 3
+    for tag, taken in (("train/loss_step", losses), ("train/grad_norm", norms)):
+        written = scalar_events(log_dir, tag)
+        assert [step for step, _ in written] == logging_steps, tag
+        assert [value for _, value in written] == pytest.approx([taken[step] for step in logging_steps], rel=1e-6), tag
+    assert scalar_steps(log_dir, "lr-Adam") == logging_steps
 
 
 def test_a_used_run_folder_is_never_overwritten(make_config, tmp_path):
