@@ -297,7 +297,8 @@ class FeatureMapLogger(Callback):
 
 
 class GradientNormLogger(Callback):
-    """The global norm of all gradients at each optimizer step (``train/grad_norm``), before any clipping.
+    """The global norm of all gradients (``train/grad_norm``), before any clipping, at each optimizer
+    step whose logs reach the loggers (every ``trainer.log_every_n_steps``).
 
     Under mixed precision Lightning unscales the gradients before this hook, so the value is
     the true norm.
