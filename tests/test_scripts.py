@@ -80,3 +80,17 @@ def test_a_user_error_prints_as_written_not_as_a_repr(tmp_path: Path, cifar_root
     assert result.returncode != 0
     assert f"WeightsUnavailableError: model weights file {missing} does not exist (model.weights_path)" in result.stderr
     assert not list((tmp_path / "logs" / "train" / "runs").glob("*/checkpoints"))
+
+
+def test_moving_only_paths_output_dir_is_refused_with_the_override_that_moves_the_run(tmp_path: Path, cifar_root: Path):
+    # Hydra writes .hydra/ and the log into its own run folder before the task starts; results
+    # elsewhere would split the run (and a sweep's jobs would all write into one folder).
+    elsewhere = tmp_path / "elsewhere"
+    result = subprocess.run(script_command("train.py", tmp_path, *train_overrides(cifar_root),
+                                           f"paths.output_dir={elsewhere}"),
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode != 0
+    assert f"ConfigValueError: paths.output_dir={elsewhere} is not this run's folder" in result.stderr
+    assert f"hydra.run.dir={elsewhere}" in result.stderr
+    assert not elsewhere.exists()
+    assert not list((tmp_path / "logs" / "train" / "runs").glob("*/checkpoints"))

@@ -10,6 +10,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from cnnlab.tasks.inference import read_image
+from cnnlab.utils.config import run_folder
 from cnnlab.visualize.convolution import (
     CLASSIC_KERNELS,
     SOBEL_X,
@@ -35,13 +36,13 @@ def grey_image(path: str | None, size: int) -> tuple[np.ndarray, str]:
 def convolution_walkthrough(cfg: DictConfig) -> dict[str, Any]:
     """Print the worked example; write ``convolution.png``: the image, its responses to the classic
     kernels, and a conv layer's three steps (Sobel x, ReLU, 2x2 max-pool)."""
+    output = run_folder(cfg) / "convolution.png"
     print(walkthrough_text(), flush=True)
     image, source = grey_image(cfg.get("image"), int(cfg.image_size))
     panels: list[tuple[str, np.ndarray]] = [("input", image)]
     panels += [(name, conv2d(image, kernel)) for name, kernel in CLASSIC_KERNELS.items()]
     # What one channel of a conv layer does: filter, ReLU, pool.
     panels.append(("Sobel x, ReLU, 2x2 max-pool", max_pool2d(np.maximum(conv2d(image, SOBEL_X), 0.0))))
-    output = Path(cfg.paths.output_dir) / "convolution.png"
     save_png(panels_figure(panels, columns=3, title=f"classic 3x3 kernels (no padding, stride 1) on the {source}"),
              output)
     log.info("wrote %s", output)

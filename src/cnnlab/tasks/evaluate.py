@@ -13,7 +13,7 @@ from omegaconf import DictConfig, open_dict
 from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, ensure_same_model, read_checkpoint
 from cnnlab.errors import CheckpointError
 from cnnlab.tasks.results import metric_values, write_metrics
-from cnnlab.utils.config import instantiate_all, print_config
+from cnnlab.utils.config import instantiate_all, print_config, run_folder
 from cnnlab.utils.host_memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """
     if not cfg.get("ckpt_path"):
         raise CheckpointError("eval needs ckpt_path=<path to a .ckpt file from a training run>")
+    output_dir = run_folder(cfg)
     checkpoint = read_checkpoint(cfg.ckpt_path)
     if cfg.get("tune_host_malloc"):
         keep_freed_memory()
@@ -53,5 +54,5 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(model, datamodule=datamodule)
     results: dict[str, Any] = metric_values(trainer.callback_metrics, prefixes=("test/",))
     results.update(model.parameter_counts(), ckpt_path=str(Path(cfg.ckpt_path).resolve()))
-    write_metrics(Path(cfg.paths.output_dir) / "metrics.json", results)
+    write_metrics(output_dir / "metrics.json", results)
     return results

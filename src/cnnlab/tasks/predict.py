@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from cnnlab.data.folder import decode_image_file
 from cnnlab.errors import InputNotFoundError
 from cnnlab.tasks.inference import class_probabilities, load_trained_network
+from cnnlab.utils.config import run_folder
 from cnnlab.utils.io import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -114,13 +115,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     not images or are corrupt are reported by name and listed with their error; the others
     are still classified. Returns the counts and the output paths.
     """
+    output_dir = run_folder(cfg)
     trained = load_trained_network(cfg.ckpt_path, device=cfg.get("device", "cpu"))
     files = list_input_files(cfg.inputs, recursive=cfg.get("recursive", True))
     log.info("classifying %d file(s) with %s (%d classes, images resized to %d)", len(files), trained.ckpt_path,
              len(trained.class_names), trained.image_size)
     predictions = predict_files(trained.net, trained.class_names, files, trained.image_size, top_k=cfg.top_k,
                                 batch_size=cfg.batch_size, decode_workers=cfg.get("decode_workers", 2))
-    output_dir = Path(cfg.paths.output_dir)
     csv_path, json_path = output_dir / "predictions.csv", output_dir / "predictions.json"
     write_predictions(predictions, csv_path, json_path)
     failed = [p for p in predictions if p.error]

@@ -24,7 +24,7 @@ from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_
 from cnnlab.training.callbacks import EpochTimer, RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
-from cnnlab.utils.config import CHECKPOINTS_FOLDER, flatten, instantiate_all, print_config
+from cnnlab.utils.config import CHECKPOINTS_FOLDER, flatten, instantiate_all, print_config, run_folder
 from cnnlab.utils.cuda_check import skip_unloadable_nvml_check
 from cnnlab.utils.host_memory import keep_freed_memory
 
@@ -172,7 +172,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig) -> dict[str, Any]:
-    output_dir = Path(cfg.paths.output_dir)
+    output_dir = run_folder(cfg)
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir)
     if ckpt_path:
         ensure_same_model(read_checkpoint(ckpt_path), cfg.model, ckpt_path)

@@ -48,6 +48,30 @@ def register_resolvers() -> None:
 CHECKPOINTS_FOLDER = "checkpoints"
 
 
+def run_folder(cfg: DictConfig) -> Path:
+    """This run's folder, ``paths.output_dir``, where a task writes its results.
+
+    Launched by Hydra, that is Hydra's own run folder (``.hydra/`` and the log are there), and
+    overriding ``paths.output_dir`` alone would split a run's files over two folders: refused,
+    with the override that moves the whole run. Composed without Hydra's runtime (the compose
+    API, tests), ``paths.output_dir`` is whatever the caller set.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    from cnnlab.errors import ConfigValueError
+
+    output_dir = Path(cfg.paths.output_dir)
+    if HydraConfig.initialized():
+        hydra_dir = HydraConfig.get().runtime.output_dir
+        if hydra_dir and Path(hydra_dir).resolve() != output_dir.resolve():
+            raise ConfigValueError(
+                f"paths.output_dir={output_dir} is not this run's folder {hydra_dir}, where Hydra writes "
+                f".hydra/ and the log, so the run's files would be split over two folders. Choose the run "
+                f"folder with hydra.run.dir={output_dir} (hydra.sweep.dir= for a multirun) instead, and "
+                f"leave paths.output_dir as it is.")
+    return output_dir
+
+
 def start_dir() -> str:
     """The folder the command was started in: Hydra's ``runtime.cwd``.
 
