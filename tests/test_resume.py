@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 from test_scripts import run, script_command, train_overrides
 
-from cnnlab.errors import RunDirectoryInUseError
+from cnnlab.errors import CheckpointError, RunDirectoryInUseError
 from cnnlab.tasks.train import train
 from conftest import scalar_steps
 
@@ -59,3 +60,30 @@ def test_resuming_into_another_runs_folder_is_refused(make_config, tmp_path: Pat
         train(make_config(overrides=[f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"], run_dir=other))
     assert [p.name for p in other.iterdir()] == ["metrics.json"] and (other / "metrics.json").read_text() == '{"test/acc": 0.9}'
 
+
+
+def test_resuming_with_another_setup_is_refused_and_a_moved_dataset_is_not(make_config, tmp_path: Path,
+                                                                           cifar_root: Path):
+    run_dir = tmp_path / "a"
+    train(make_config(overrides=["trainer.max_epochs=1"], run_dir=run_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = {p.relative_to(run_dir): p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+
+    # Lightning would restore Adam's learning rate from the checkpoint: the override would be a no-op.
+    with pytest.raises(CheckpointError) as refused:
+        train(make_config(overrides=[f"ckpt_path={last}", "trainer.max_epochs=2", "optimizer.lr=0.01",
+                                     "data/augment=full"], run_dir=run_dir))
+    message = str(refused.value)
+    assert "optimizer.lr: 0.001 in the run, 0.01 in this command" in message
+    assert "data.augment.rotation_degrees: 0 in the run, 15 in this command" in message
+    listed = [line.split(":")[0].strip() for line in message.splitlines() if line.startswith("  ")]
+    assert listed == ["data.augment.brightness", "data.augment.contrast", "data.augment.rotation_degrees",
+                      "optimizer.lr"]  # not trainer.max_epochs, nor the config's paths
+    assert {p.relative_to(run_dir): p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before, "nothing written"
+
+    # Where the data lives and how it is loaded may change: the same images, copied elsewhere.
+    moved = tmp_path / "moved"
+    shutil.copytree(cifar_root, moved)
+    resumed = train(make_config(overrides=[f"ckpt_path={last}", "trainer.max_epochs=2", f"data.root={moved}",
+                                           "data.num_workers=1"], run_dir=run_dir))
+    assert resumed["epochs"] == 2 and resumed["global_step"] == 14

@@ -18,7 +18,7 @@ from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.checkpoint import ensure_same_model, read_checkpoint
+from cnnlab.checkpoint import ensure_same_model, ensure_same_setup, read_checkpoint
 from cnnlab.errors import ConfigValueError, RunDirectoryInUseError, user_error
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
 from cnnlab.training.callbacks import EpochTimer, RunRecordInCheckpoint
@@ -175,7 +175,9 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = run_folder(cfg)
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir)
     if ckpt_path:
-        ensure_same_model(read_checkpoint(ckpt_path), cfg.model, ckpt_path)
+        checkpoint = read_checkpoint(ckpt_path)
+        ensure_same_model(checkpoint, cfg.model, ckpt_path)
+        ensure_same_setup(checkpoint, cfg, ckpt_path)
         if not continues_in(output_dir, ckpt_path):
             ensure_fresh_run_dir(output_dir)
         log.info("continuing from %s in %s", ckpt_path, output_dir)
