@@ -14,6 +14,7 @@ from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, en
 from cnnlab.errors import CheckpointError
 from cnnlab.tasks.results import metric_values, write_metrics
 from cnnlab.utils.config import instantiate_all, print_config, run_folder
+from cnnlab.utils.cuda_check import ensure_accelerator_available
 from cnnlab.utils.host_memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("ckpt_path"):
         raise CheckpointError("eval needs ckpt_path=<path to a .ckpt file from a training run>")
     output_dir = run_folder(cfg)
+    ensure_accelerator_available(cfg.trainer.get("accelerator", "auto"))
     checkpoint = read_checkpoint(cfg.ckpt_path)
     if cfg.get("tune_host_malloc"):
         keep_freed_memory()

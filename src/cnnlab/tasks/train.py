@@ -25,7 +25,7 @@ from cnnlab.training.callbacks import EpochTimer, RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
 from cnnlab.utils.config import CHECKPOINTS_FOLDER, flatten, instantiate_all, print_config, run_folder
-from cnnlab.utils.cuda_check import skip_unloadable_nvml_check
+from cnnlab.utils.cuda_check import ensure_accelerator_available, skip_unloadable_nvml_check
 from cnnlab.utils.host_memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = run_folder(cfg)
+    ensure_accelerator_available(cfg.trainer.get("accelerator", "auto"))
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir)
     if ckpt_path:
         checkpoint = read_checkpoint(ckpt_path)

@@ -1,4 +1,5 @@
-"""A per-step cost of CUDA builds of PyTorch on machines without an NVIDIA driver."""
+"""GPU checks: whether the configured accelerator is there, and a per-step cost of CUDA builds of
+PyTorch on machines without an NVIDIA driver."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import os
 
 import torch
+
+from cnnlab.errors import ConfigValueError
 
 log = logging.getLogger(__name__)
 
@@ -35,3 +38,20 @@ def skip_unloadable_nvml_check() -> bool:
         log.debug("%s cannot be loaded: torch.cuda.is_available() asks the CUDA runtime directly", _NVML_LIBRARY)
         return True
     return False
+
+
+def ensure_accelerator_available(accelerator: str) -> None:
+    """Fail before any work when ``trainer.accelerator`` asks for a GPU this machine does not have.
+
+    Lightning's own error ("No supported gpu backend found!") names neither the setting nor a fix.
+    """
+    accelerator = str(accelerator).lower()
+    mps = torch.backends.mps.is_available()
+    present = {"gpu": torch.cuda.is_available() or mps, "cuda": torch.cuda.is_available(), "mps": mps}
+    if present.get(accelerator, True):
+        return
+    raise ConfigValueError(
+        f"trainer.accelerator={accelerator}, but this machine has no such device (torch.cuda.is_available() is "
+        f"False{'' if accelerator == 'cuda' else ', and no Apple MPS'}). Train on the CPU with trainer=cpu, or with "
+        f"the default trainer, which uses a GPU when there is one."
+    )
