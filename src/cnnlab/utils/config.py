@@ -15,6 +15,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.errors import ConfigValueError
+
 log = logging.getLogger(__name__)
 
 
@@ -57,8 +59,6 @@ def run_folder(cfg: DictConfig) -> Path:
     API, tests), ``paths.output_dir`` is whatever the caller set.
     """
     from hydra.core.hydra_config import HydraConfig
-
-    from cnnlab.errors import ConfigValueError
 
     output_dir = Path(cfg.paths.output_dir)
     if HydraConfig.initialized():

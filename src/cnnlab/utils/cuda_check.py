@@ -44,14 +44,19 @@ def ensure_accelerator_available(accelerator: str) -> None:
     """Fail before any work when ``trainer.accelerator`` asks for a GPU this machine does not have.
 
     Lightning's own error ("No supported gpu backend found!") names neither the setting nor a fix.
+    Other accelerators (``cpu``, ``auto``) are left to Lightning, and no device is queried for them.
     """
     accelerator = str(accelerator).lower()
-    mps = torch.backends.mps.is_available()
-    present = {"gpu": torch.cuda.is_available() or mps, "cuda": torch.cuda.is_available(), "mps": mps}
-    if present.get(accelerator, True):
+    if accelerator == "cuda":
+        present, wanted = torch.cuda.is_available(), "CUDA GPU"
+    elif accelerator == "mps":
+        present, wanted = torch.backends.mps.is_available(), "Apple GPU (MPS)"
+    elif accelerator == "gpu":
+        present, wanted = torch.cuda.is_available() or torch.backends.mps.is_available(), "CUDA or Apple (MPS) GPU"
+    else:
         return
-    raise ConfigValueError(
-        f"trainer.accelerator={accelerator}, but this machine has no such device (torch.cuda.is_available() is "
-        f"False{'' if accelerator == 'cuda' else ', and no Apple MPS'}). Train on the CPU with trainer=cpu, or with "
-        f"the default trainer, which uses a GPU when there is one."
-    )
+    if not present:
+        raise ConfigValueError(
+            f"trainer.accelerator={accelerator}, but this machine has no {wanted}. Train on the CPU with "
+            f"trainer=cpu, or with the default trainer, which uses a GPU when there is one."
+        )
