@@ -18,7 +18,7 @@ from lightning.pytorch.profilers import SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cnnlab.checkpoint import read_checkpoint
-from cnnlab.errors import CheckpointError, RunDirectoryInUseError
+from cnnlab.errors import CheckpointError, ConfigValueError, RunDirectoryInUseError
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.evaluate import evaluate
 from cnnlab.tasks.train import build_run, train
@@ -279,3 +279,11 @@ def test_flip_tta_and_channels_last_evaluate_the_same_network(make_config, tmp_p
     results = train(make_config(overrides=["classifier.flip_tta=true", "classifier.channels_last=true"]))
     evaluated = evaluate(make_config("eval", [f"ckpt_path={results['best_checkpoint']}"], run_dir=tmp_path / "eval"))
     assert evaluated["test/acc"] == results["test/acc"]
+
+
+def test_a_value_the_config_leaves_open_is_named_with_how_to_set_it_before_any_work(make_config, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigValueError, match=r"^no value for data\.root: set it on the command line "
+                                               r"\(data\.root=DIR, a folder with DIR/train/<class>/<image files>\)$"):
+        train(make_config(overrides=["data=folder"], run_dir=run_dir))
+    assert not run_dir.exists()

@@ -43,7 +43,7 @@ from cnnlab.errors import ConfigValueError
 from cnnlab.training.callbacks import EpochTimer
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
-from cnnlab.utils.config import instantiate_all, run_folder
+from cnnlab.utils.config import ensure_values_set, instantiate_all, run_folder
 from cnnlab.utils.cuda_check import ensure_accelerator_available, skip_unloadable_nvml_check
 from cnnlab.utils.host_memory import keep_freed_memory
 from cnnlab.utils.io import atomic_write, atomic_write_json
@@ -355,6 +355,7 @@ def _format_report(rows: list[Measurement], summary: dict[str, tuple[str, str, s
 
 def benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Run every path, print the table, write ``benchmark.json`` and ``benchmark.md`` in the run folder."""
+    ensure_values_set(cfg)
     output_dir = run_folder(cfg)
     ensure_accelerator_available(cfg.trainer.get("accelerator", "auto"))
     bench = cfg.benchmark

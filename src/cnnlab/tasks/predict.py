@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from cnnlab.data.folder import decode_image_file
 from cnnlab.errors import InputNotFoundError
 from cnnlab.tasks.inference import class_probabilities, load_trained_network
-from cnnlab.utils.config import run_folder
+from cnnlab.utils.config import ensure_values_set, run_folder
 from cnnlab.utils.io import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     not images or are corrupt are reported by name and listed with their error; the others
     are still classified. Returns the counts and the output paths.
     """
+    ensure_values_set(cfg)
     output_dir = run_folder(cfg)
     trained = load_trained_network(cfg.ckpt_path, device=cfg.get("device", "cpu"))
     files = list_input_files(cfg.inputs, recursive=cfg.get("recursive", True))

@@ -24,7 +24,14 @@ from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_
 from cnnlab.training.callbacks import EpochTimer, RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
-from cnnlab.utils.config import CHECKPOINTS_FOLDER, flatten, instantiate_all, print_config, run_folder
+from cnnlab.utils.config import (
+    CHECKPOINTS_FOLDER,
+    ensure_values_set,
+    flatten,
+    instantiate_all,
+    print_config,
+    run_folder,
+)
 from cnnlab.utils.cuda_check import ensure_accelerator_available, skip_unloadable_nvml_check
 from cnnlab.utils.host_memory import keep_freed_memory
 
@@ -172,6 +179,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig) -> dict[str, Any]:
+    ensure_values_set(cfg)
     output_dir = run_folder(cfg)
     ensure_accelerator_available(cfg.trainer.get("accelerator", "auto"))
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir)

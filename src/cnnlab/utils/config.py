@@ -50,6 +50,25 @@ def register_resolvers() -> None:
 CHECKPOINTS_FOLDER = "checkpoints"
 
 
+# How to fill each value the configs leave open (``???``), for the error when one is not given.
+_HOW_TO_SET = {
+    "data.root": "data.root=DIR, a folder with DIR/train/<class>/<image files>",
+    "inputs": "inputs=PATH, an image file or a folder of them",
+    "ckpt_path": "ckpt_path=<run>/checkpoints/last.ckpt",
+    "image": "image=PATH (an image file) or image=INDEX (of the test split)",
+}
+
+
+def ensure_values_set(cfg: DictConfig, filled_at_run_time: frozenset[str] = frozenset({"model.num_classes"})) -> None:
+    """Fail before any work when a value the config leaves open (``???``) was not given, naming each
+    one and how to set it (OmegaConf would only say "Missing mandatory value" once it is read)."""
+    missing = sorted(OmegaConf.missing_keys(cfg) - filled_at_run_time)
+    if missing:
+        how = "; ".join(_HOW_TO_SET.get(key, f"{key}=...") for key in missing)
+        raise ConfigValueError(f"no value for {', '.join(missing)}: set {'it' if len(missing) == 1 else 'each'} "
+                               f"on the command line ({how})")
+
+
 def run_folder(cfg: DictConfig) -> Path:
     """This run's folder, ``paths.output_dir``, where a task writes its results.
 
