@@ -7,6 +7,7 @@ import csv
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -29,7 +31,7 @@ from cnnlab.tasks.predict import predict
 from cnnlab.tasks.summary import summary
 from cnnlab.tasks.train import train
 from cnnlab.tasks.visualize import visualize
-from cnnlab.training.visual_callbacks import epoch_is_due
+from cnnlab.training.visual_callbacks import ConfusionMatrixLogger, epoch_is_due
 from cnnlab.visualize.feature_maps import capture_activations, find_layer
 from cnnlab.visualize.gradcam import grad_cam
 from conftest import CIFAR_CLASSES, CONF_DIR, FAST, ROOT
@@ -178,6 +180,20 @@ def test_epoch_schedule_of_the_callbacks():
     assert [e for e in range(10) if due(e, 5)] == [0, 5, 9]
     assert not any(due(e, 0) for e in range(10))
     assert not due(0, 1, sanity=True)
+
+
+
+def test_the_drawing_callbacks_warn_without_tensorboard_but_not_under_fast_dev_run(tmp_path):
+    def setup(fast_dev_run: int | bool, loggers: list) -> None:
+        trainer = SimpleNamespace(is_global_zero=True, fast_dev_run=fast_dev_run, loggers=loggers)
+        ConfusionMatrixLogger().setup(trainer, None, "fit")
+
+    with pytest.warns(UserWarning, match=r"ConfusionMatrixLogger: no TensorBoard logger is configured \(logger=tensorboard\)"):
+        setup(False, [CSVLogger(tmp_path)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        setup(True, [])  # fast_dev_run swaps the configured loggers for a dummy
+        setup(False, [TensorBoardLogger(tmp_path)])
 
 
 # ---------------------------------------------------------------------------------------------

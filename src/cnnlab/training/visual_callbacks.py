@@ -65,7 +65,9 @@ def epoch_is_due(trainer: L.Trainer, every_n_epochs: int) -> bool:
 
 
 def _warn_without_tensorboard(trainer: L.Trainer, what: str) -> None:
-    if trainer.is_global_zero and not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
+    # fast_dev_run swaps every logger for a dummy on purpose: nothing to warn about there.
+    if trainer.is_global_zero and not trainer.fast_dev_run and not any(
+            isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
         rank_zero_warn(f"{what}: no TensorBoard logger is configured (logger=tensorboard), so nothing is drawn")
 
 
