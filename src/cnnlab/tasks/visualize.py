@@ -12,7 +12,7 @@ from torch import Tensor
 
 from cnnlab.errors import CheckpointError, InputNotFoundError, LayerNotFoundError
 from cnnlab.tasks.inference import TrainedNetwork, load_trained_network, read_image
-from cnnlab.utils.config import run_folder
+from cnnlab.utils.config import ensure_values_set, run_folder
 from cnnlab.utils.io import atomic_write_json
 from cnnlab.visualize.feature_maps import capture_activations, find_layer, module_name
 from cnnlab.visualize.figures import feature_map_figure, gradcam_figure, save_png
@@ -56,6 +56,7 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     data was) or an index into the checkpoint's data split ``cfg.split``. Writes
     ``feature_maps.png``, ``gradcam.png`` and ``visualization.json`` into the run folder.
     """
+    ensure_values_set(cfg)
     output_dir = run_folder(cfg)
     trained = load_trained_network(cfg.ckpt_path, device=cfg.get("device", "cpu"))
     net = trained.net
