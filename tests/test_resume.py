@@ -61,7 +61,6 @@ def test_resuming_into_another_runs_folder_is_refused(make_config, tmp_path: Pat
     assert [p.name for p in other.iterdir()] == ["metrics.json"] and (other / "metrics.json").read_text() == '{"test/acc": 0.9}'
 
 
-
 def test_resuming_with_another_setup_is_refused_and_a_moved_dataset_is_not(make_config, tmp_path: Path,
                                                                            cifar_root: Path):
     run_dir = tmp_path / "a"
