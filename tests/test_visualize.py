@@ -182,7 +182,6 @@ def test_epoch_schedule_of_the_callbacks():
     assert not due(0, 1, sanity=True)
 
 
-
 def test_the_drawing_callbacks_warn_without_tensorboard_but_not_under_fast_dev_run(tmp_path):
     def setup(fast_dev_run: int | bool, loggers: list) -> None:
         trainer = SimpleNamespace(is_global_zero=True, fast_dev_run=fast_dev_run, loggers=loggers)
