@@ -94,3 +94,40 @@ def test_moving_only_paths_output_dir_is_refused_with_the_override_that_moves_th
     assert f"hydra.run.dir={elsewhere}" in result.stderr
     assert not elsewhere.exists()
     assert not list((tmp_path / "logs" / "train" / "runs").glob("*/checkpoints"))
+
+
+def _used_run_folder(folder: Path) -> dict[Path, bytes]:
+    """A folder as a finished run leaves it (its record, results and checkpoints); returns each file's bytes."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / "checkpoints").mkdir()
+    for name, text in {".hydra/config.yaml": "optimizer:\n  lr: 0.001\n", ".hydra/overrides.yaml": "- optimizer.lr=0.001\n",
+                       ".hydra/hydra.yaml": "hydra: {}\n", "metrics.json": '{"test/acc": 0.5}\n',
+                       "checkpoints/last.ckpt": "weights"}.items():
+        (folder / name).write_text(text)
+    return {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_a_run_or_sweep_into_a_used_folder_is_refused_before_hydra_writes_its_record(tmp_path: Path, cifar_root: Path):
+    # Hydra writes <run>/.hydra/ (a sweep's multirun.yaml and <job>/.hydra/) before the task
+    # starts: the refusal must come first, or the earlier run's record says lr=0.5 afterwards.
+    run_dir = tmp_path / "used_run"
+    before = _used_run_folder(run_dir)
+    result = subprocess.run(script_command("train.py", tmp_path, *train_overrides(cifar_root), "optimizer.lr=0.5",
+                                           f"hydra.run.dir={run_dir}"),
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 1
+    assert (f"RunDirectoryInUseError: {run_dir} already holds results of another run (metrics.json, checkpoints); "
+            f"nothing was overwritten") in result.stderr
+    assert f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}" in result.stderr
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+
+    sweep_dir = tmp_path / "used_sweep"
+    before = _used_run_folder(sweep_dir / "0")
+    (sweep_dir / "multirun.yaml").write_text("earlier sweep\n")
+    before[sweep_dir / "multirun.yaml"] = b"earlier sweep\n"
+    result = subprocess.run(script_command("train.py", tmp_path, *train_overrides(cifar_root), "optimizer.lr=0.5,0.1",
+                                           f"hydra.sweep.dir={sweep_dir}", multirun=True),
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 1
+    assert f"RunDirectoryInUseError: {sweep_dir} already holds the results of an earlier sweep (jobs 0)" in result.stderr
+    assert {path: path.read_bytes() for path in sweep_dir.rglob("*") if path.is_file()} == before

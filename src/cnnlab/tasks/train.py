@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.checkpoint import ensure_same_model, ensure_same_setup, read_checkpoint
-from cnnlab.errors import ConfigValueError, RunDirectoryInUseError, user_error
+from cnnlab.errors import ConfigValueError, user_error
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
 from cnnlab.training.callbacks import EpochTimer, RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
@@ -34,23 +34,16 @@ from cnnlab.utils.config import (
 )
 from cnnlab.utils.cuda_check import ensure_accelerator_available, skip_unloadable_nvml_check
 from cnnlab.utils.host_memory import keep_freed_memory
+from cnnlab.utils.hydra_callbacks import LAST_CHECKPOINT, RESULTS_FILE, continues_in, refuse_used_run_dir
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "metrics.json"
-LAST_CHECKPOINT = "last.ckpt"
 
 
 @rank_zero_only
 def ensure_fresh_run_dir(output_dir: Path) -> None:
-    """Refuse to train into a folder that already holds another run's checkpoints or results."""
-    leftovers = [p for p in (output_dir / RESULTS_FILE, output_dir / CHECKPOINTS_FOLDER) if p.exists()]
-    if leftovers:
-        raise RunDirectoryInUseError(
-            f"{output_dir} already holds results of another run ({', '.join(p.name for p in leftovers)}); "
-            f"nothing was overwritten. Leave hydra.run.dir at its default (a new folder per run) or pick a new one; "
-            f"to continue that run, pass ckpt_path={output_dir / CHECKPOINTS_FOLDER / LAST_CHECKPOINT}."
-        )
+    """Refuse to train into a folder that already holds another run's checkpoints or results (rank zero checks)."""
+    refuse_used_run_dir(output_dir)
 
 
 def resume_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -65,12 +58,6 @@ def resume_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
                     CHECKPOINTS_FOLDER, LAST_CHECKPOINT)
         return None
     return str(ckpt_path)
-
-
-def continues_in(output_dir: Path, ckpt_path: str) -> bool:
-    """Whether ``ckpt_path`` is one of ``output_dir``'s own checkpoints (the run continues where it was)."""
-    checkpoint = Path(ckpt_path).resolve()
-    return checkpoint.parent.name == CHECKPOINTS_FOLDER and checkpoint.parent.parent == output_dir.resolve()
 
 
 def cluster_plugins(trainer_cfg: DictConfig) -> list[Any]:
