@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigValueError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         written = write_summary(summary, args.out)
     except CnnlabError as error:
         print(f"{type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+        # 2 for a bad argument (the folder, --metric), as argparse exits for its own checks.
+        return 2 if isinstance(error, ConfigValueError) else 1
     print(to_markdown(summary))
     print("\n".join(f"{kind}: {path}" for kind, path in written.items()))
     return 0

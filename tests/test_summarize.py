@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,63 @@ def test_a_missing_or_empty_folder_is_a_clear_error(tmp_path: Path):
         summarize(tmp_path / "nope")
     with pytest.raises(ConfigValueError, match="holds no job folders"):
         summarize(tmp_path)
+
+
+def run_script(*args: str) -> int:
+    """``scripts/summarize.py``'s ``main`` with these arguments, in this process (no interpreter start-up)."""
+    spec = importlib.util.spec_from_file_location("summarize_script", Path(__file__).parents[1] / "scripts" / "summarize.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(list(args))
+
+
+def test_a_metric_no_job_recorded_is_refused_with_the_metrics_there(sweep: Path, tmp_path: Path, capsys):
+    with pytest.raises(ConfigValueError, match=r"recorded the metric 'val/acc_bst'; pass --metric with one of: "
+                                               r"test/acc, val/acc_best, val/loss$"):
+        summarize(sweep, metric="val/acc_bst")
+    assert run_script(str(sweep), "--metric", "val/acc_bst", "--out", str(tmp_path)) == 2
+    printed = capsys.readouterr()
+    assert printed.err.startswith("ConfigValueError: no job in ") and "one of: test/acc, val/acc_best, val/loss" in printed.err
+    assert printed.out == "" and not list(tmp_path.glob("summary.*"))
+    # The jobs' own optimized_metric is checked too: runs without validation have no val/acc_best.
+    search = tmp_path / "no_val"
+    make_job(search, 0, ["optimizer.lr=0.001"], {"test/acc": 0.5})
+    with pytest.raises(ConfigValueError, match=r"'val/acc_best' \(the jobs' optimized_metric\); pass --metric with one of: test/acc$"):
+        summarize(search)
+    assert summarize(search, metric="test/acc").jobs[0].status == "ok"
+
+
+def test_a_sweep_whose_jobs_all_failed_is_still_tabled_without_warnings(tmp_path: Path):
+    sweep = tmp_path / "all_failed"
+    for num in range(2):
+        make_job(sweep, num, [f"optimizer.lr={num + 1}"], None, log="[x][cnnlab.tasks.train][ERROR] - training failed: ValueError: bad\n")
+    summary = summarize(sweep, metric="anything")
+    assert [job.status for job in summary.jobs] == ["failed: ValueError: bad"] * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "identical low and high xlims" for an empty panel
+        write_summary(summary)
+
+
+def test_a_run_that_failed_after_writing_its_metrics_is_a_failed_row(tmp_path: Path):
+    sweep = tmp_path / "late_failures"
+    metrics = {"val/acc_best": 0.9, "test/acc": 0.8}
+    finished = "[t][cnnlab.tasks.train][INFO] - results in /x\n"
+    failed = "[t][cnnlab.tasks.train][ERROR] - training failed: OSError: disk full\n"
+    make_job(sweep, 0, ["optimizer.lr=0.1"], metrics, log=failed)             # wrote metrics.json, then failed
+    make_job(sweep, 1, ["optimizer.lr=0.2"], {**metrics, "val/acc_best": 0.5}, log=finished)
+    make_job(sweep, 2, ["optimizer.lr=0.3"], {**metrics, "val/acc_best": 0.7}, log=finished + failed)  # a later run failed
+    make_job(sweep, 3, ["optimizer.lr=0.4"], {**metrics, "val/acc_best": 0.6}, log=failed + finished)  # failed, then finished
+    summary = summarize(sweep)
+    assert [job.name for job in summary.jobs] == ["2", "3", "1", "0"]
+    assert [job.status for job in summary.jobs] == [
+        "ok; a later run in its folder failed: OSError: disk full", "ok", "ok",
+        "failed: OSError: disk full (after writing metrics.json)",
+    ]
+    markdown = to_markdown(summary)
+    assert "4 jobs, 3 finished, 1 failed" in markdown
+    # Its metrics are still shown; it is just not ranked.
+    assert "| - | 0 | 0.1 | 0.9000 | 0.8000 | failed: OSError: disk full (after writing metrics.json) |" in markdown
+    table = list(csv.DictReader(io.StringIO(to_csv(summary))))
+    assert (table[-1]["status"], table[-1]["rank"], table[-1]["val/acc_best"]) == ("failed", "", "0.9")
+    assert (table[0]["status"], table[0]["error"]) == ("ok", "OSError: disk full")

@@ -2,8 +2,9 @@
 
 A sweep folder (``logs/train/multiruns/<sweep>``) holds one sub-folder per job with Hydra's
 ``.hydra/overrides.yaml`` and, when the job finished, the ``metrics.json`` the training task
-wrote. A job folder without ``metrics.json`` is a failed (or unfinished) job and is listed as
-such, with the error its log recorded. Any folder of run folders (``logs/train/runs``) works too.
+wrote. A job folder without ``metrics.json``, or whose log records that the run failed after
+writing it, is a failed (or unfinished) job and is listed as such, with the error its log
+recorded. Any folder of run folders (``logs/train/runs``) works too.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ DIRECTIONS = ("maximize", "minimize")
 TABLE_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/acc_top5", "test/loss", "epochs",
                  "fit_seconds", "params_trainable")
 FAILURE_MARK = "training failed: "
+FINISHED_MARK = "] - results in "  # the training task's last log line, after metrics.json is written
 
 
 @dataclass
@@ -40,14 +42,19 @@ class Job:
     overrides: dict[str, str]
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    # A run in the folder failed after an earlier one had finished (e.g. a resumed session):
+    # the metrics are the finished run's, so the job still counts, with the failure shown.
+    later_failure: str = ""
 
     @property
     def failed(self) -> bool:
-        return not self.metrics
+        return not self.metrics or bool(self.error)
 
     @property
     def status(self) -> str:
-        return f"failed: {self.error}" if self.failed else "ok"
+        if self.failed:
+            return f"failed: {self.error}"
+        return f"ok; a later run in its folder failed: {self.later_failure}" if self.later_failure else "ok"
 
 
 @dataclass
@@ -79,13 +86,17 @@ def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
     return parsed
 
 
-def failure_reason(job_dir: Path) -> str:
-    """The error a failed job logged (the training task logs it), or what is missing."""
+def logged_outcome(job_dir: Path) -> tuple[str, bool]:
+    """What the job's log (the training task's) records: the error of a run that failed after the
+    last finished one ("" if none did), and whether any run finished."""
+    failure, finished = "", False
     for log_file in sorted(job_dir.glob("*.log")):
-        lines = [line for line in log_file.read_text(errors="replace").splitlines() if FAILURE_MARK in line]
-        if lines:
-            return lines[-1].split(FAILURE_MARK, 1)[1].strip()
-    return f"no {RESULTS_FILE} (the job crashed, was killed, or is still running)"
+        for line in log_file.read_text(errors="replace").splitlines():
+            if FINISHED_MARK in line:
+                failure, finished = "", True
+            elif FAILURE_MARK in line:
+                failure = line.split(FAILURE_MARK, 1)[1].strip()
+    return failure, finished
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
@@ -99,14 +110,20 @@ def read_job(job_dir: Path) -> Job:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
     job = Job(job_dir.name, job_dir, overrides)
+    failure, finished = logged_outcome(job_dir)
     results = job_dir / RESULTS_FILE
-    if results.is_file():
-        try:
-            job.metrics = json.loads(results.read_text())
-        except json.JSONDecodeError as error:
-            job.error = f"unreadable {RESULTS_FILE}: {error}"
-    else:
-        job.error = failure_reason(job_dir)
+    if not results.is_file():
+        job.error = failure or f"no {RESULTS_FILE} (the job crashed, was killed, or is still running)"
+        return job
+    try:
+        job.metrics = json.loads(results.read_text())
+    except json.JSONDecodeError as error:
+        job.error = f"unreadable {RESULTS_FILE}: {error}"
+    if failure and finished:
+        job.later_failure = failure
+    elif failure:
+        # The run wrote its metrics, then failed before finishing: Hydra counted the job as failed.
+        job.error = job.error or f"{failure} (after writing {RESULTS_FILE})"
     return job
 
 
@@ -135,6 +152,7 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str |
     """Read every job of ``sweep_dir`` and rank them by ``metric`` (default: the sweep's ``optimized_metric``).
 
     ``direction`` (``maximize``/``minimize``) defaults to the Optuna sweeper's, else ``maximize``.
+    Raises :class:`ConfigValueError` for a missing or empty folder, and for a metric no job recorded.
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -144,21 +162,27 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str |
         raise ConfigValueError(f"{sweep_dir} holds no job folders (sub-folders with .hydra/ or {RESULTS_FILE}); "
                                f"pass a sweep folder like logs/train/multiruns/<sweep>")
     recorded_metric, recorded_direction = sweep_settings(jobs)
-    metric = metric or recorded_metric or DEFAULT_METRIC
+    ranked_by = metric or recorded_metric or DEFAULT_METRIC
     direction = direction or recorded_direction or "maximize"
     if direction not in DIRECTIONS:
         raise ConfigValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    known = sorted({key for job in jobs for key, value in job.metrics.items() if isinstance(value, (int, float))})
+    # A sweep whose jobs all failed has no metrics to choose from: its table of failures is still wanted.
+    if known and not any(ranked_by in job.metrics for job in jobs):
+        origin = "" if metric else " (the jobs' optimized_metric)" if recorded_metric else " (the default)"
+        raise ConfigValueError(f"no job in {sweep_dir} recorded the metric {ranked_by!r}{origin}; "
+                               f"pass --metric with one of: {', '.join(known)}")
 
     keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
     swept = [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1]
     common = {key: jobs[0].overrides[key] for key in keys if key not in swept}
-    ranked = sorted(jobs, key=lambda job: _sort_key(job, metric, direction))  # stable: ties keep job order
+    ranked = sorted(jobs, key=lambda job: _sort_key(job, ranked_by, direction))  # stable: ties keep job order
 
     best_found = None
     optuna_results = sweep_dir / "optimization_results.yaml"
     if optuna_results.is_file():
         best_found = yaml.safe_load(optuna_results.read_text())
-    return SweepSummary(sweep_dir, metric, direction, ranked, swept, common, best_found)
+    return SweepSummary(sweep_dir, ranked_by, direction, ranked, swept, common, best_found)
 
 
 def _format(value: Any) -> str:
@@ -212,7 +236,7 @@ def to_csv(summary: SweepSummary) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["rank", "job", "status", "error", *override_keys, summary.metric, *metric_keys, "path"])
     for rank, job in enumerate(summary.jobs, start=1):
-        writer.writerow([rank if not job.failed else "", job.name, "failed" if job.failed else "ok", job.error,
+        writer.writerow([rank if not job.failed else "", job.name, "failed" if job.failed else "ok", job.error or job.later_failure,
                          *(job.overrides.get(k, "") for k in override_keys),
                          *(job.metrics.get(k, "") for k in [summary.metric, *metric_keys]), str(job.path)])
     return buffer.getvalue()
@@ -248,7 +272,8 @@ def plot(summary: SweepSummary, path: Path) -> Path:
         else:
             labels = sorted({x for x, _ in points})
             ax.scatter([labels.index(x) for x, _ in points], [y for _, y in points])
-            ax.set_xlim(-0.5, len(labels) - 0.5)
+            if labels:  # no finished job: an empty panel, not matplotlib's warning about an empty range
+                ax.set_xlim(-0.5, len(labels) - 0.5)
             ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center")
         ax.set_xlabel(param)
         ax.set_ylabel(summary.metric)
