@@ -21,7 +21,7 @@ from cnnlab.checkpoint import read_checkpoint
 from cnnlab.errors import CheckpointError, ConfigValueError, RunDirectoryInUseError
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.evaluate import evaluate
-from cnnlab.tasks.train import build_run, train
+from cnnlab.tasks.train import build_run, optimized_value, train
 from cnnlab.training.callbacks import PER_BATCH_HOOKS, SkipUnusedBatchHooks
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.profiler import NoProfiler
@@ -287,3 +287,39 @@ def test_a_value_the_config_leaves_open_is_named_with_how_to_set_it_before_any_w
                                                r"\(data\.root=DIR, a folder with DIR/train/<class>/<image files>\)$"):
         train(make_config(overrides=["data=folder"], run_dir=run_dir))
     assert not run_dir.exists()
+
+
+def test_a_run_without_validation_finishes_and_returns_no_value_to_a_sweeper(make_config, tmp_path, caplog):
+    cfg = make_config(overrides=["trainer.max_epochs=1", "trainer.limit_val_batches=0"])
+    results = train(cfg)
+    assert "test/acc" in results and not any(key.startswith("val/") for key in results)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["global_step"] == results["global_step"] > 0
+    assert optimized_value(cfg, results) is None
+    assert "optimized_metric=val/acc_best: this run logged no val/ metrics" in caplog.text
+    cfg.optimized_metric = "test/acc_bset"  # a typo among metrics the run has is still an error
+    with pytest.raises(ConfigValueError, match="optimized_metric=test/acc_bset is not among the run's final metrics"):
+        optimized_value(cfg, results)
+
+
+def test_a_run_without_a_logger_or_a_checkpoint_callback_trains_and_saves_no_checkpoint(make_config, tmp_path):
+    # Lightning's LearningRateMonitor refuses a trainer without loggers; Lightning would add a
+    # checkpoint callback of its own when ours is taken off.
+    results = train(make_config(overrides=["trainer.max_epochs=1", "~logger"]))
+    assert results["global_step"] > 0 and not (tmp_path / "run" / "tensorboard").exists()
+    results = train(make_config(overrides=["trainer.max_epochs=1", "~callbacks.model_checkpoint"],
+                                run_dir=tmp_path / "no_checkpoints"))
+    assert results["best_checkpoint"] == "" and "test/acc" in results
+    assert not list((tmp_path / "no_checkpoints").rglob("*.ckpt"))
+
+
+def test_training_that_goes_on_after_the_last_checkpoint_says_so(make_config, caplog):
+    train(make_config(overrides=["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2", "test=false"]))
+    assert "the last checkpoint is from step 14, but training ran to step 21" in caplog.text
+
+
+def test_a_failure_is_logged_with_the_cause_a_library_wrapped(make_config, caplog):
+    # instantiate() wraps the network's own message in "Error in call to target ..."; the job
+    # log (what scripts/summarize.py shows for a failed job) must say what to fix.
+    with pytest.raises(Exception, match="SimpleCNN"):
+        train(make_config(overrides=["data.image_size=30"]))
+    assert "training failed: ValueError: input_size 30 must be divisible by 8" in caplog.text

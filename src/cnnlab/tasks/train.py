@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
@@ -103,11 +103,28 @@ def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier, 
     OmegaConf.update(cfg, "model.num_classes", datamodule.num_classes, merge=False)
     model = build_classifier(cfg, datamodule.class_names)
     record = RunRecordInCheckpoint(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True), datamodule.class_names)
-    callbacks = [*instantiate_all(cfg.get("callbacks")), record]
-    extra = {"plugins": plugins} if (plugins := cluster_plugins(cfg.trainer)) else {}
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False,
-                                     **extra)
+    loggers = instantiate_all(cfg.get("logger"))
+    callbacks = [*without_logging_callbacks(instantiate_all(cfg.get("callbacks")), loggers), record]
+    extra: dict[str, Any] = {"plugins": plugins} if (plugins := cluster_plugins(cfg.trainer)) else {}
+    if not any(isinstance(callback, ModelCheckpoint) for callback in callbacks):
+        # Lightning would otherwise add its own checkpoint callback (the last epoch, under the logger's folder).
+        extra["enable_checkpointing"] = False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     return datamodule, model, trainer
+
+
+def without_logging_callbacks(callbacks: list[Any], loggers: list[Any]) -> list[Any]:
+    """``callbacks`` less the learning-rate monitor when the run has no logger (``~logger``).
+
+    Lightning's LearningRateMonitor refuses to start without a logger; with no logger there is
+    nowhere for it to write, so it is left out instead of failing the run.
+    """
+    if loggers:
+        return callbacks
+    kept = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
+    if len(kept) < len(callbacks):
+        log.info("no logger configured: the learning-rate monitor (callbacks.lr_monitor) is left out")
+    return kept
 
 
 def fit_progress(trainer: L.Trainer) -> tuple[int, int]:
@@ -127,6 +144,24 @@ def fit_progress(trainer: L.Trainer) -> tuple[int, int]:
 
 
 @rank_zero_only
+def warn_if_last_checkpoint_lags(trainer: L.Trainer, global_step: int) -> None:
+    """Warn when training went on after the last checkpoint, so that resuming would repeat those steps.
+
+    The checkpoint callback saves after validation; when the last epochs run no validation
+    (``trainer.check_val_every_n_epoch=2`` with an odd ``trainer.max_epochs``), ``last.ckpt``
+    stays at the last validated epoch.
+    """
+    checkpoint = trainer.checkpoint_callback
+    saved_step = getattr(checkpoint, "_last_global_step_saved", None) if isinstance(checkpoint, ModelCheckpoint) else None
+    if saved_step and saved_step < global_step:
+        log.warning(
+            "the last checkpoint is from step %d, but training ran to step %d: checkpoints are saved after validation, "
+            "and none ran after step %d (trainer.check_val_every_n_epoch=%s, trainer.max_epochs=%s). A run resumed "
+            "from it repeats those steps.", saved_step, global_step, saved_step, trainer.check_val_every_n_epoch,
+            trainer.max_epochs)
+
+
+@rank_zero_only
 def keep_previous_results(output_dir: Path, session: str) -> None:
     """Before a resumed session records its results, keep the ones the run had as ``metrics.before_<session>.json``."""
     previous = output_dir / RESULTS_FILE
@@ -140,6 +175,12 @@ def optimized_value(cfg: DictConfig, results: dict[str, Any]) -> float | None:
     if not metric:
         return None
     if metric not in results:
+        prefix = metric.split("/", 1)[0] + "/"
+        if "/" in metric and not any(key.startswith(prefix) for key in results):
+            # e.g. val/acc_best after a run with trainer.limit_val_batches=0: nothing to return, not a typo.
+            log.warning("optimized_metric=%s: this run logged no %s metrics (did any validation run?), so it "
+                        "returns no value to a sweeper", metric, prefix)
+            return None
         known = ", ".join(k for k, v in results.items() if isinstance(v, float))
         raise ConfigValueError(f"optimized_metric={metric} is not among the run's final metrics; choose one of: {known}")
     value = float(results[metric])
@@ -160,9 +201,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _train(cfg)
     except Exception as error:
         # In a multirun the job log is where `scripts/summarize.py` finds why a job failed.
-        shown = user_error(error) or error
-        log.error("training failed: %s: %s", type(shown).__name__, (str(shown).splitlines() or [""])[0])
+        log.error("training failed: %s", failure_reason(error))
         raise
+
+
+def failure_reason(error: BaseException) -> str:
+    """``"<type>: <first line>"`` of the error a user can act on: ours, else the innermost cause.
+
+    Libraries wrap the error that explains a failure (``hydra.utils.instantiate`` turns
+    "input_size 31 must be divisible by 8" into "Error in call to target ..."), so the outer
+    error's first line alone would not say what to fix.
+    """
+    shown = user_error(error)
+    if shown is None:
+        shown = error
+        while shown.__cause__ is not None:
+            shown = shown.__cause__
+    return f"{type(shown).__name__}: {(str(shown).strip().splitlines() or [''])[0]}"
 
 
 def _train(cfg: DictConfig) -> dict[str, Any]:
@@ -195,6 +250,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     fit_seconds = time.perf_counter() - started
     results = metric_values(trainer.callback_metrics, prefixes=("val/", "train/"))
     epochs, global_step = fit_progress(trainer)
+    warn_if_last_checkpoint_lags(trainer, global_step)
 
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
