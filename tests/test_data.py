@@ -5,16 +5,19 @@ from __future__ import annotations
 import os
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torchvision
 
+from cnnlab.benchmark.plain_loop import FolderAsDataModuleReads
 from cnnlab.data import folder as folder_module
 from cnnlab.data.augment import RandomBatchAugment
 from cnnlab.data.cifar10 import CIFAR10DataModule
 from cnnlab.data.folder import ImageFolderDataModule
-from cnnlab.errors import CorruptImageError, DatasetNotFoundError
+from cnnlab.data.synthetic import SyntheticDataModule
+from cnnlab.errors import ConfigValueError, CorruptImageError, DatasetNotFoundError
 from conftest import CIFAR_CLASSES, write_cifar_batches, write_image_folder
 
 
@@ -141,3 +144,98 @@ def test_corrupt_image_is_named(tmp_path: Path):
 def test_folder_without_train_dir_is_a_clear_error(tmp_path: Path):
     with pytest.raises(DatasetNotFoundError, match="train/<class>"):
         _ = ImageFolderDataModule(str(tmp_path)).class_names
+
+
+def test_held_out_splits_that_leave_no_training_images_are_refused_before_decoding(
+        tmp_path: Path, cifar_root: Path, monkeypatch: pytest.MonkeyPatch):
+    root = write_image_folder(tmp_path / "imgs", per_class=4)  # 12 training images
+    cache = tmp_path / "cache"
+
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("decoded although the splits leave nothing to train on")
+
+    monkeypatch.setattr(folder_module, "decode_files", must_not_decode)
+    for val_split, test_split, val_size, test_size in [(0.95, 0.1, 11, 1), (0.9, 0.1, 11, 1), (6, 6, 6, 6)]:
+        dm = ImageFolderDataModule(str(root), val_split=val_split, test_split=test_split, cache_dir=str(cache))
+        with pytest.raises(ConfigValueError) as error:
+            dm.setup("fit")
+        message = str(error.value)
+        assert f"data.val_split={val_split} ({val_size} images) and data.test_split={test_split} ({test_size} images)" in message
+        assert "of the 12 images available" in message and "at least one training batch must remain" in message
+    assert not cache.exists()
+
+    # With its own val/ folder only the test split is held out, and only it is named.
+    write_image_folder(root, per_class=2, splits=("val",))
+    with pytest.raises(ConfigValueError, match=r"^data.test_split=12 \(12 images\) hold out 12 of the 12 images"):
+        ImageFolderDataModule(str(root), val_split=0.5, test_split=12, cache_dir=None).setup("fit")
+
+    with pytest.raises(ConfigValueError, match=r"data.val_split=120 \(120 images\) hold out 120 of the 120 images"):
+        cifar(cifar_root, val_split=120).setup("fit")
+    with pytest.raises(ConfigValueError, match=r"data.val_split=0.5 \(50 images\) and data.test_split=50 \(50 images\)"):
+        SyntheticDataModule(num_images=100, val_split=0.5, test_split=50).setup("fit")
+    # One image left is enough.
+    dm = SyntheticDataModule(num_images=100, val_split=0.5, test_split=49)
+    dm.setup("fit")
+    assert len(dm.train_split) == 1
+
+
+def test_drop_last_with_a_batch_larger_than_the_training_set_is_refused():
+    def setup(batch_size: int, drop_last: bool, world_size: int = 1) -> SyntheticDataModule:
+        dm = SyntheticDataModule(num_images=100, val_split=10, test_split=10, batch_size=batch_size, drop_last=drop_last)
+        if world_size > 1:
+            dm.trainer = SimpleNamespace(world_size=world_size)
+        dm.setup("fit")
+        return dm
+
+    with pytest.raises(ConfigValueError) as error:
+        setup(128, drop_last=True)
+    message = str(error.value)
+    assert "data.drop_last=true" in message and "the training set has 80 images, fewer than data.batch_size=128" in message
+    assert "Set data.batch_size=80 or lower, or data.drop_last=false" in message
+    assert len(next(iter(setup(80, drop_last=True).train_dataloader())).labels) == 80
+    assert len(next(iter(setup(128, drop_last=False).train_dataloader())).labels) == 80
+    # Under DDP each process drops its own last batch.
+    with pytest.raises(ConfigValueError, match=r"80 images \(40 per process over 2 processes\), fewer than data.batch_size=64"):
+        setup(64, drop_last=True, world_size=2)
+
+
+def test_empty_class_folder_in_train_is_named_and_held_out_folders_may_lack_a_class(tmp_path: Path):
+    root = write_image_folder(tmp_path / "imgs", per_class=3, splits=("train", "val", "test"))
+    (root / "train" / "empty_class").mkdir()
+    (root / "train" / "notes_only").mkdir()
+    (root / "train" / "notes_only" / "README.txt").write_text("not an image")
+    with pytest.raises(DatasetNotFoundError) as error:
+        _ = ImageFolderDataModule(str(root), cache_dir=None).class_names
+    message = str(error.value)
+    assert "class folder(s) with no image files: empty_class, notes_only" in message
+    assert "remove these folders or add images to them" in message
+    for name in ("empty_class", "notes_only"):
+        (root / "train" / name / "README.txt").unlink(missing_ok=True)
+        (root / "train" / name).rmdir()
+
+    # val/ without a fox folder and test/ with an empty one: fox is just absent from those splits.
+    for path in (root / "val" / "fox").iterdir():
+        path.unlink()
+    (root / "val" / "fox").rmdir()
+    for path in (root / "test" / "fox").iterdir():
+        path.unlink()
+    dm = ImageFolderDataModule(str(root), cache_dir=None)
+    dm.setup("fit")
+    assert dm.class_names == ["cat", "dog", "fox"]
+    assert (len(dm.train_split), len(dm.val_split), len(dm.test_split)) == (9, 6, 6)
+    assert sorted(dm.val_split.labels.unique().tolist()) == [0, 1]
+
+    # A held-out folder with a class train/ lacks stays an error.
+    (root / "val" / "wolf").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"has class folders \['wolf'\] that train/ does not have"):
+        ImageFolderDataModule(str(root), cache_dir=None).setup("fit")
+
+
+def test_the_plain_loops_image_folder_reads_what_the_data_module_reads(tmp_path: Path):
+    root = write_image_folder(tmp_path / "imgs", per_class=2)
+    (root / "train" / ".ipynb_checkpoints").mkdir()  # torchvision's ImageFolder would take it as an empty class
+    (root / "train" / "dog" / "000.jpg").rename(root / "train" / "dog" / "000.gif")  # and skip this file
+    dm = ImageFolderDataModule(str(root), cache_dir=None)
+    reference = FolderAsDataModuleReads(str(dm.train_dir), transform=None)
+    assert reference.classes == dm.class_names
+    assert [(Path(path), label) for path, label in reference.samples] == folder_module.scan_split(dm.train_dir, dm.class_names)

@@ -165,11 +165,31 @@ def test_per_class_validation_accuracy_matches_overall_accuracy(cnn_run):
     datamodule.setup("fit")
     counts = torch.bincount(datamodule.val_split.labels, minlength=10)
     recorded = json.loads((cnn_run.dir / "metrics.json").read_text())
-    per_class = torch.tensor([recorded[f"val/acc_class/{name}"] for name in CIFAR_CLASSES])
-    # Classes absent from the validation split count as 0 correct of 0.
-    assert torch.all(per_class[counts == 0] == 0)
+    # Classes absent from the validation split have no accuracy to record.
+    assert {key for key in recorded if key.startswith("val/acc_class/")} == {
+        f"val/acc_class/{name}" for name, count in zip(CIFAR_CLASSES, counts, strict=True) if count > 0}
+    per_class = torch.tensor([recorded.get(f"val/acc_class/{name}", 0.0) for name in CIFAR_CLASSES])
     weighted = float((per_class * counts).sum() / counts.sum())
     assert weighted == pytest.approx(recorded["val/acc"], abs=1e-6)
+
+
+def test_a_class_without_validation_images_gets_no_accuracy_but_its_row_in_the_figure(tmp_path):
+    logged: dict[str, float] = {}
+    module = SimpleNamespace(num_classes=3, device=torch.device("cpu"), class_names=["cat", "dog", "empty"],
+                             log_dict=lambda values, **kwargs: logged.update({k: float(v) for k, v in values.items()}))
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[logger], current_epoch=0, global_step=7,
+                              sanity_checking=False, max_epochs=1)
+    callback = ConfusionMatrixLogger()
+    callback.on_validation_epoch_start(trainer, module)
+    logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [5.0, 0, 0], [0, 0, 5.0]])  # no true "empty"; one dog called empty
+    callback.on_validation_batch_end(trainer, module, {"logits": logits}, SimpleNamespace(labels=torch.tensor([0, 1, 1, 1])), 0)
+    callback.on_validation_epoch_end(trainer, module)
+    assert logged == {"val/acc_class/cat": 1.0, "val/acc_class/dog": pytest.approx(1 / 3)}
+    logger.experiment.flush()
+    accumulator = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Images("val/confusion_matrix")] == [7]
 
 
 def test_epoch_schedule_of_the_callbacks():

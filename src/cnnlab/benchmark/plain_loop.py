@@ -7,6 +7,8 @@ and the loop moves each float batch to the device. Only the timing around it is 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torchvision
 import torchvision.transforms as T
@@ -16,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.data.base import InMemoryImageDataModule
 from cnnlab.data.cifar10 import CIFAR10DataModule
-from cnnlab.data.folder import ImageFolderDataModule
+from cnnlab.data.folder import ImageFolderDataModule, is_image_file, list_class_dirs
 
 
 def tutorial_transform(image_size: int) -> T.Compose:
@@ -46,14 +48,28 @@ class InMemoryPILDataset(Dataset):
         return self.transform(Image.fromarray(self.images[index])), self.labels[index]
 
 
+class FolderAsDataModuleReads(torchvision.datasets.ImageFolder):
+    """torchvision's ImageFolder over the classes and files the folder data module reads.
+
+    ImageFolder's own rules differ: it takes hidden folders (``.ipynb_checkpoints``) as
+    classes and skips ``.gif``, so on some folders it would fail, or time other images with
+    other labels, where the data module is fine.
+    """
+
+    def __init__(self, root: str, transform: T.Compose) -> None:
+        super().__init__(root, transform=transform, is_valid_file=is_image_file)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        names = list_class_dirs(Path(directory))
+        return names, {name: label for label, name in enumerate(names)}
+
+
 def reference_datasets(datamodule: InMemoryImageDataModule, image_size: int) -> dict[str, Dataset]:
     """The tutorial's datasets for the same data: from the files where there are files, and from memory."""
     transform = tutorial_transform(image_size)
     datasets: dict[str, Dataset] = {}
     if isinstance(datamodule, ImageFolderDataModule):
-        datasets["plain loop (ImageFolder, JPEG decode per image)"] = torchvision.datasets.ImageFolder(
-            str(datamodule.train_dir), transform=transform
-        )
+        datasets["plain loop (ImageFolder, JPEG decode per image)"] = FolderAsDataModuleReads(str(datamodule.train_dir), transform)
     if isinstance(datamodule, CIFAR10DataModule):
         datasets["plain loop (torchvision CIFAR10)"] = torchvision.datasets.CIFAR10(
             str(datamodule.root), train=True, transform=transform, download=False

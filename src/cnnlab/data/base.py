@@ -9,6 +9,7 @@ normalises it on the same device as the first step of its forward pass.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -20,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.data.augment import RandomBatchAugment
+from cnnlab.errors import ConfigValueError
 from cnnlab.utils.fingerprint import tensor_fingerprint
 
 log = logging.getLogger(__name__)
@@ -104,13 +106,31 @@ def seeded_split(n: int, sizes: list[int], seed: int) -> list[Tensor]:
 def split_size(spec: float | int, total: int, name: str) -> int:
     """Turn a split spec (a fraction in (0, 1) or a count) into a number of samples."""
     if isinstance(spec, bool) or spec < 0:
-        raise ValueError(f"{name} must be a fraction in [0, 1) or a non-negative count, got {spec!r}")
+        raise ConfigValueError(f"{name} must be a fraction in [0, 1) or a non-negative count, got {spec!r}")
     if isinstance(spec, float) and spec < 1:
         return int(round(spec * total))
-    count = int(spec)
-    if count >= total:
-        raise ValueError(f"{name}={spec} would leave no training images (only {total} available)")
-    return count
+    return int(spec)
+
+
+def held_out_sizes(specs: dict[str, float | int], total: int) -> list[int]:
+    """The sizes of held-out splits taken out of ``total`` training images, in the order of ``specs``.
+
+    ``specs`` maps each setting's name (``data.val_split``) to its value (a fraction or a
+    count). The splits are checked together, not one by one: two that are each fine alone
+    can still leave nothing to train on.
+
+    Raises:
+        ConfigValueError: a spec is invalid, or the splits together leave no training image.
+    """
+    sizes = [split_size(spec, total, name) for name, spec in specs.items()]
+    if total - sum(sizes) < 1:
+        taken = " and ".join(f"{name}={spec} ({size} images)" for (name, spec), size in zip(specs.items(), sizes, strict=True))
+        raise ConfigValueError(
+            f"{taken} hold out {sum(sizes)} of the {total} images available, leaving none to train on; "
+            f"at least one training batch must remain. Lower {' and/or '.join(specs)} (a fraction below 1 "
+            f"or a count) so that together they take fewer than {total} images."
+        )
+    return sizes
 
 
 class InMemoryImageDataModule(L.LightningDataModule):
@@ -190,6 +210,24 @@ class InMemoryImageDataModule(L.LightningDataModule):
                 len(self.test_split),
                 tuple(self.train_split.images.shape[1:]),
                 self.num_classes,
+            )
+        if stage in (None, "fit"):
+            self._ensure_a_training_batch()
+
+    def _ensure_a_training_batch(self) -> None:
+        """Refuse a ``drop_last`` batch size larger than the training set: it would train 0 steps in silence."""
+        assert self.train_split is not None
+        if not self.drop_last:
+            return
+        # Under DDP each process draws ceil(n / world_size) samples and drops its own last batch.
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        per_process = math.ceil(len(self.train_split) / world_size)
+        if per_process < self.batch_size:
+            share = f" ({per_process} per process over {world_size} processes)" if world_size > 1 else ""
+            raise ConfigValueError(
+                f"data.drop_last=true drops every incomplete training batch, and the training set has "
+                f"{len(self.train_split)} images{share}, fewer than data.batch_size={self.batch_size}: no training "
+                f"step would run. Set data.batch_size={per_process} or lower, or data.drop_last=false."
             )
 
     def _loader(self, split: ImageSplit | None, train: bool) -> DataLoader:

@@ -13,7 +13,7 @@ from torchvision.datasets.utils import extract_archive
 from torchvision.transforms.v2 import functional as TF
 
 from cnnlab.data.augment import RandomBatchAugment
-from cnnlab.data.base import ImageSplit, InMemoryImageDataModule, seeded_split, split_size
+from cnnlab.data.base import ImageSplit, InMemoryImageDataModule, held_out_sizes, seeded_split
 from cnnlab.errors import DatasetNotFoundError
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,6 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         test = read_cifar_batches(self.batch_dir, [TEST_BATCH])
         if self.image_size != 32:
             full_train, test = (resize_split(s, self.image_size) for s in (full_train, test))
-        n_val = split_size(self.val_split, len(full_train), "data.val_split")
-        val_index, train_index = seeded_split(len(full_train), [n_val], self.split_seed)
+        n_val = held_out_sizes({"data.val_split": self.val_split}, len(full_train))
+        val_index, train_index = seeded_split(len(full_train), n_val, self.split_seed)
         return full_train.subset(train_index), full_train.subset(val_index), test

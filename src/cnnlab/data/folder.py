@@ -20,7 +20,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from cnnlab.data.augment import RandomBatchAugment
-from cnnlab.data.base import ImageSplit, InMemoryImageDataModule, seeded_split, split_size
+from cnnlab.data.base import ImageSplit, InMemoryImageDataModule, held_out_sizes, seeded_split
 from cnnlab.errors import CorruptImageError, DatasetNotFoundError
 from cnnlab.utils.io import atomic_torch_save
 
@@ -36,6 +36,17 @@ def list_class_dirs(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def is_image_file(path: Path | str) -> bool:
+    """Whether a file is one the data module reads: a visible file with an image extension."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
+def image_files(class_dir: Path) -> list[Path]:
+    """The image files under ``class_dir`` (any depth), sorted."""
+    return [path for path in sorted(class_dir.rglob("*")) if is_image_file(path)]
+
+
 def scan_split(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]]:
     """List ``(file, label)`` for every image file under ``split_dir/<class>/``, sorted."""
     unknown = sorted(set(list_class_dirs(split_dir)) - set(class_names))
@@ -49,9 +60,7 @@ def scan_split(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]
         class_dir = split_dir / name
         if not class_dir.is_dir():
             continue
-        for path in sorted(class_dir.rglob("*")):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and not path.name.startswith("."):
-                samples.append((path, label))
+        samples += [(path, label) for path in image_files(class_dir)]
     return samples
 
 
@@ -160,6 +169,14 @@ class ImageFolderDataModule(InMemoryImageDataModule):
                     f"data.root=DIR with DIR/train/<class>/<image files> (and optionally DIR/val/, DIR/test/)"
                 )
             names = list_class_dirs(self.train_dir)
+            # A class without training images would be a class the model never sees, reported as 0% accurate.
+            empty = [name for name in names if not any(is_image_file(p) for p in (self.train_dir / name).rglob("*"))]
+            if empty:
+                raise DatasetNotFoundError(
+                    f"{self.train_dir} has class folder(s) with no image files: {', '.join(empty)}. Every class "
+                    f"needs training images: remove these folders or add images to them "
+                    f"({', '.join(sorted(IMAGE_EXTENSIONS))})."
+                )
             if len(names) < 2:
                 raise DatasetNotFoundError(
                     f"{self.train_dir} has {len(names)} class folder(s); a classifier needs at least two "
@@ -168,10 +185,15 @@ class ImageFolderDataModule(InMemoryImageDataModule):
             self._class_names = names
         return self._class_names
 
-    def _load_split_dir(self, split_dir: Path) -> ImageSplit:
+    def _scan_split_dir(self, split_dir: Path) -> list[tuple[Path, int]]:
         samples = scan_split(split_dir, self.class_names)
         if not samples:
             raise DatasetNotFoundError(f"{split_dir} has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return samples
+
+    def _load_split_dir(self, split_dir: Path, samples: list[tuple[Path, int]] | None = None) -> ImageSplit:
+        if samples is None:
+            samples = self._scan_split_dir(split_dir)
         cache_file = None
         if self.cache_dir is not None:
             key = cache_key(samples, self.root, self.image_size)
@@ -204,22 +226,22 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         return split
 
     def load_splits(self) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
-        train = self._load_split_dir(self.train_dir)
+        train_samples = self._scan_split_dir(self.train_dir)
         val_dir, test_dir = self.root / "val", self.root / "test"
+        specs = {"val": ("data.val_split", self.val_split), "test": ("data.test_split", self.test_split)}
+        missing = [name for name, folder in (("val", val_dir), ("test", test_dir)) if not folder.is_dir()]
+        # Checked before decoding anything: a held-out split too large fails in seconds, not after the decode.
+        sizes = held_out_sizes(dict(specs[name] for name in missing), len(train_samples)) if missing else []
+        train = self._load_split_dir(self.train_dir, train_samples)
         val = self._load_split_dir(val_dir) if val_dir.is_dir() else None
         test = self._load_split_dir(test_dir) if test_dir.is_dir() else None
-        held_out = []
-        if val is None:
-            held_out.append(("val", split_size(self.val_split, len(train), "data.val_split")))
-        if test is None:
-            held_out.append(("test", split_size(self.test_split, len(train), "data.test_split")))
-        if held_out:
-            parts = seeded_split(len(train), [size for _, size in held_out], self.split_seed)
-            taken = {name: train.subset(index) for (name, _), index in zip(held_out, parts[:-1], strict=True)}
+        if missing:
+            parts = seeded_split(len(train), sizes, self.split_seed)
+            taken = {name: train.subset(index) for name, index in zip(missing, parts[:-1], strict=True)}
             train = train.subset(parts[-1])
             val = taken.get("val", val)
             test = taken.get("test", test)
-            for name, size in held_out:
+            for name, size in zip(missing, sizes, strict=True):
                 log.warning(
                     "%s/ not found in %s: holding out %d training images (seed %d) as the %s split",
                     name, self.root, size, self.split_seed, name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cnnlab.data.augment import RandomBatchAugment
-from cnnlab.data.base import ImageSplit, InMemoryImageDataModule, seeded_split, split_size
+from cnnlab.data.base import ImageSplit, InMemoryImageDataModule, held_out_sizes, seeded_split
 
 
 class SyntheticDataModule(InMemoryImageDataModule):
@@ -44,12 +44,11 @@ class SyntheticDataModule(InMemoryImageDataModule):
         return [f"class_{i}" for i in range(self._num_classes)]
 
     def load_splits(self) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
+        sizes = held_out_sizes({"data.val_split": self.val_split, "data.test_split": self.test_split}, self.num_images)
         generator = torch.Generator().manual_seed(self.seed)
         shape = (self.num_images, 3, self.image_size, self.image_size)
         images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
         labels = torch.randint(0, self._num_classes, (self.num_images,), generator=generator)
         full = ImageSplit(images, labels)
-        sizes = [split_size(self.val_split, self.num_images, "data.val_split"),
-                 split_size(self.test_split, self.num_images, "data.test_split")]
         val, test, train = seeded_split(self.num_images, sizes, self.seed)
         return full.subset(train), full.subset(val), full.subset(test)

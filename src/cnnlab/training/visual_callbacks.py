@@ -81,7 +81,8 @@ def _images(batch: Any) -> Tensor:
 
 class ConfusionMatrixLogger(Callback):
     """The confusion matrix as a figure (``val/confusion_matrix``, ``test/confusion_matrix``) and
-    per-class validation accuracy as scalars (``val/acc_class/<class>``).
+    per-class validation accuracy as scalars (``val/acc_class/<class>``, for each class the
+    validation split has images of).
 
     Args:
         every_n_epochs: draw it at validation epochs 0, n, 2n, ... and the last; 0 never at validation.
@@ -119,10 +120,14 @@ class ConfusionMatrixLogger(Callback):
         self._matrix.reset()
         names = class_names_of(pl_module, matrix.shape[0])
         if stage == "val":
-            totals = matrix.sum(dim=1).clamp_min(1)
-            per_class = matrix.diagonal().float() / totals
+            totals = matrix.sum(dim=1)
+            per_class = matrix.diagonal().float() / totals.clamp_min(1)
+            # A class with no validation images has no accuracy: 0.0 would read as "always wrong",
+            # NaN would end up in metrics.json. It is left out; the figure still shows its row.
+            accuracies = {f"val/acc_class/{name}": acc
+                          for name, acc, total in zip(names, per_class, totals.tolist(), strict=True) if total > 0}
             # Every process holds the same synchronised values; sync_dist only keeps Lightning from warning.
-            pl_module.log_dict({f"val/acc_class/{name}": acc for name, acc in zip(names, per_class, strict=True)}, sync_dist=True)
+            pl_module.log_dict(accuracies, sync_dist=True)
         writer = tensorboard_writer(trainer)
         if writer is not None:
             figure = confusion_matrix_figure(matrix, names, title=f"{stage} epoch {trainer.current_epoch}")
