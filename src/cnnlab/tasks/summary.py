@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, read_checkpoint
+from cnnlab.errors import ConfigValueError
 from cnnlab.visualize.feature_maps import evaluation_mode
 
 
@@ -22,21 +23,25 @@ def parameter_counts(net: nn.Module) -> tuple[int, int]:
 
 def build_network(cfg: DictConfig) -> tuple[nn.Module, int]:
     """The network ``cfg.model`` describes (or the one in ``cfg.ckpt_path``), without fetching
-    pretrained weights, and the image size it is trained at.
+    pretrained weights, and the image size it is trained at (``cfg.input_size`` when set).
 
-    Pretrained weights change no shape or count, so the summary works offline.
+    Pretrained weights change no shape or count, so the summary works offline. A network sized
+    for its images (``simple_cnn``: ``model.input_size: ${data.image_size}``) is built for
+    ``cfg.input_size``, as training at ``data.image_size=<input_size>`` would build it.
     """
     if cfg.get("ckpt_path"):
         checkpoint = read_checkpoint(cfg.ckpt_path)
         trained = checkpoint_config(checkpoint)
         return build_model_from_checkpoint(checkpoint).net, int(trained.data.image_size)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    image_size = int(cfg.get("input_size") or cfg.data.image_size)
+    sized = OmegaConf.merge(cfg, {"data": {"image_size": image_size}})
+    model_cfg = OmegaConf.to_container(sized.model, resolve=True)
     assert isinstance(model_cfg, dict)
     model_cfg["num_classes"] = cfg.num_classes
     for key in ("weights", "weights_path"):
         if key in model_cfg:
             model_cfg[key] = None
-    return instantiate(OmegaConf.create(model_cfg)), int(cfg.data.image_size)
+    return instantiate(OmegaConf.create(model_cfg)), image_size
 
 
 @dataclass
@@ -124,6 +129,22 @@ def summary(cfg: DictConfig) -> dict[str, int]:
     """Print the summary of the configured network; return its parameter counts."""
     net, trained_size = build_network(cfg)
     input_size = int(cfg.input_size or trained_size)
-    print(summarize(net, input_size, max_depth=cfg.get("max_depth", -1)), flush=True)
+    try:
+        text = summarize(net, input_size, max_depth=cfg.get("max_depth", -1))
+    except RuntimeError as error:
+        if not cfg.input_size:
+            raise
+        # A network with a fixed input size (simple_cnn's classifier) fails on another one.
+        reason = (str(error).splitlines() or [""])[0]
+        if cfg.get("ckpt_path"):
+            raise ConfigValueError(
+                f"the network in {cfg.ckpt_path} is built for {trained_size}x{trained_size} images and cannot take "
+                f"{input_size}x{input_size} ones ({reason}); leave input_size unset, or pass model=<its model> "
+                f"input_size={input_size} without ckpt_path for a network built for that size") from None
+        raise ConfigValueError(
+            f"the network model= describes has its input size fixed by an override (e.g. model.input_size) and cannot "
+            f"take {input_size}x{input_size} images ({reason}); drop that override (input_size= sizes the network) "
+            f"or leave input_size unset") from None
+    print(text, flush=True)
     total, trainable = parameter_counts(net)
     return {"params_total": total, "params_trainable": trainable}
