@@ -7,12 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from test_scripts import run, script_command, train_overrides
 
 from cnnlab.errors import CheckpointError, RunDirectoryInUseError
 from cnnlab.tasks.train import train
-from conftest import scalar_steps
+from conftest import scalar_events, scalar_steps
 
 
 def test_one_command_resumes_a_stopped_run_in_its_own_folder(tmp_path: Path, cifar_root: Path):
@@ -86,3 +87,49 @@ def test_resuming_with_another_setup_is_refused_and_a_moved_dataset_is_not(make_
     resumed = train(make_config(overrides=[f"ckpt_path={last}", "trainer.max_epochs=2", f"data.root={moved}",
                                            "data.num_workers=1"], run_dir=run_dir))
     assert resumed["epochs"] == 2 and resumed["global_step"] == 14
+
+
+ONECYCLE = ["optimizer=sgd", "scheduler=onecycle"]
+
+
+def test_resuming_with_a_schedule_for_another_run_length_is_refused_before_training(make_config, tmp_path: Path):
+    run_dir = tmp_path / "a"
+    train(make_config(overrides=[*ONECYCLE, "trainer.max_epochs=1"], run_dir=run_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (run_dir / "checkpoints").iterdir()}
+    results = (run_dir / "metrics.json").read_text()
+
+    # Lightning would restore the 7-step schedule, and fail at step 8 (cosine would climb back up).
+    with pytest.raises(CheckpointError) as refused:
+        train(make_config(overrides=[*ONECYCLE, "trainer.max_epochs=2", f"ckpt_path={last}"], run_dir=run_dir))
+    message = str(refused.value)
+    assert message.startswith(f"ckpt_path={last} continues a run whose OneCycleLR schedule is 7 optimizer steps long "
+                              f"(total_steps), but this command's run would be 14 optimizer steps long.")
+    assert ("resume with its trainer.max_epochs, trainer.max_steps, trainer.limit_train_batches and "
+            "trainer.accumulate_grad_batches; to train longer, start a new run (without ckpt_path)") in message
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (run_dir / "checkpoints").iterdir()} == before
+    assert (run_dir / "metrics.json").read_text() == results and not list(run_dir.glob("metrics.before_*"))
+
+
+def test_resuming_with_the_runs_length_continues_its_schedule(make_config, tmp_path: Path):
+    run_dir = tmp_path / "a"
+    # Lightning's early stopping, stopping after the first validation: a run of 2 epochs stopped after 1.
+    stops = ["+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.stop.monitor=val/acc",
+             "+callbacks.stop.mode=max", "+callbacks.stop.stopping_threshold=-1"]
+    overrides = [*ONECYCLE, "trainer.max_epochs=2", *stops]
+    assert train(make_config(overrides=overrides, run_dir=run_dir))["global_step"] == 7
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resumed = train(make_config(overrides=[*overrides, f"ckpt_path={last}"], run_dir=run_dir))
+    assert resumed["epochs"] == 2 and resumed["global_step"] == 14
+
+    (session,) = (run_dir / "tensorboard").glob("resumed_*")
+    rates = scalar_events(run_dir / "tensorboard", "lr-SGD") + scalar_events(session, "lr-SGD")
+    assert [step for step, _ in rates] == list(range(14))
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=14, pct_start=0.25)
+    expected = []
+    for _ in range(14):
+        expected.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert [rate for _, rate in rates] == pytest.approx(expected, rel=1e-5)  # one 14-step cycle across both sessions

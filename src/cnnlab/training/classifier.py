@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassStatScores
 
 from cnnlab.data.base import Batch
+from cnnlab.errors import CheckpointError, ConfigValueError
 from cnnlab.training.metrics import TopKAccuracy
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
+
+log = logging.getLogger(__name__)
 
 
 class ImageClassifier(L.LightningModule):
@@ -33,7 +41,8 @@ class ImageClassifier(L.LightningModule):
             None for a model that is only evaluated.
         scheduler: a factory taking the optimizer, or None for a constant learning rate. A
             ``total_steps`` (OneCycleLR) or ``T_max`` (CosineAnnealingLR) argument left unset is
-            filled with the run's length in steps or epochs, per ``scheduler_interval``.
+            filled with the run's length in steps or epochs, per ``scheduler_interval``; a
+            resumed run must then be as long as the run it continues.
         scheduler_interval: ``step`` or ``epoch``: when the scheduler advances.
         label_smoothing: label smoothing of the cross-entropy loss.
         class_names: names for per-class metrics; defaults to the class indices.
@@ -73,7 +82,8 @@ class ImageClassifier(L.LightningModule):
         self.train_metrics = TopKAccuracy(num_classes, (1, 5), prefix="train/")
         self.val_metrics = TopKAccuracy(num_classes, (1, 5), prefix="val/")
         self.test_metrics = TopKAccuracy(num_classes, (1, 5), prefix="test/")
-        self.test_per_class = MulticlassAccuracy(num_classes, average=None, validate_args=False)
+        # tp and support per class: a class with no test images gets no accuracy (not 0).
+        self.test_per_class = MulticlassStatScores(num_classes, average=None, validate_args=False)
         self.val_acc_best = MaxMetric()
         self.flip_tta = flip_tta
         self.channels_last = channels_last
@@ -82,6 +92,7 @@ class ImageClassifier(L.LightningModule):
         # Kept out of the module tree, so state_dict names do not change when compiling.
         object.__setattr__(self, "_run_net", torch.compile(self.net) if compile else self.net)
         self._resumed_val_acc_best: float | None = None
+        self._resumed_scheduler_states: list[dict[str, Any]] | None = None
         self._log_this_step = False  # whether this training step's logs reach the loggers
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -177,6 +188,10 @@ class ImageClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resumed_val_acc_best = checkpoint.get("val_acc_best")
+        # Lightning calls this before configure_optimizers, and loads these states into the new
+        # schedulers after it: kept so that configure_optimizers can check they still fit the run.
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        self._resumed_scheduler_states = checkpoint.get("lr_schedulers") if fitting else None
 
     def on_train_epoch_end(self) -> None:
         self.log_dict({"train/loss": self.train_loss.compute(), **self.train_metrics.compute()})
@@ -193,8 +208,10 @@ class ImageClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
-        per_class = self.test_per_class.compute()
-        self.log_dict({f"test/acc_class/{name}": acc for name, acc in zip(self.class_names, per_class, strict=True)})
+        true_positives, support = self.test_per_class.compute()[:, [0, 4]].unbind(dim=1)
+        accuracy = true_positives / support.clamp(min=1)
+        self.log_dict({f"test/acc_class/{name}": accuracy[i]
+                       for i, name in enumerate(self.class_names) if support[i] > 0})
         self.test_metrics.reset()
         self.test_per_class.reset()
 
@@ -204,11 +221,78 @@ class ImageClassifier(L.LightningModule):
         if self.optimizer_factory is None:
             raise ValueError("this classifier was built without an optimizer; it can be evaluated, not trained")
         groups = self._parameter_groups()
-        optimizer = self.optimizer_factory(groups)
+        optimizer = self._optimizer_factory_for_trainer()(groups)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer, **self._scheduler_kwargs(groups))
+        scheduler = self._build_scheduler(optimizer, groups)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def _optimizer_factory_for_trainer(self) -> OptimizerFactory:
+        """The optimizer factory, made unfused where the trainer's gradient clipping needs it.
+
+        A fused optimizer unscales mixed-precision gradients inside its step, after Lightning
+        would have clipped them, so Lightning refuses to clip them at all.
+        """
+        factory = self.optimizer_factory
+        assert factory is not None
+        clipping = bool(self.trainer.gradient_clip_val) and isinstance(self.trainer.precision_plugin, MixedPrecision)
+        if clipping and getattr(factory, "keywords", {}).get("fused"):
+            if self.trainer.is_global_zero:
+                log.info(
+                    "optimizer.fused=false for this run: trainer.gradient_clip_val=%s with "
+                    "trainer.precision=%s clips the gradients before the optimizer step, which a fused optimizer "
+                    "does not allow (it unscales them inside its step)",
+                    self.trainer.gradient_clip_val, self.trainer.precision,
+                )
+            factory = partial(factory, fused=False)
+        return factory
+
+    def _build_scheduler(self, optimizer: Optimizer, groups: list[dict[str, Any]]) -> LRScheduler:
+        """The scheduler for this run; a resumed run's is checked against the stored schedule's length."""
+        factory = self.scheduler_factory
+        assert factory is not None
+        name = getattr(getattr(factory, "func", factory), "__name__", "the scheduler")
+        kwargs = self._scheduler_kwargs(groups, name)
+        try:
+            scheduler = factory(optimizer, **kwargs)
+        except (ArithmeticError, ValueError) as error:
+            unit = "optimizer steps" if self.scheduler_interval == "step" else "epochs"
+            run = "".join(f" of {value} {unit} ({key}={value})" for key, value in kwargs.items()
+                          if key in ("total_steps", "T_max"))
+            settings = ", ".join(f"scheduler.scheduler.{key}={value}"
+                                 for key, value in getattr(factory, "keywords", {}).items())
+            raise ConfigValueError(
+                f"the learning-rate schedule {name} cannot be built for this run{run} with {settings or 'its defaults'}"
+                f": {type(error).__name__}: {error}. Train for more {unit} (trainer.max_epochs, trainer.max_steps, "
+                f"trainer.limit_train_batches), change one of those scheduler.scheduler settings, or train without "
+                f"a schedule (scheduler=none)"
+            ) from error
+        self._ensure_resumed_schedule_fits(scheduler, name)
+        return scheduler
+
+    def _ensure_resumed_schedule_fits(self, scheduler: LRScheduler, name: str) -> None:
+        """Refuse a resume whose run is longer or shorter than the schedule the checkpoint holds.
+
+        Lightning loads the stored scheduler state over the new one, length included, so the
+        schedule would end part-way through the run (OneCycleLR then fails, CosineAnnealingLR
+        climbs back up); a schedule spanning the whole run cannot be stretched part-way either.
+        """
+        stored = self._resumed_scheduler_states
+        self._resumed_scheduler_states = None
+        if not stored:
+            return
+        new = scheduler.state_dict()
+        unit = "optimizer steps" if self.scheduler_interval == "step" else "epochs"
+        for key in ("total_steps", "T_max"):
+            if key in new and key in stored[0] and new[key] != stored[0][key]:
+                raise CheckpointError(
+                    f"ckpt_path={self.trainer.ckpt_path} continues a run whose {name} schedule is "
+                    f"{stored[0][key]} {unit} long ({key}), but this command's run would be {new[key]} {unit} long. "
+                    f"A schedule over the whole run cannot be stretched part-way (the stored one, which Lightning "
+                    f"restores, ends where that run ends). To continue the run, resume with its trainer.max_epochs, "
+                    f"trainer.max_steps, trainer.limit_train_batches and trainer.accumulate_grad_batches; to train "
+                    f"longer, start a new run (without ckpt_path). Nothing was trained."
+                )
 
     def _parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters, grouped by learning-rate scale when the network asks for it.
@@ -229,18 +313,33 @@ class ImageClassifier(L.LightningModule):
                 group["lr"] = base_lr * group["lr_scale"]
         return groups
 
-    def _scheduler_kwargs(self, groups: list[dict[str, Any]]) -> dict[str, Any]:
+    def _scheduler_kwargs(self, groups: list[dict[str, Any]], name: str) -> dict[str, Any]:
         """Fill a scheduler's length (and per-group peak rates) from the trainer and the groups."""
         factory = self.scheduler_factory
         given = getattr(factory, "keywords", {})
         accepted = inspect.signature(getattr(factory, "func", factory)).parameters
-        if self.scheduler_interval == "step":
-            length = int(self.trainer.estimated_stepping_batches)
-        else:
-            length = int(self.trainer.max_epochs)
-        if length <= 0:
-            raise ValueError("a learning-rate schedule needs trainer.max_epochs (or max_steps) to be set")
-        kwargs: dict[str, Any] = {name: length for name in ("total_steps", "T_max") if name in accepted and name not in given}
+        unset = [key for key in ("total_steps", "T_max") if key in accepted and key not in given]
+        kwargs: dict[str, Any] = {}
+        if unset:
+            # Lightning counts an endless run (max_epochs=-1, no max_steps) as inf steps, and -1 epochs;
+            # a run of 0 steps is left to the scheduler's own check, reported by _build_scheduler.
+            if self.scheduler_interval == "step":
+                steps = self.trainer.estimated_stepping_batches
+                if math.isinf(steps):
+                    raise ConfigValueError(
+                        f"the learning-rate schedule {name} spans the whole run, so it needs the run's length: "
+                        f"set trainer.max_epochs (or trainer.max_steps), or use scheduler=none"
+                    )
+                length = int(steps)
+            else:
+                length = self.trainer.max_epochs or 0
+                if length <= 0:
+                    raise ConfigValueError(
+                        f"the learning-rate schedule {name} with scheduler.interval=epoch spans the run's epochs, so "
+                        f"it needs trainer.max_epochs (trainer.max_steps does not say how many epochs that is); "
+                        f"set trainer.max_epochs, or scheduler.interval=step to schedule over trainer.max_steps"
+                    )
+            kwargs.update({key: length for key in unset})
         max_lr = given.get("max_lr")
         if isinstance(max_lr, (int, float)) and any(group["lr_scale"] != 1.0 for group in groups):
             kwargs["max_lr"] = [max_lr * group["lr_scale"] for group in groups]

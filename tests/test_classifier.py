@@ -1,0 +1,117 @@
+"""ImageClassifier on its own: a tiny network, batches made on the spot, a bare Lightning Trainer."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
+from torch.utils.data import DataLoader
+
+from cnnlab.data.base import Batch
+from cnnlab.errors import ConfigValueError
+from cnnlab.training.classifier import ImageClassifier
+
+CLASSES = ["cat", "dog", "fox"]
+
+
+def batches(count: int, labels: list[int] | None = None, size: int = 8, seed: int = 0) -> DataLoader:
+    """``count`` batches of random 3x2x2 float images; labels drawn from all classes unless given."""
+    generator = torch.Generator().manual_seed(seed)
+    made = []
+    for _ in range(count):
+        if labels is None:
+            targets = torch.randint(0, len(CLASSES), (size,), generator=generator)
+        else:
+            targets = torch.tensor(labels)
+        made.append(Batch(torch.rand(len(targets), 3, 2, 2, generator=generator), targets, torch.arange(len(targets))))
+    return DataLoader(made, batch_size=None)  # as they are (Lightning would take a list for many loaders)
+
+
+def classifier(optimizer: Any = None, scheduler: Any = None, interval: str = "step") -> ImageClassifier:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, len(CLASSES)))
+    return ImageClassifier(net, len(CLASSES), optimizer=optimizer or functools.partial(torch.optim.SGD, lr=0.1),
+                           scheduler=scheduler, scheduler_interval=interval, class_names=CLASSES)
+
+
+def trainer(**settings: Any) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, **settings)
+
+
+def test_a_schedule_that_cannot_be_built_for_the_runs_length_says_what_to_change():
+    # OneCycleLR's warm-up of pct_start * total_steps = 1 step divides by zero in its constructor.
+    onecycle = functools.partial(OneCycleLR, max_lr=0.1, pct_start=0.25)
+    model = classifier(scheduler=onecycle)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ConfigValueError) as refused:
+        trainer(max_epochs=1).fit(model, train_dataloaders=batches(4))
+    message = str(refused.value)
+    assert message.startswith("the learning-rate schedule OneCycleLR cannot be built for this run of 4 optimizer "
+                              "steps (total_steps=4) with scheduler.scheduler.max_lr=0.1, "
+                              "scheduler.scheduler.pct_start=0.25: ZeroDivisionError: float division by zero.")
+    assert "Train for more optimizer steps (trainer.max_epochs, trainer.max_steps, trainer.limit_train_batches)" in message
+    assert "scheduler=none" in message
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)), "nothing trained"
+    # One step more and the same schedule builds and runs.
+    trainer(max_epochs=1).fit(classifier(scheduler=onecycle), train_dataloaders=batches(5))
+
+
+def test_a_schedule_over_the_whole_run_needs_its_length():
+    with pytest.raises(ConfigValueError, match=r"OneCycleLR spans the whole run, so it needs the run's length: set "
+                                               r"trainer.max_epochs \(or trainer.max_steps\)"):
+        trainer(max_epochs=-1).fit(classifier(scheduler=functools.partial(OneCycleLR, max_lr=0.1)),
+                                   train_dataloaders=batches(5))
+    # An endless run of epochs stopped by max_steps has a length in steps (not in epochs: below).
+    stepped = trainer(max_epochs=-1, max_steps=6)
+    stepped.fit(classifier(scheduler=functools.partial(CosineAnnealingLR)), train_dataloaders=batches(5))
+    assert stepped.lr_scheduler_configs[0].scheduler.T_max == 6 and stepped.global_step == 6
+
+
+def test_a_schedule_over_the_runs_epochs_needs_max_epochs_not_max_steps():
+    with pytest.raises(ConfigValueError) as refused:
+        trainer(max_epochs=-1, max_steps=10).fit(classifier(scheduler=functools.partial(CosineAnnealingLR),
+                                                            interval="epoch"), train_dataloaders=batches(5))
+    assert str(refused.value) == (
+        "the learning-rate schedule CosineAnnealingLR with scheduler.interval=epoch spans the run's epochs, so it "
+        "needs trainer.max_epochs (trainer.max_steps does not say how many epochs that is); set trainer.max_epochs, "
+        "or scheduler.interval=step to schedule over trainer.max_steps")
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.Adam, torch.optim.SGD])
+def test_clipping_under_mixed_precision_trains_with_an_unfused_optimizer(optimizer, caplog):
+    factory = functools.partial(optimizer, lr=0.01, fused=True)
+    caplog.set_level(logging.INFO, logger="cnnlab.training.classifier")
+    clipped = trainer(max_epochs=1, precision="bf16-mixed", gradient_clip_val=1.0)
+    clipped.fit(classifier(optimizer=factory), train_dataloaders=batches(3))
+    assert clipped.global_step == 3 and clipped.optimizers[0].defaults["fused"] is False
+    assert factory.keywords["fused"] is True, "the configured factory is left as it was"
+    (line,) = [r.getMessage() for r in caplog.records if "fused" in r.getMessage()]
+    assert line.startswith("optimizer.fused=false for this run: trainer.gradient_clip_val=1.0 with "
+                           "trainer.precision=bf16-mixed clips the gradients before the optimizer step")
+    # Where Lightning can clip a fused optimizer's gradients (full precision), or nothing is clipped, it stays fused.
+    for settings in ({"precision": "32-true", "gradient_clip_val": 1.0}, {"precision": "bf16-mixed"}):
+        plain = trainer(max_epochs=1, **settings)
+        plain.fit(classifier(optimizer=factory), train_dataloaders=batches(3))
+        assert plain.optimizers[0].defaults["fused"] is True, settings
+
+
+def test_per_class_test_accuracy_leaves_out_a_class_without_test_images():
+    model = classifier()
+    trainer(max_epochs=1).fit(model, train_dataloaders=batches(3))
+    test = batches(2, labels=[0, 0, 0, 2, 2, 0, 2], seed=1)  # no "dog"
+    (results,) = trainer().test(model, dataloaders=test, verbose=False)
+    model.eval()
+    with torch.no_grad():
+        predicted = torch.cat([model(batch.images).argmax(dim=1) for batch in test])
+    labels = torch.cat([batch.labels for batch in test])
+    for label, name in ((0, "cat"), (2, "fox")):
+        hits = [p == t for p, t in zip(predicted.tolist(), labels.tolist(), strict=True) if t == label]
+        assert results[f"test/acc_class/{name}"] == pytest.approx(sum(hits) / len(hits)), name
+    assert "test/acc_class/dog" not in results
+    assert results["test/acc"] == pytest.approx((predicted == labels).float().mean().item())
