@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import textwrap
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +20,26 @@ from cnnlab.training.factory import build_classifier
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint file with ``weights_only=True`` (no code runs from the file).
 
-    Raises :class:`CheckpointError` when the file is missing, is not a checkpoint, or was not
-    written by cnnlab's training task.
+    Raises :class:`CheckpointError` when the file is missing, is a folder, is not a checkpoint,
+    or was not written by cnnlab's training task.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        found = sorted(path.glob("*.ckpt")) or sorted(path.glob("checkpoints/*.ckpt"))
+        listing = (f": {', '.join(str(f) for f in found)}" if found
+                   else f"; it has none, nor has {path / 'checkpoints'}")
+        raise CheckpointError(f"ckpt_path={path} is a folder, not a checkpoint file; pass one of the .ckpt files "
+                              f"in a run's checkpoints/ folder{listing}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass ckpt_path=<a .ckpt file from a run's checkpoints/ folder>")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001
-        raise CheckpointError(f"cannot read checkpoint {path} safely (weights_only=True): {error}") from error
+    except Exception as error:  # noqa: BLE001 - torch.load fails on a bad file in many ways (KeyError, EOFError, ...)
+        # torch.save writes a zip archive. Only a complete one can hold objects that weights_only
+        # refuses; any other file (text reads as pickle opcodes) or a truncated one is no checkpoint.
+        if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+            raise CheckpointError(f"cannot read checkpoint {path} safely (weights_only=True): {error}") from error
+        raise _not_a_checkpoint(path, error) from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
     if CHECKPOINT_KEY not in checkpoint:
@@ -37,24 +50,21 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def _not_a_checkpoint(path: Path, error: Exception) -> CheckpointError:
+    # torch's own text can be a bare key ("101") or a paragraph whose telling part is the
+    # unpickler's complaint ("Unsupported operand 35"); one short line of it is enough.
+    text = str(error).rpartition("WeightsUnpickler error:")[2].strip()
+    detail = textwrap.shorten((text.splitlines() or [""])[0], 100, placeholder="...")
+    detail = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+    return CheckpointError(
+        f"{path} is not a PyTorch checkpoint file, or it is corrupt or truncated (an unfinished copy or "
+        f"download); pass a .ckpt file that scripts/train.py wrote ({detail})"
+    )
+
+
 def checkpoint_config(checkpoint: dict[str, Any]) -> DictConfig:
     """The resolved config of the run that wrote ``checkpoint``."""
     return OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"])
-
-
-def model_name(model_cfg: DictConfig) -> str:
-    """A short description of a model config, for error messages."""
-    return str(model_cfg.get("arch") or model_cfg.get("_target_", "?")).rsplit(".", 1)[-1]
-
-
-def ensure_same_model(checkpoint: dict[str, Any], model_cfg: DictConfig, ckpt_path: str | Path) -> None:
-    """Fail clearly when ``model_cfg`` asks for another network than the checkpoint holds."""
-    stored = checkpoint_config(checkpoint).model
-    if model_name(model_cfg) != model_name(stored):
-        raise CheckpointError(
-            f"{ckpt_path} holds a {model_name(stored)} model, not {model_name(model_cfg)}; "
-            f"choose the checkpoint's model (model=...) or a checkpoint of this one"
-        )
 
 
 # What a resumed run must compose as the run did: the network, the data and its augmentation,
@@ -70,6 +80,85 @@ RESUME_MAY_CHANGE = frozenset({
     "model.feature_cache_dir", "optimizer.fused", "optimizer.foreach",
     "classifier.channels_last", "classifier.compile",
 })
+
+
+# Model settings that do not change which network a checkpoint holds: where its starting weights
+# come from (the checkpoint holds every weight), and how training treats it (dropout, which layers
+# train). ``model=`` may differ from the checkpoint's run in these.
+NOT_THE_NETWORK = frozenset(
+    {key.removeprefix("model.") for key in RESUME_MAY_CHANGE if key.startswith("model.")}
+    | {"dropout", "head_dropout", "trainable_stages", "backbone_lr_scale"}
+)
+
+
+def model_name(model_cfg: DictConfig) -> str:
+    """A short description of a model config, for error messages."""
+    return str(model_cfg.get("arch") or model_cfg.get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+def _network_differences(before: Any, now: Any, key: str, found: list[tuple[str, Any, Any]]) -> None:
+    if isinstance(now, str) and "${" in now:
+        return  # derived from another section (simple_cnn's input_size: ${data.image_size}), checked there
+    if isinstance(before, dict) and isinstance(now, dict):
+        # A key only one side has is an option of another cnnlab version: not compared.
+        for name in sorted(before.keys() & now.keys()):
+            if key or name not in NOT_THE_NETWORK:
+                _network_differences(before[name], now[name], f"{key}.{name}" if key else name, found)
+    elif before != now:
+        found.append((key, before, now))
+
+
+def model_differences(stored: DictConfig, model_cfg: DictConfig) -> list[tuple[str, Any, Any]]:
+    """``(key, stored value, model_cfg's value)`` for each setting that makes ``model_cfg`` another network.
+
+    ``_target_`` alone when the classes differ; otherwise the differing settings, except
+    :data:`NOT_THE_NETWORK` and values ``model_cfg`` takes from other sections by interpolation.
+    """
+    before = OmegaConf.to_container(stored, resolve=True)
+    now = OmegaConf.to_container(model_cfg, resolve=False)
+    if before.get("_target_") != now.get("_target_"):
+        return [("_target_", before.get("_target_"), now.get("_target_"))]
+    found: list[tuple[str, Any, Any]] = []
+    _network_differences(before, now, "", found)
+    return found
+
+
+def _model_option(ckpt_path: str | Path | None) -> str | None:
+    """The ``model=`` option that composed the run (of ``ckpt_path``), or of this command when None."""
+    if ckpt_path is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
+    run_record = Path(ckpt_path).expanduser().resolve().parent.parent / ".hydra" / "hydra.yaml"
+    return OmegaConf.select(OmegaConf.load(run_record), "hydra.runtime.choices.model") if run_record.is_file() else None
+
+
+def ensure_same_model(checkpoint: dict[str, Any], model_cfg: DictConfig, ckpt_path: str | Path, advice: str = "") -> None:
+    """Fail clearly when ``model_cfg`` asks for another network than the checkpoint holds.
+
+    The network's class and the settings that shape it must match; where its weights come
+    from and training-only settings (:data:`NOT_THE_NETWORK`) may differ. ``advice`` ends the
+    message (what else the task allows).
+    """
+    stored = checkpoint_config(checkpoint).model
+    differences = model_differences(stored, model_cfg)
+    if not differences:
+        return
+    names = [model_name(stored), model_name(model_cfg)]
+    if differences[0][0] == "_target_":
+        if names[0] == names[1]:  # e.g. a resnet18 from scratch and a fine-tuned one
+            names = [f"{str(c.get('_target_')).rsplit('.', 1)[-1]} {model_name(c)}" for c in (stored, model_cfg)]
+        shown = f"{names[0]} model, not {names[1]}"
+    else:
+        shown = (f"{names[0]} model with {', '.join(f'{key}={before}' for key, before, _ in differences)}, "
+                 f"not one with {', '.join(f'{key}={now}' for key, _, now in differences)}")
+    ran_with, asked = _model_option(ckpt_path), _model_option(None)
+    origin = "; ".join(filter(None, [asked and f"model={asked} in this command", ran_with and f"its run used model={ran_with}"]))
+    raise CheckpointError(
+        f"{ckpt_path} holds a {shown}" + (f" ({origin})" if origin else "")
+        + f"; choose {f'model={ran_with}' if ran_with else 'its model (model=...)'} or a checkpoint of this model"
+        + (f" ({advice})" if advice else "")
+    )
 
 
 def _differences(before: Any, now: Any, key: str, found: list[tuple[str, Any, Any]]) -> None:

@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, ensure_same_model, read_checkpoint
 from cnnlab.errors import CheckpointError
 from cnnlab.tasks.results import metric_values, write_metrics
+from cnnlab.training.callbacks import CHECKPOINT_KEY
+from cnnlab.training.classifier import ImageClassifier
 from cnnlab.utils.config import instantiate_all, print_config, run_folder
 from cnnlab.utils.cuda_check import ensure_accelerator_available
 from cnnlab.utils.host_memory import keep_freed_memory
@@ -25,6 +28,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     The network and, unless ``data=...`` is given, the data pipeline come from the config the
     checkpoint stores, so the test split and its preprocessing are exactly those of training.
+    Other data (``data=...``) is preprocessed as in training unless the command line sets
+    ``data.image_size``, and must have the training's class names.
     """
     if not cfg.get("ckpt_path"):
         raise CheckpointError("eval needs ckpt_path=<path to a .ckpt file from a training run>")
@@ -38,18 +43,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):
             cfg.trainer.precision = trained.get("trainer", {}).get("precision") or "32-true"
 
-    if cfg.get("model"):
-        ensure_same_model(checkpoint, cfg.model, cfg.ckpt_path)
     if not cfg.get("data"):
         with open_dict(cfg):
             cfg.data = trained.data
+    else:
+        _preprocess_as_trained(cfg, trained)
+    if cfg.get("model"):
+        ensure_same_model(checkpoint, cfg.model, cfg.ckpt_path, advice="without model=, eval uses the checkpoint's own network")
     datamodule = instantiate(cfg.data)
-    if datamodule.num_classes != trained.model.num_classes:
-        raise CheckpointError(
-            f"the data has {datamodule.num_classes} classes but the checkpoint's model was trained on "
-            f"{trained.model.num_classes}; evaluate it on data with the same classes"
-        )
+    ensure_same_classes(datamodule.class_names, checkpoint[CHECKPOINT_KEY]["class_names"], cfg.ckpt_path)
     model = build_model_from_checkpoint(checkpoint)
+    trained_size = trained.data.get("image_size")
+    if trained_size is not None and cfg.data.get("image_size") not in (None, trained_size):
+        _ensure_network_takes(model, int(cfg.data.image_size), int(trained_size), cfg.ckpt_path)
     print_config(cfg, ["ckpt_path", "data", "trainer"])
 
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=instantiate_all(cfg.get("callbacks")))
@@ -58,3 +64,68 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results.update(model.parameter_counts(), ckpt_path=str(Path(cfg.ckpt_path).resolve()))
     write_metrics(output_dir / "metrics.json", results)
     return results
+
+
+# The data settings that shape the images the network sees. Normalisation is part of the model
+# (stored with it) and augmentation applies to training only, so the image size is the one.
+PREPROCESSING = ("image_size",)
+
+
+def _command_line_keys() -> set[str]:
+    """The config keys this command sets on its command line (none outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return set()
+    return {override.key_or_group for override in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))}
+
+
+def _preprocess_as_trained(cfg: DictConfig, trained: DictConfig) -> None:
+    """Give other data (``data=...``) the preprocessing of training, except where the command line sets it.
+
+    ``data=folder data.root=OTHER`` means other images seen as the network saw its training
+    images; the data group's defaults (``image_size: 32``) are not a choice the user made.
+    """
+    explicit = _command_line_keys()
+    for key in PREPROCESSING:
+        if f"data.{key}" in explicit or trained.data.get(key) is None or key not in cfg.data:
+            continue
+        if cfg.data[key] != trained.data[key]:
+            log.info("data.%s=%s as the checkpoint was trained (set data.%s on the command line to choose another)",
+                     key, trained.data[key], key)
+        with open_dict(cfg):
+            cfg.data[key] = trained.data[key]
+
+
+def ensure_same_classes(data_classes: list[str], trained_classes: list[str], ckpt_path: str | Path) -> None:
+    """Refuse data whose classes are not, in order, those the checkpoint's model was trained on.
+
+    Labels are class indices, so another class at index k would be scored as the model's class k.
+    """
+    if list(data_classes) == list(trained_classes):
+        return
+    missing = [name for name in trained_classes if name not in data_classes]
+    extra = [name for name in data_classes if name not in trained_classes]
+    differing = (f"the checkpoint's {', '.join(missing) or '(none)'} not in the data, the data's "
+                 f"{', '.join(extra) or '(none)'} not in the checkpoint" if missing or extra
+                 else f"the same classes in another order: {', '.join(data_classes)}")
+    raise CheckpointError(
+        f"the data's classes are not those {ckpt_path} was trained on ({differing}); the class folders must "
+        f"have the training names, {', '.join(trained_classes)}, for each label to mean the class the model "
+        f"predicts under that name"
+    )
+
+
+def _ensure_network_takes(model: ImageClassifier, image_size: int, trained_size: int, ckpt_path: str | Path) -> None:
+    """Fail clearly when the network cannot take images of ``image_size`` (one image is tried)."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8))
+    except (RuntimeError, ValueError) as error:  # what torch raises for a shape a layer cannot take
+        raise CheckpointError(
+            f"the network in {ckpt_path} was trained on {trained_size}x{trained_size} images and cannot take "
+            f"data.image_size={image_size} ({(str(error).splitlines() or [''])[0]}); leave data.image_size out "
+            f"to evaluate at the trained size"
+        ) from error
+    log.warning("evaluating at data.image_size=%d; the network was trained at %d", image_size, trained_size)

@@ -1,0 +1,112 @@
+"""Evaluating a checkpoint on other data, with a model check, and refusing what would mislead."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from test_scripts import run, script_command
+
+from cnnlab.checkpoint import ensure_same_model, read_checkpoint
+from cnnlab.errors import CheckpointError
+from cnnlab.tasks.evaluate import evaluate
+from cnnlab.training.callbacks import CHECKPOINT_KEY
+from conftest import FAST, ROOT, compose_run_config, write_image_folder
+
+CLASSES = ("cat", "dog", "fox")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> Path:
+    """A run folder of scripts/train.py: simple_cnn on 40x40 images of ``image_folder`` (cat, dog, fox)."""
+    root = tmp_path_factory.mktemp("trained")
+    run(script_command("train.py", root, *FAST, "trainer.max_epochs=1", "data=folder", f"data.root={image_folder}",
+                       "data.image_size=40"))
+    (run_dir,) = (root / "logs" / "train" / "runs").iterdir()
+    return run_dir
+
+
+def evaluate_with(tmp_path: Path, *overrides: str) -> dict:
+    return evaluate(compose_run_config("eval", tmp_path, tmp_path / "eval", list(overrides)))
+
+
+def test_other_data_is_preprocessed_as_in_training(trained_run: Path, image_folder: Path, tmp_path: Path):
+    # data=folder's own default is image_size: 32, which the 40x40 network cannot take.
+    last = trained_run / "checkpoints" / "last.ckpt"
+    same = evaluate_with(tmp_path, f"ckpt_path={last}", "data=folder", f"data.root={image_folder}")
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    assert same["test/acc"] == trained["test/acc"] and same["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-6)
+
+    other = write_image_folder(tmp_path / "other", classes=CLASSES, per_class=6, seed=1)
+    results = evaluate_with(tmp_path / "b", f"ckpt_path={last}", "data=folder", f"data.root={other}",
+                            "data.val_split=3", "data.test_split=6")
+    assert set(results) >= {"test/acc", "test/acc_class/fox"}
+
+
+def test_an_image_size_the_network_cannot_take_is_refused(trained_run: Path, image_folder: Path, tmp_path: Path):
+    command = script_command("eval.py", tmp_path, f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}", "trainer=cpu",
+                             "data=folder", f"data.root={image_folder}", "data.image_size=32")
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode != 0
+    assert "was trained on 40x40 images and cannot take data.image_size=32" in result.stderr
+    assert "leave data.image_size out to evaluate at the trained size" in result.stderr
+
+
+def test_data_whose_class_names_differ_is_refused(trained_run: Path, tmp_path: Path):
+    # Same number of classes, one renamed: sorted order would score emu images as fox.
+    renamed = write_image_folder(tmp_path / "renamed", classes=("cat", "dog", "emu"), per_class=6)
+    with pytest.raises(CheckpointError) as refused:
+        evaluate_with(tmp_path, f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}", "data=folder",
+                      f"data.root={renamed}", "data.val_split=3", "data.test_split=6")
+    message = str(refused.value)
+    assert "the checkpoint's fox not in the data, the data's emu not in the checkpoint" in message
+    assert "the class folders must have the training names, cat, dog, fox" in message
+
+
+def test_model_must_name_the_checkpoints_network(trained_run: Path, tmp_path: Path):
+    last = trained_run / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError) as refused:
+        evaluate_with(tmp_path, f"ckpt_path={last}", "model=simple_cnn_bn")
+    assert (f"{last} holds a SimpleCNN model with batch_norm=False, not one with batch_norm=True "
+            f"(its run used model=simple_cnn); choose model=simple_cnn") in str(refused.value)
+    # The right model, with a training-only setting changed, and no model= at all both evaluate.
+    assert "test/acc" in evaluate_with(tmp_path / "a", f"ckpt_path={last}", "model=simple_cnn", "model.dropout=0.2")
+    assert "test/acc" in evaluate_with(tmp_path / "b", f"ckpt_path={last}")
+
+
+def model_config(tmp_path: Path, *overrides: str):
+    return compose_run_config("train", tmp_path, tmp_path / "run", ["data=synthetic", *overrides]).model
+
+
+def test_models_of_one_architecture_name_are_told_apart_by_class(tmp_path: Path):
+    stored = {CHECKPOINT_KEY: {"config": {"model": OmegaConf.to_container(model_config(tmp_path, "model=resnet18_ft"))}}}
+    with pytest.raises(CheckpointError, match="holds a TorchvisionFineTuner resnet18 model, not CifarResNet resnet18"):
+        ensure_same_model(stored, model_config(tmp_path, "model=resnet18_cifar"), "ft.ckpt")
+    # The same network composed another way, its weights from elsewhere: the same model.
+    ensure_same_model(stored, model_config(tmp_path, "model=torchvision_ft", "model.arch=resnet18", "model.input_size=32",
+                                           "model.weights=IMAGENET1K_V1", "model.weights_path=/x.pth"), "ft.ckpt")
+
+
+def test_a_folder_or_a_file_that_is_no_checkpoint_is_named_as_such(trained_run: Path, tmp_path: Path):
+    with pytest.raises(CheckpointError) as refused:
+        read_checkpoint(trained_run)
+    assert (f"ckpt_path={trained_run} is a folder, not a checkpoint file; pass one of the .ckpt files in a run's "
+            f"checkpoints/ folder: ") in str(refused.value)
+    assert str(trained_run / "checkpoints" / "last.ckpt") in str(refused.value)
+    with pytest.raises(CheckpointError, match="it has none, nor has"):
+        read_checkpoint(tmp_path)
+
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    with pytest.raises(CheckpointError) as refused:
+        read_checkpoint(text)
+    assert str(refused.value) == (f"{text} is not a PyTorch checkpoint file, or it is corrupt or truncated (an "
+                                  f"unfinished copy or download); pass a .ckpt file that scripts/train.py wrote (KeyError: 101)")
+    truncated = tmp_path / "half.ckpt"
+    whole = (trained_run / "checkpoints" / "last.ckpt").read_bytes()
+    truncated.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CheckpointError, match="half.ckpt is not a PyTorch checkpoint file, or it is corrupt or truncated"):
+        read_checkpoint(truncated)
