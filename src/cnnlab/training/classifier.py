@@ -235,14 +235,16 @@ class ImageClassifier(L.LightningModule):
         """
         factory = self.optimizer_factory
         assert factory is not None
-        clipping = bool(self.trainer.gradient_clip_val) and isinstance(self.trainer.precision_plugin, MixedPrecision)
+        trainer = self._trainer  # None when the optimizer is built outside a run (no clipping then)
+        clipping = trainer is not None and bool(trainer.gradient_clip_val) and isinstance(trainer.precision_plugin,
+                                                                                          MixedPrecision)
         if clipping and getattr(factory, "keywords", {}).get("fused"):
-            if self.trainer.is_global_zero:
+            if trainer.is_global_zero:
                 log.info(
                     "optimizer.fused=false for this run: trainer.gradient_clip_val=%s with "
                     "trainer.precision=%s clips the gradients before the optimizer step, which a fused optimizer "
                     "does not allow (it unscales them inside its step)",
-                    self.trainer.gradient_clip_val, self.trainer.precision,
+                    trainer.gradient_clip_val, trainer.precision,
                 )
             factory = partial(factory, fused=False)
         return factory
