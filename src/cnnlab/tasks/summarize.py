@@ -29,8 +29,12 @@ DIRECTIONS = ("maximize", "minimize")
 # Metrics shown in the Markdown table after the optimised one, when the jobs have them (the CSV has all).
 TABLE_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/acc_top5", "test/loss", "epochs",
                  "fit_seconds", "params_trainable")
-FAILURE_MARK = "training failed: "
-FINISHED_MARK = "] - results in "  # the training task's last log line, after metrics.json is written
+# What the training task logs when a run ends (it logs these very strings): a job's outcome is
+# read from these lines, since a run can fail after writing metrics.json.
+FAILED_LOG_MARK = "training failed: "
+FINISHED_LOG_MARK = "results in "  # the last line, after metrics.json is written
+FAILURE_MARK = FAILED_LOG_MARK
+FINISHED_MARK = f"] - {FINISHED_LOG_MARK}"  # as the whole message of a log record
 
 
 @dataclass

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.checkpoint import ensure_same_model, ensure_same_setup, read_checkpoint
 from cnnlab.errors import ConfigValueError, user_error
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
+from cnnlab.tasks.summarize import FAILED_LOG_MARK, FINISHED_LOG_MARK
 from cnnlab.training.callbacks import EpochTimer, RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
@@ -201,7 +202,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _train(cfg)
     except Exception as error:
         # In a multirun the job log is where `scripts/summarize.py` finds why a job failed.
-        log.error("training failed: %s", failure_reason(error))
+        log.error("%s%s", FAILED_LOG_MARK, failure_reason(error))
         raise
 
 
@@ -271,5 +272,5 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     keep_previous_results(output_dir, cfg.get("session") or "")
     write_metrics(output_dir / RESULTS_FILE, results)
     log_hparams_with_metrics(trainer, flatten(OmegaConf.to_container(cfg, resolve=True)), results)
-    log.info("results in %s", output_dir)
+    log.info("%s%s", FINISHED_LOG_MARK, output_dir)
     return results
