@@ -131,3 +131,18 @@ def test_a_run_or_sweep_into_a_used_folder_is_refused_before_hydra_writes_its_re
     assert result.returncode == 1
     assert f"RunDirectoryInUseError: {sweep_dir} already holds the results of an earlier sweep (jobs 0)" in result.stderr
     assert {path: path.read_bytes() for path in sweep_dir.rglob("*") if path.is_file()} == before
+
+
+def test_eval_predict_and_benchmark_refuse_any_used_folder_before_writing(tmp_path: Path):
+    # These tasks have no resume: any file in the folder is another run's (a training run's
+    # metrics.json, an earlier predictions.csv), and Hydra would replace its .hydra/ record.
+    run_dir = tmp_path / "used_run"
+    before = _used_run_folder(run_dir)
+    for script, overrides in (("eval.py", [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]),
+                              ("predict.py", [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"inputs={tmp_path}"]),
+                              ("benchmark.py", [])):
+        result = subprocess.run(script_command(script, tmp_path, *overrides, f"hydra.run.dir={run_dir}"),
+                                capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert result.returncode == 1, script
+        assert f"RunDirectoryInUseError: {run_dir} already holds results of another run (.hydra, checkpoints" in result.stderr
+        assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before, script

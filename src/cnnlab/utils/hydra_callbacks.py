@@ -16,18 +16,27 @@ RESULTS_FILE = "metrics.json"
 LAST_CHECKPOINT = "last.ckpt"
 
 
-def run_leftovers(output_dir: Path) -> list[Path]:
-    """What in ``output_dir`` shows that a run already trained there: its results, its checkpoints."""
+def run_leftovers(output_dir: Path, any_content: bool = False) -> list[Path]:
+    """What in ``output_dir`` shows that a run already used it.
+
+    For training, its results and checkpoints (a folder where a run failed before writing
+    either may be reused); with ``any_content``, anything at all (evaluation, prediction and
+    the drawing tasks have no resume, and their outputs have many names).
+    """
+    if any_content:
+        return sorted(output_dir.iterdir()) if output_dir.is_dir() else []
     return [p for p in (output_dir / RESULTS_FILE, output_dir / CHECKPOINTS_FOLDER) if p.exists()]
 
 
-def refuse_used_run_dir(output_dir: Path) -> None:
-    """Refuse to train into a folder that already holds another run's checkpoints or results."""
-    if leftovers := run_leftovers(output_dir):
+def refuse_used_run_dir(output_dir: Path, any_content: bool = False) -> None:
+    """Refuse to run in a folder that already holds another run's results (see :func:`run_leftovers`)."""
+    if leftovers := run_leftovers(output_dir, any_content):
+        shown = ", ".join(p.name for p in leftovers[:6]) + (", ..." if len(leftovers) > 6 else "")
+        resume = ("" if any_content else
+                  f"; to continue that run, pass ckpt_path={output_dir / CHECKPOINTS_FOLDER / LAST_CHECKPOINT}")
         raise RunDirectoryInUseError(
-            f"{output_dir} already holds results of another run ({', '.join(p.name for p in leftovers)}); "
-            f"nothing was overwritten. Leave hydra.run.dir at its default (a new folder per run) or pick a new one; "
-            f"to continue that run, pass ckpt_path={output_dir / CHECKPOINTS_FOLDER / LAST_CHECKPOINT}."
+            f"{output_dir} already holds results of another run ({shown}); nothing was overwritten. Leave "
+            f"hydra.run.dir at its default (a new folder per run) or pick a new one{resume}."
         )
 
 
@@ -49,25 +58,34 @@ class RefuseUsedRunFolder(Callback):
 
     Hydra turns an exception raised in a callback into a warning and goes on, so a refusal
     ends the process itself (``SystemExit``, exit status 1, the message on stderr).
+
+    Args:
+        any_content: count any file in the folder as another run's (tasks without a resume);
+            else only a training run's results and checkpoints.
     """
+
+    def __init__(self, any_content: bool = False) -> None:
+        self.any_content = any_content
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if process_rank() != 0:
             return  # the other processes of a DDP run start in the folder rank zero has begun
         output_dir = Path(str(config.hydra.run.dir)).absolute()
         ckpt_path = config.get("ckpt_path")
-        if not (ckpt_path and continues_in(output_dir, str(ckpt_path))):
-            _exit_on_refusal(refuse_used_run_dir, output_dir)
+        if self.any_content or not (ckpt_path and continues_in(output_dir, str(ckpt_path))):
+            _exit_on_refusal(lambda: refuse_used_run_dir(output_dir, self.any_content))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("ckpt_path"):
+        if config.get("ckpt_path") and not self.any_content:
             return  # each job resumes its own folder; the training task checks them one by one
-        _exit_on_refusal(refuse_used_sweep_dir, Path(str(config.hydra.sweep.dir)).absolute())
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        _exit_on_refusal(lambda: refuse_used_sweep_dir(sweep_dir, self.any_content))
 
 
-def refuse_used_sweep_dir(sweep_dir: Path) -> None:
-    """Refuse a sweep into a folder where jobs of an earlier sweep left results or checkpoints."""
-    used = sorted(job.name for job in sweep_dir.iterdir() if job.is_dir() and run_leftovers(job)) if sweep_dir.is_dir() else []
+def refuse_used_sweep_dir(sweep_dir: Path, any_content: bool = False) -> None:
+    """Refuse a sweep into a folder where jobs of an earlier sweep left results (see :func:`run_leftovers`)."""
+    used = (sorted(job.name for job in sweep_dir.iterdir() if job.is_dir() and run_leftovers(job, any_content))
+            if sweep_dir.is_dir() else [])
     if used:
         raise RunDirectoryInUseError(
             f"{sweep_dir} already holds the results of an earlier sweep (jobs {', '.join(used[:10])}"
@@ -76,8 +94,8 @@ def refuse_used_sweep_dir(sweep_dir: Path) -> None:
         )
 
 
-def _exit_on_refusal(check: Callable[[Path], None], folder: Path) -> None:
+def _exit_on_refusal(check: Callable[[], None]) -> None:
     try:
-        check(folder)
+        check()
     except RunDirectoryInUseError as error:
         raise SystemExit(f"{type(error).__name__}: {error}") from None
