@@ -95,6 +95,10 @@ def test_ddp_set_by_hand_in_a_local_multirun_is_refused(monkeypatch, hydra_multi
         monkeypatch.delenv(variable, raising=False)
     with pytest.raises(ConfigValueError, match="would start the whole sweep again; use trainer.strategy=ddp_spawn"):
         build_run(make_config(overrides=["trainer=ddp_cpu", "trainer.strategy=ddp"]))
+    # Lightning resolves strategy=auto with several devices to ddp too.
+    with pytest.raises(ConfigValueError, match="trainer.strategy=auto with several processes is Lightning's ddp"):
+        build_run(make_config(overrides=["trainer=cpu", "trainer.devices=2"]))
+    build_run(make_config(overrides=["trainer=cpu", "trainer.devices=1"]))  # one process: nothing re-runs
 
 
 def test_ddp_strategy_of_a_single_run_is_ddp(monkeypatch):

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnlab.checkpoint import ensure_same_model, ensure_same_setup, read_checkpoint
 from cnnlab.errors import ConfigValueError, user_error
@@ -78,21 +78,26 @@ def ensure_launchable(trainer_cfg: DictConfig) -> None:
 
     ``ddp`` starts the other processes by re-running the command line, which in a multirun
     would start the whole sweep again in each of them. ``trainer=ddp`` picks ``ddp_spawn``
-    there by itself; this catches ``trainer.strategy=ddp`` set by hand.
+    there by itself; this catches ``trainer.strategy=ddp`` set by hand, and ``auto`` (what
+    Lightning resolves to ``ddp``) with ``trainer.devices`` above one.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from lightning.fabric.plugins.environments import TorchElasticEnvironment
 
-    single_process = trainer_cfg.get("devices", 1) == 1 and trainer_cfg.get("num_nodes", 1) == 1
-    if (str(trainer_cfg.get("strategy", "auto")) != "ddp" or single_process or SLURMEnvironment.detect()
+    devices = trainer_cfg.get("devices", 1)
+    # "auto" and -1 count as one here: how many that is depends on the machine, not the config.
+    several = (len(devices) > 1 if isinstance(devices, (list, ListConfig)) else str(devices).isdigit() and int(devices) > 1)
+    single_process = not several and trainer_cfg.get("num_nodes", 1) == 1
+    if (str(trainer_cfg.get("strategy", "auto")) not in ("ddp", "auto") or single_process or SLURMEnvironment.detect()
             or TorchElasticEnvironment.detect() or not HydraConfig.initialized()
             or HydraConfig.get().mode != RunMode.MULTIRUN):
         return
     raise ConfigValueError(
-        "trainer.strategy=ddp re-runs the command line for each extra process, which in a local multirun would "
-        "start the whole sweep again; use trainer.strategy=ddp_spawn here (trainer=ddp chooses it by itself), "
-        "or run the sweep on SLURM (hydra/launcher=slurm), where SLURM starts the processes"
+        f"trainer.strategy={trainer_cfg.get('strategy', 'auto')} with several processes is Lightning's ddp, which "
+        "re-runs the command line for each extra process, which in a local multirun would start the whole sweep "
+        "again; use trainer.strategy=ddp_spawn here (trainer=ddp or trainer=ddp_cpu choose it by themselves), or "
+        "run the sweep on SLURM (hydra/launcher=slurm), where SLURM starts the processes"
     )
 
 
