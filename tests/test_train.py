@@ -323,3 +323,15 @@ def test_a_failure_is_logged_with_the_cause_a_library_wrapped(make_config, caplo
     with pytest.raises(Exception, match="SimpleCNN"):
         train(make_config(overrides=["data.image_size=30"]))
     assert "training failed: ValueError: input_size 30 must be divisible by 8" in caplog.text
+
+
+def test_a_relative_data_root_is_recorded_absolute_so_eval_works_from_anywhere(make_config, image_folder, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.chdir(image_folder.parent)
+    results = train(make_config(overrides=["data=folder", f"data.root={image_folder.name}", "data.image_size=16",
+                                           "trainer.max_epochs=1"]))
+    checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert checkpoint["cnnlab"]["config"]["data"]["root"] == str(image_folder)
+    monkeypatch.chdir(tmp_path)
+    evaluated = evaluate(make_config("eval", [f"ckpt_path={results['best_checkpoint']}"], run_dir=tmp_path / "eval"))
+    assert evaluated["test/acc"] == results["test/acc"]

@@ -104,6 +104,10 @@ def ensure_launchable(trainer_cfg: DictConfig) -> None:
 def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier, L.Trainer]:
     """Instantiate the data module, the model (sized to the data's classes) and the trainer."""
     ensure_launchable(cfg.trainer)
+    root = cfg.data.get("root")
+    if isinstance(root, str) and not Path(root).expanduser().is_absolute():
+        # Recorded in the checkpoint: eval, predict and visualize rebuild the data from it, started from anywhere.
+        OmegaConf.update(cfg, "data.root", str(Path(root).expanduser().absolute()), merge=False)
     datamodule = instantiate(cfg.data)
     # Recorded in the config (and so in checkpoints): the network's size follows the data.
     OmegaConf.update(cfg, "model.num_classes", datamodule.num_classes, merge=False)
