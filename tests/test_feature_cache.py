@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 
 from cnnlab.checkpoint import read_checkpoint
+from cnnlab.errors import ConfigValueError
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.train import train
 
@@ -70,3 +72,52 @@ def test_cache_refuses_augmentation_and_a_trainable_backbone(make_config, resnet
         train(make_config(overrides=["model=resnet18_ft", f"model.weights_path={resnet_weights}", "model.cache_features=true"]))
     with pytest.raises(ValueError, match="fully frozen"):
         TorchvisionFineTuner(10, arch="resnet18", weights=None, trainable_stages=1, cache_features=True)
+
+
+def test_cache_refuses_flip_tta_it_cannot_apply(make_config, resnet_weights):
+    overrides = ["model=resnet18_ft", f"model.weights_path={resnet_weights}", "~data/augment",
+                 "model.cache_features=true", "classifier.flip_tta=true"]
+    with pytest.raises(ConfigValueError, match="classifier.flip_tta=true cannot apply with model.cache_features=true") as error:
+        train(make_config(overrides=overrides))
+    assert "classifier.flip_tta=false" in str(error.value) and "model.cache_features=false" in str(error.value)
+
+
+def test_features_computed_under_autocast_are_not_served_to_a_float32_run(resnet_weights: Path, tmp_path: Path):
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+
+    def run(autocast: bool) -> tuple[TorchvisionFineTuner, torch.Tensor]:
+        net = probe(resnet_weights, feature_cache_dir=str(tmp_path))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = net.forward_cached(images, torch.arange(6), "train", "data-a", 6)
+        return net, logits.float()
+
+    bf16, _ = run(autocast=True)
+    assert bf16._feature_cache.computed == 6
+    float32, logits = run(autocast=False)
+    assert float32._feature_cache.computed == 6  # not the bf16 features from disk
+    with torch.no_grad():
+        assert torch.allclose(logits, float32.head(float32.backbone(float32._prepare(images))), atol=1e-5)
+    assert len(list(tmp_path.glob("features-*.pt"))) == 2
+    assert run(autocast=False)[0]._feature_cache.computed == 0  # the same precision reuses its store
+    assert run(autocast=True)[0]._feature_cache.computed == 0
+
+
+def test_an_unreadable_cache_file_is_recomputed_and_rewritten(resnet_weights: Path, tmp_path: Path, caplog):
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    probe(resnet_weights, feature_cache_dir=str(tmp_path)).forward_cached(images, torch.arange(6), "train", "data-a", 6)
+    [path] = tmp_path.glob("features-*.pt")
+    features = torch.load(path, weights_only=True)
+    with path.open("r+b") as f:
+        f.truncate(1000)
+
+    net = probe(resnet_weights, feature_cache_dir=str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="cnnlab.models.feature_cache"):
+        again = net.forward_cached(images, torch.arange(6), "train", "data-a", 6)
+    assert net._feature_cache.computed == 6
+    with torch.no_grad():
+        assert torch.allclose(again, net.head(features), atol=1e-5)
+    assert f"feature cache: cannot read {path}" in caplog.text and "computing the train features again" in caplog.text
+    assert torch.equal(torch.load(path, weights_only=True), features)  # rewritten whole
+    reread = probe(resnet_weights, feature_cache_dir=str(tmp_path))
+    reread.forward_cached(images, torch.arange(6), "train", "data-a", 6)
+    assert reread._feature_cache.computed == 0

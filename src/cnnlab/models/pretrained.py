@@ -24,7 +24,8 @@ def resolve_weights(arch: str, weights: str | None) -> Weights | None:
     try:
         return enum[weights] if weights != "DEFAULT" else enum.DEFAULT
     except KeyError:
-        known = ", ".join(["DEFAULT", *enum.__members__])
+        # Iterating an enum skips aliases such as DEFAULT, which __members__ would list again.
+        known = ", ".join(["DEFAULT", *(member.name for member in enum)])
         raise WeightsUnavailableError(f"{arch} has no weights named {weights!r}; choose one of: {known}, or null") from None
 
 

@@ -135,11 +135,19 @@ class ImageClassifier(L.LightningModule):
         if getattr(self.net, "cache_features", False):
             datamodule = self.trainer.datamodule
             if not hasattr(datamodule, "split_identity"):
-                raise ValueError("model.cache_features=true needs one of cnnlab's in-memory data modules")
+                raise ConfigValueError("model.cache_features=true needs one of cnnlab's in-memory data modules")
             if getattr(datamodule, "augment", None) is not None:
-                raise ValueError(
+                raise ConfigValueError(
                     "model.cache_features=true stores each image's features once, so training augmentation "
                     "would be ignored: turn it off with ~data/augment (or use experiment=linear_probe)"
+                )
+            # The cache holds the features of the unflipped images only, so the mirror images'
+            # logits of flip TTA cannot come from it.
+            if self.flip_tta:
+                raise ConfigValueError(
+                    "classifier.flip_tta=true cannot apply with model.cache_features=true (the feature cache holds "
+                    "only the unflipped images' features): pass classifier.flip_tta=false, or "
+                    "model.cache_features=false to run the backbone on every image and its mirror image"
                 )
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
