@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from cnnlab.benchmark.plain_loop import FolderAsDataModuleReads
 from cnnlab.data import folder as folder_module
@@ -239,3 +242,94 @@ def test_the_plain_loops_image_folder_reads_what_the_data_module_reads(tmp_path:
     reference = FolderAsDataModuleReads(str(dm.train_dir), transform=None)
     assert reference.classes == dm.class_names
     assert [(Path(path), label) for path, label in reference.samples] == folder_module.scan_split(dm.train_dir, dm.class_names)
+
+
+def test_16_bit_and_float_greyscale_images_decode_to_their_8_bit_values(tmp_path: Path):
+    grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    # An 8-bit value v stored with 16 bits is v * 257 (0 -> 0, 255 -> 65535).
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.pgm")
+    Image.fromarray(grey.astype(np.float32) / 255).save(tmp_path / "unit_float.tif")
+    Image.fromarray(grey.astype(np.float32)).save(tmp_path / "byte_float.tif")
+    modes = {}
+    for name in ("grey16.png", "grey16.pgm", "unit_float.tif", "byte_float.tif"):
+        with Image.open(tmp_path / name) as image:
+            modes[name] = image.mode
+        decoded = folder_module.decode_image_file(tmp_path / name, 16)
+        assert decoded.dtype == torch.uint8 and decoded.shape == (3, 16, 16)
+        for channel in decoded:
+            np.testing.assert_array_equal(channel.numpy(), grey, err_msg=name)
+    # Pillow's own modes for these files: 16-bit, 32-bit integer, float.
+    assert modes == {"grey16.png": "I;16", "grey16.pgm": "I", "unit_float.tif": "F", "byte_float.tif": "F"}
+
+
+def test_an_image_over_pillows_pixel_limit_is_named_like_any_undecodable_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    root = write_image_folder(tmp_path / "imgs", per_class=3)  # 40x30 images: 1,200 pixels
+    Image.new("RGB", (120, 120)).save(root / "train" / "cat" / "huge.png")  # 14,400 pixels
+    # Pillow refuses images over twice this many pixels (and warns above it); kept small for speed.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)
+    dm = ImageFolderDataModule(str(root), val_split=1, test_split=1, cache_dir=None)
+    with pytest.raises(CorruptImageError) as error:
+        dm.setup("fit")
+    message = str(error.value)
+    assert message.startswith("1 image file(s) could not be decoded:")
+    assert str(root / "train" / "cat" / "huge.png") in message
+    assert "exceeds limit of 10000 pixels" in message
+    assert "(Pillow's Image.MAX_IMAGE_PIXELS guards against decompression bombs): shrink this image or remove it" in message
+
+
+def damage_truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def damage_not_a_pickle(path: Path) -> None:
+    path.write_bytes(b"<html>404 Not Found</html>")  # what a failed download may leave
+
+
+def damage_bytes_per_image(path: Path) -> None:
+    with path.open("wb") as f:
+        pickle.dump({"data": np.zeros((4, 3000), dtype=np.uint8), "labels": [0, 1, 2, 3]}, f)
+
+
+@pytest.mark.parametrize(("name", "damage", "problem"), [
+    ("data_batch_2", damage_truncate, "pickle data was truncated"),
+    ("test_batch", damage_not_a_pickle, "UnpicklingError: invalid load key"),
+    ("data_batch_4", damage_bytes_per_image, "'data' has shape (4, 3000)"),
+    ("batches.meta", damage_not_a_pickle, "invalid load key"),
+])
+def test_a_damaged_cifar_file_is_named_with_how_to_replace_it(tmp_path: Path, name, damage, problem: str):
+    root = write_cifar_batches(tmp_path / "cifar")
+    damage(root / "cifar-10-batches-py" / name)
+    with pytest.raises(CorruptImageError) as error:
+        cifar(root, val_split=10).setup("fit")
+    message = str(error.value)
+    assert message.startswith(f"{root / 'cifar-10-batches-py' / name} is not a readable CIFAR-10 file (")
+    assert problem in message and "Delete it and run again with data.download=true" in message
+
+
+def test_a_cifar_archive_that_is_not_an_archive_is_named(tmp_path: Path):
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CorruptImageError) as error:
+        cifar(tmp_path, download=True).prepare_data()
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'cifar-10-python.tar.gz'} is not a readable CIFAR-10 file (ReadError")
+    assert "Delete it and run again with data.download=true" in message
+
+
+def test_missing_cifar_batches_are_named_and_the_batch_folder_itself_is_accepted_as_root(tmp_path: Path):
+    root = write_cifar_batches(tmp_path / "cifar")
+    batch_dir = root / "cifar-10-batches-py"
+    # data.root pointing at the batch folder itself reads it as it is.
+    dm = cifar(batch_dir, val_split=10)
+    dm.setup("fit")
+    assert len(dm.test_split) == 30 and dm.class_names == CIFAR_CLASSES
+
+    (batch_dir / "data_batch_3").unlink()
+    with pytest.raises(DatasetNotFoundError) as error:
+        cifar(root).prepare_data()
+    assert str(error.value).startswith(f"{batch_dir} lacks data_batch_3 and data.download is false.")
+    with pytest.raises(DatasetNotFoundError) as error:
+        cifar(batch_dir, download=True).prepare_data()
+    assert str(error.value).startswith(f"{batch_dir} holds CIFAR-10 batch files but lacks data_batch_3.")
+    assert f"data.root={root} data.download=true" in str(error.value)

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 # Bump when the decoded output for the same files would change.
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3  # 3: 16-bit and float greyscale scaled to 8 bits, no longer clipped
 
 
 def list_class_dirs(split_dir: Path) -> list[str]:
@@ -64,15 +64,47 @@ def scan_split(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]
     return samples
 
 
+def eight_bit(pil_image: Image.Image) -> Image.Image:
+    """A greyscale image of more than 8 bits per pixel as 8-bit greyscale (mode ``L``); others as they are.
+
+    Pillow's own conversion clips such values to 255 (a 16-bit image comes out solid white), so
+    they are scaled here:
+
+    - ``I;16`` (16-bit PNG, TIFF): ``value >> 8``, so 0..65535 maps to 0..255 and an 8-bit value
+      ``v`` stored as 16 bits (``v * 257``) comes back as ``v``;
+    - ``I`` (32-bit integer: what Pillow makes of a 16-bit PGM): the same, taken as 16-bit data;
+      values outside 0..65535 are clipped;
+    - ``F`` (32-bit float): values in [0, 1] when the image's largest value is at most 1 (the
+      usual float convention), times 255; otherwise taken as 0..255. Clipped, then rounded.
+    """
+    if pil_image.mode.startswith("I;16") or pil_image.mode == "I":
+        values = np.clip(np.asarray(pil_image, dtype=np.int64), 0, 65535) >> 8
+    elif pil_image.mode == "F":
+        values = np.nan_to_num(np.asarray(pil_image, dtype=np.float64))
+        if values.max(initial=0.0) <= 1.0:
+            values = values * 255.0
+        values = np.rint(np.clip(values, 0.0, 255.0))
+    else:
+        return pil_image
+    return Image.fromarray(values.astype(np.uint8))
+
+
 def decode_image_file(path: Path, image_size: int) -> Tensor:
     """Decode one image file as RGB uint8 (3, S, S): shorter side resized to S, centre crop.
 
     Pillow reads every common format (and releases the GIL while decoding, so threads help).
-    Raises ``ValueError`` for a file it cannot decode.
+    16-bit, 32-bit integer and float greyscale images are scaled to 8 bits (see :func:`eight_bit`).
+    Raises ``ValueError`` for a file it cannot decode, including one larger than Pillow's
+    ``Image.MAX_IMAGE_PIXELS`` (its guard against decompression bombs, left as it is).
     """
     try:
         with Image.open(path) as pil_image:
-            pixels = np.array(pil_image.convert("RGB"))
+            pixels = np.array(eight_bit(pil_image).convert("RGB"))
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"{error} (Pillow's Image.MAX_IMAGE_PIXELS guards against decompression bombs): "
+            f"shrink this image or remove it"
+        ) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(str(error)) from error
     image = torch.from_numpy(pixels).permute(2, 0, 1)
