@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
+from cnnlab.errors import ConfigValueError, InputNotFoundError
+from cnnlab.tasks.convolution import convolution_walkthrough
 from cnnlab.visualize.convolution import (
     SOBEL_X,
     classic_example,
@@ -15,6 +21,7 @@ from cnnlab.visualize.convolution import (
     true_convolution2d,
     walkthrough_text,
 )
+from conftest import CONF_DIR
 
 
 def test_sobel_on_the_5x5_ramp_gives_8_as_cross_correlation_and_minus_8_as_true_convolution():
@@ -54,3 +61,27 @@ def test_bad_shapes_are_refused():
         conv2d(np.zeros((2, 2)), SOBEL_X)
     with pytest.raises(ValueError, match="2-D"):
         conv2d(np.zeros((3, 3, 3)), SOBEL_X)
+
+
+def convolution_config(tmp_path: Path, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("convolution", overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}",
+                                                 *overrides])
+
+
+@pytest.mark.parametrize("size", [0, 3])
+def test_an_image_size_too_small_for_the_kernels_is_refused_before_anything_is_printed(tmp_path: Path, capsys,
+                                                                                      size: int):
+    with pytest.raises(ConfigValueError, match=f"image_size={size} is too small.*image_size=4 or more"):
+        convolution_walkthrough(convolution_config(tmp_path, f"image_size={size}"))
+    assert capsys.readouterr().out == ""
+
+
+def test_a_folder_or_missing_file_as_image_is_named_before_the_walkthrough_prints(tmp_path: Path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    with pytest.raises(ConfigValueError, match=f"image={folder} is a folder; give one image file in it"):
+        convolution_walkthrough(convolution_config(tmp_path, f"image={folder}"))
+    with pytest.raises(InputNotFoundError, match="does not exist"):
+        convolution_walkthrough(convolution_config(tmp_path, f"image={folder / 'nope.jpg'}"))
+    assert capsys.readouterr().out == ""
