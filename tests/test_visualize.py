@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -23,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cnnlab.data.augment import NormalizeBatch
 from cnnlab.data.folder import decode_image_file
-from cnnlab.errors import InputNotFoundError, LayerNotFoundError
+from cnnlab.errors import CheckpointError, ConfigValueError, InputNotFoundError, LayerNotFoundError
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.inference import load_trained_network
@@ -31,10 +32,11 @@ from cnnlab.tasks.predict import predict
 from cnnlab.tasks.summary import summary
 from cnnlab.tasks.train import train
 from cnnlab.tasks.visualize import visualize
+from cnnlab.training.callbacks import CHECKPOINT_KEY
 from cnnlab.training.visual_callbacks import ConfusionMatrixLogger, epoch_is_due
 from cnnlab.visualize.feature_maps import capture_activations, find_layer
 from cnnlab.visualize.gradcam import grad_cam
-from conftest import CIFAR_CLASSES, CONF_DIR, FAST, ROOT
+from conftest import CIFAR_CLASSES, CONF_DIR, FAST, ROOT, write_image_folder
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -293,7 +295,7 @@ def test_visualize_script_writes_feature_maps_and_grad_cam_for_an_image_file(cnn
     # The prediction is the network's own on the decoded, resized file.
     trained = load_trained_network(cnn_run.ckpt)
     with torch.no_grad():
-        probabilities = trained.net(decode_image_file(photo, 32)[None]).softmax(dim=1)[0]
+        probabilities = trained.model(decode_image_file(photo, 32)[None]).softmax(dim=1)[0]
     assert record["probability"] == pytest.approx(float(probabilities.max()), abs=1e-6)
 
 
@@ -349,7 +351,7 @@ def test_predict_script_classifies_good_files_and_reports_bad_ones_by_name(cnn_r
         assert len(top) == 3 and top[0]["class"] == row["predicted_class"]
         assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
         with torch.no_grad():
-            probabilities = trained.net(decode_image_file(Path(row["file"]), 32)[None]).softmax(dim=1)[0]
+            probabilities = trained.model(decode_image_file(Path(row["file"]), 32)[None]).softmax(dim=1)[0]
         assert float(row["probability"]) == pytest.approx(float(probabilities.max()), abs=1e-5)
         assert row["predicted_class"] == CIFAR_CLASSES[int(probabilities.argmax())]
 
@@ -360,6 +362,94 @@ def test_predict_one_file_and_refuse_a_missing_input(cnn_run, image_inputs, tmp_
     assert results["classified"] == 1 and results["failed"] == []
     with pytest.raises(InputNotFoundError, match="missing.jpg"):
         predict(compose_config("predict", [*base, f"inputs={image_inputs / 'missing.jpg'}"]))
+
+
+def with_flip_tta(ckpt: str, path: Path) -> Path:
+    """A copy of ``ckpt`` as if its run had trained with classifier.flip_tta=true (same weights)."""
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint[CHECKPOINT_KEY]["config"]["classifier"]["flip_tta"] = True
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_predict_and_visualize_predict_as_eval_scores_with_flip_tta(cnn_run, image_inputs, tmp_path):
+    ckpt = with_flip_tta(cnn_run.ckpt, tmp_path / "tta.ckpt")
+    base = [f"paths.root_dir={tmp_path}", f"ckpt_path={ckpt}"]
+    predict(compose_config("predict", [*base, f"paths.output_dir={tmp_path / 'p'}", f"inputs={image_inputs}"]))
+    records = [r for r in json.loads((tmp_path / "p" / "predictions.json").read_text()) if "error" not in r]
+    net = load_trained_network(cnn_run.ckpt).net
+    differs = 0
+    for record in records:
+        image = decode_image_file(Path(record["file"]), 32)[None]
+        with torch.no_grad():
+            tta = ((net(image) + net(image.flip(3))) / 2).softmax(dim=1)[0]
+            plain = net(image).softmax(dim=1)[0]
+        # The mean of the image's and its mirror image's logits, as eval scores with flip_tta.
+        assert record["probability"] == pytest.approx(float(tta.max()), abs=1e-5)
+        assert record["predicted_class"] == CIFAR_CLASSES[int(tta.argmax())]
+        differs += abs(float(plain.max()) - record["probability"]) > 1e-3
+    assert len(records) == 4 and differs > 0  # the network alone would give other probabilities
+
+    photo = image_inputs / "b_tall.jpg"
+    shown = visualize(compose_config("visualize", [*base, f"paths.output_dir={tmp_path / 'v'}", f"image={photo}"]))
+    tta_record = next(r for r in records if r["file"].endswith("b_tall.jpg"))
+    assert shown["predicted_class"] == tta_record["predicted_class"]
+    assert shown["probability"] == pytest.approx(tta_record["probability"], abs=1e-5)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("top_k=0", "top_k=0, but it must be a whole number of at least 1"),
+    ("top_k=-1", "top_k=-1, but it must be a whole number of at least 1"),
+    ("top_k=abc", "top_k='abc', but it must be a whole number of at least 1"),
+    ("batch_size=0", "batch_size=0, but it must be a whole number of at least 1"),
+    ("device=cuda", "device=cuda, but this machine has no CUDA GPU; run on the CPU with device=cpu"),
+    ("device=gpu", "device=gpu is not a device torch knows"),
+])
+def test_predict_refuses_bad_settings_by_name(cnn_run, image_inputs, tmp_path, monkeypatch, override, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_config("predict", [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}",
+                                     f"ckpt_path={cnn_run.ckpt}", f"inputs={image_inputs}", override])
+    with pytest.raises(ConfigValueError, match=re.escape(message)):
+        predict(cfg)
+
+
+def test_visualize_refuses_a_layer_grad_cam_cannot_use_and_no_channels(cnn_run, tmp_path):
+    base = [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}", f"ckpt_path={cnn_run.ckpt}", "image=3"]
+    with pytest.raises(LayerNotFoundError) as refused:
+        visualize(compose_config("visualize", [*base, "cam_layer=classifier.1"]))
+    assert ("cam_layer=classifier.1: layer 'classifier.1' outputs shape (1, 512), not feature maps, so Grad-CAM "
+            "cannot look at it; choose a convolutional layer or block, such as features.0, features.3, features.6; "
+            "or leave cam_layer out for the network's default, features.6") in str(refused.value)
+    with pytest.raises(ConfigValueError, match="channels=0, but it must be a whole number of at least 1"):
+        visualize(compose_config("visualize", [*base, "channels=0"]))
+
+
+@pytest.fixture(scope="module")
+def folder40_ckpt(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> str:
+    """simple_cnn trained for one step on 40x40 images of ``image_folder`` (cat, dog, fox)."""
+    root = tmp_path_factory.mktemp("folder40")
+    train(compose_config("train", [
+        f"paths.root_dir={root}", f"paths.output_dir={root / 'run'}", f"paths.cache_dir={root / 'cache'}", *FAST,
+        "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false",
+        "data=folder", f"data.root={image_folder}", "data.image_size=40", "~callbacks.confusion_matrix",
+        "~callbacks.misclassified", "~callbacks.conv_filters", "~callbacks.feature_maps", "~callbacks.grad_norm",
+    ]))
+    return str(root / "run" / "checkpoints" / "last.ckpt")
+
+
+def test_visualize_an_image_of_other_data_as_eval_would(folder40_ckpt, tmp_path):
+    # data=folder's own default is image_size: 32, which the 40x40 network cannot take.
+    other = write_image_folder(tmp_path / "other", per_class=6, seed=1)
+    base = [f"paths.root_dir={tmp_path}", f"ckpt_path={folder40_ckpt}", "image=1", "data=folder",
+            "data.val_split=3", "data.test_split=6", f"data.cache_dir={tmp_path / 'cache'}"]
+    record = visualize(compose_config("visualize", [*base, f"paths.output_dir={tmp_path / 'a'}", f"data.root={other}"]))
+    assert record["feature_map_shape"][1:] == [40, 40]
+    assert record["image"].startswith("test image 1 (true class: ")
+
+    renamed = write_image_folder(tmp_path / "renamed", classes=("cat", "dog", "emu"), per_class=6)
+    with pytest.raises(CheckpointError) as refused:
+        visualize(compose_config("visualize", [*base, f"paths.output_dir={tmp_path / 'b'}", f"data.root={renamed}"]))
+    assert "the checkpoint's fox not in the data, the data's emu not in the checkpoint" in str(refused.value)
 
 
 def test_summary_script_prints_layers_shapes_and_parameter_counts(tmp_path):

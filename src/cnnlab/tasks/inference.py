@@ -11,14 +11,20 @@ from torch import Tensor, nn
 
 from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, read_checkpoint
 from cnnlab.data.folder import decode_image_file
-from cnnlab.errors import CheckpointError, CorruptImageError, InputNotFoundError
+from cnnlab.errors import CheckpointError, ConfigValueError, CorruptImageError, InputNotFoundError
 from cnnlab.training.callbacks import CHECKPOINT_KEY
+from cnnlab.training.classifier import ImageClassifier
 
 
 @dataclass
 class TrainedNetwork:
-    """A checkpoint's network, ready for inference, with what it needs to know about its input."""
+    """A checkpoint's classifier, ready for inference, with what it needs to know about its input.
 
+    ``model`` gives the predictions, exactly as eval scores them (flip test-time augmentation
+    included when the run trained with it); ``net`` is its network, for looking at its layers.
+    """
+
+    model: ImageClassifier
     net: nn.Module
     class_names: list[str]
     image_size: int
@@ -47,18 +53,39 @@ def load_trained_network(ckpt_path: str | Path | None, device: str = "cpu") -> T
     """
     if not ckpt_path:
         raise CheckpointError("ckpt_path=<a .ckpt file from a training run's checkpoints/ folder> is required")
+    ensure_device_available(device)
     checkpoint = read_checkpoint(ckpt_path)
     config = checkpoint_config(checkpoint)
-    classifier = build_model_from_checkpoint(checkpoint)
-    net = classifier.net.to(device).eval()
+    classifier = build_model_from_checkpoint(checkpoint).to(device).eval()
     image_size = config.get("data", {}).get("image_size") or config.model.get("input_size") or 32
     return TrainedNetwork(
-        net=net,
+        model=classifier,
+        net=classifier.net,
         class_names=list(checkpoint[CHECKPOINT_KEY]["class_names"]),
         image_size=int(image_size),
         config=config,
         ckpt_path=Path(ckpt_path),
     )
+
+
+def ensure_device_available(device: str) -> None:
+    """Fail before any work when ``device=`` names no device torch knows, or a GPU this machine does not have."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as error:
+        raise ConfigValueError(f"device={device} is not a device torch knows ({error}); use device=cpu or "
+                               f"device=cuda (device=cuda:1 for the second GPU)") from error
+    present = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(kind, lambda: True)()
+    if not present:
+        raise ConfigValueError(f"device={device}, but this machine has no {'CUDA' if kind == 'cuda' else 'Apple (MPS)'} "
+                               f"GPU; run on the CPU with device=cpu")
+
+
+def positive_count(value: object, name: str) -> int:
+    """``value`` as a whole number of at least 1; a :class:`ConfigValueError` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigValueError(f"{name}={value!r}, but it must be a whole number of at least 1 (e.g. {name}=4)")
+    return value
 
 
 def read_image(path: str | Path, image_size: int) -> Tensor:
@@ -73,7 +100,10 @@ def read_image(path: str | Path, image_size: int) -> Tensor:
 
 
 @torch.inference_mode()
-def class_probabilities(net: nn.Module, images: Tensor) -> Tensor:
-    """Softmax class probabilities (N, K) of a uint8 image batch, on the network's device."""
-    device = next(net.parameters()).device
-    return net(images.to(device)).float().softmax(dim=1).cpu()
+def class_probabilities(model: nn.Module, images: Tensor) -> Tensor:
+    """Softmax class probabilities (N, K) of a uint8 image batch, computed on the model's device.
+
+    Pass the :class:`TrainedNetwork`'s ``model`` (not its ``net``) for the predictions eval scores.
+    """
+    device = next(model.parameters()).device
+    return model(images.to(device)).float().softmax(dim=1).cpu()

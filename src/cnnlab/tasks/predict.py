@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from cnnlab.data.folder import decode_image_file
 from cnnlab.errors import InputNotFoundError
-from cnnlab.tasks.inference import class_probabilities, load_trained_network
+from cnnlab.tasks.inference import class_probabilities, load_trained_network, positive_count
 from cnnlab.utils.config import ensure_values_set, run_folder
 from cnnlab.utils.io import atomic_write, atomic_write_json
 
@@ -74,17 +74,22 @@ def _decode(path: Path, image_size: int) -> torch.Tensor | str:
         return f"not a readable image: {error}" if str(error) else "not a readable image"
 
 
-def predict_files(net: torch.nn.Module, class_names: list[str], files: list[Path], image_size: int, top_k: int = 5,
+def predict_files(model: torch.nn.Module, class_names: list[str], files: list[Path], image_size: int, top_k: int = 5,
                   batch_size: int = 256, decode_workers: int = 2) -> list[Prediction]:
-    """Classify ``files`` in batches; a file that cannot be decoded gets an error instead of classes."""
-    k = max(1, min(top_k, len(class_names)))
+    """Classify ``files`` in batches with ``model`` (a trained classifier, as ``load_trained_network`` gives it).
+
+    A file that cannot be decoded gets an error instead of classes. At most as many classes
+    as the model has are listed per file.
+    """
+    k = min(positive_count(top_k, "top_k"), len(class_names))
+    batch_size = positive_count(batch_size, "batch_size")
     results: list[Prediction] = []
     with ThreadPoolExecutor(max_workers=max(1, decode_workers)) as pool:
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
             decoded = list(pool.map(lambda p: _decode(p, image_size), chunk))
             images = [d for d in decoded if isinstance(d, torch.Tensor)]
-            probabilities = class_probabilities(net, torch.stack(images)) if images else torch.empty(0)
+            probabilities = class_probabilities(model, torch.stack(images)) if images else torch.empty(0)
             top_p, top_i = probabilities.topk(k, dim=1) if images else (None, None)
             row = 0
             for path, item in zip(chunk, decoded, strict=True):
@@ -116,12 +121,15 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     are still classified. Returns the counts and the output paths.
     """
     ensure_values_set(cfg)
+    # Before the checkpoint is read and the run folder made, so a typo costs nothing.
+    positive_count(cfg.top_k, "top_k")
+    positive_count(cfg.batch_size, "batch_size")
     output_dir = run_folder(cfg)
     trained = load_trained_network(cfg.ckpt_path, device=cfg.get("device", "cpu"))
     files = list_input_files(cfg.inputs, recursive=cfg.get("recursive", True))
     log.info("classifying %d file(s) with %s (%d classes, images resized to %d)", len(files), trained.ckpt_path,
              len(trained.class_names), trained.image_size)
-    predictions = predict_files(trained.net, trained.class_names, files, trained.image_size, top_k=cfg.top_k,
+    predictions = predict_files(trained.model, trained.class_names, files, trained.image_size, top_k=cfg.top_k,
                                 batch_size=cfg.batch_size, decode_workers=cfg.get("decode_workers", 2))
     csv_path, json_path = output_dir / "predictions.csv", output_dir / "predictions.json"
     write_predictions(predictions, csv_path, json_path)

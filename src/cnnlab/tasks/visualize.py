@@ -11,7 +11,8 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from cnnlab.errors import CheckpointError, InputNotFoundError, LayerNotFoundError
-from cnnlab.tasks.inference import TrainedNetwork, load_trained_network, read_image
+from cnnlab.tasks.evaluate import _preprocess_as_trained, ensure_same_classes
+from cnnlab.tasks.inference import TrainedNetwork, class_probabilities, load_trained_network, positive_count, read_image
 from cnnlab.utils.config import ensure_values_set, run_folder
 from cnnlab.utils.io import atomic_write_json
 from cnnlab.visualize.feature_maps import capture_activations, find_layer, module_name
@@ -32,14 +33,18 @@ def _is_index(spec: Any) -> bool:
 
 
 def dataset_image(cfg: DictConfig, trained: TrainedNetwork, index: int) -> tuple[Tensor, str]:
-    """Image ``index`` of split ``cfg.split`` of the data (the checkpoint's own unless ``data=`` is given)."""
+    """Image ``index`` of split ``cfg.split`` of the data (the checkpoint's own unless ``data=`` is given).
+
+    Other data is treated as eval treats it: preprocessed as in training unless the command line
+    sets ``data.image_size``, and refused unless its class names are the training's.
+    """
     split_name = cfg.get("split", "test")
     if split_name not in SPLITS:
         raise InputNotFoundError(f"split={split_name} is not one of {', '.join(SPLITS)}")
+    if cfg.get("data"):
+        _preprocess_as_trained(cfg, trained.config)
     datamodule = instantiate(cfg.data if cfg.get("data") else trained.config.data)
-    if datamodule.num_classes != len(trained.class_names):
-        raise CheckpointError(f"the data has {datamodule.num_classes} classes but the checkpoint's model has "
-                              f"{len(trained.class_names)}; pick data with the same classes, or pass image=PATH")
+    ensure_same_classes(datamodule.class_names, trained.class_names, trained.ckpt_path)
     datamodule.setup("test")
     split = getattr(datamodule, f"{split_name}_split")
     if not 0 <= index < len(split):
@@ -47,6 +52,28 @@ def dataset_image(cfg: DictConfig, trained: TrainedNetwork, index: int) -> tuple
                                  f"(0..{len(split) - 1})")
     label = trained.class_names[int(split.labels[index])]
     return split.images[index], f"{split_name} image {index} (true class: {label})"
+
+
+def _predict_one(trained: TrainedNetwork, batch: Tensor) -> Tensor:
+    """The class probabilities (K,) of a one-image batch, from the classifier as eval scores it.
+
+    An image of another size than training's (``data.image_size`` set on the command line) that
+    the network cannot take is a :class:`CheckpointError` saying so.
+    """
+    size = batch.shape[-1]
+    try:
+        probabilities = class_probabilities(trained.model, batch)[0]
+    except (RuntimeError, ValueError) as error:  # what torch raises for a shape a layer cannot take
+        if size == trained.image_size:
+            raise
+        raise CheckpointError(
+            f"the network in {trained.ckpt_path} was trained on {trained.image_size}x{trained.image_size} images "
+            f"and cannot take data.image_size={size} ({(str(error).splitlines() or [''])[0]}); leave "
+            f"data.image_size out to use the trained size"
+        ) from error
+    if size != trained.image_size:
+        log.warning("visualizing at data.image_size=%d; the network was trained at %d", size, trained.image_size)
+    return probabilities
 
 
 def visualize(cfg: DictConfig) -> dict[str, Any]:
@@ -57,6 +84,8 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     ``feature_maps.png``, ``gradcam.png`` and ``visualization.json`` into the run folder.
     """
     ensure_values_set(cfg)
+    positive_count(cfg.channels, "channels")
+    positive_count(cfg.columns, "columns")
     output_dir = run_folder(cfg)
     trained = load_trained_network(cfg.ckpt_path, device=cfg.get("device", "cpu"))
     net = trained.net
@@ -69,10 +98,10 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     device = next(net.parameters()).device
     batch = image.unsqueeze(0).to(device)
 
-    layer_name, layer = find_layer(net, cfg.get("layer"))
-    maps, logits = capture_activations(net, batch, layer)
-    probabilities = logits.float().softmax(dim=1)[0].cpu()
+    probabilities = _predict_one(trained, batch)
     predicted = int(probabilities.argmax())
+    layer_name, layer = find_layer(net, cfg.get("layer"))
+    maps, _ = capture_activations(net, batch, layer)
     if maps.ndim != 4:
         raise LayerNotFoundError(f"layer {layer_name!r} outputs shape {tuple(maps.shape)}, not feature maps; "
                                  f"choose a conv, ReLU or pooling layer (layer=...)")
@@ -89,7 +118,12 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
         cam_layer = net.cam_target_layer()
         cam_name = module_name(net, cam_layer)
     explained = trained.class_index(cfg.target_class) if cfg.get("target_class") is not None else predicted
-    cam = grad_cam(net, batch, cam_layer, explained)
+    try:
+        cam = grad_cam(net, batch, cam_layer, explained)
+    except LayerNotFoundError as error:
+        default = module_name(net, net.cam_target_layer())
+        raise LayerNotFoundError(f"cam_layer={cam_name}: {error}; or leave cam_layer out for the network's "
+                                 f"default, {default}") from error
     if cam.cam_size == (1, 1):
         log.warning("%s gives a 1x1 map for %dx%d images, so Grad-CAM there cannot localise anything; choose an "
                     "earlier layer (cam_layer=...) or train the model with a larger model.input_size",

@@ -36,6 +36,11 @@ def first_conv_name(net: nn.Module) -> str:
     raise LayerNotFoundError(f"{type(net).__name__} has no nn.Conv2d layer to show")
 
 
+def conv_layer_names(net: nn.Module) -> list[str]:
+    """Names of the ``nn.Conv2d`` layers of ``net``, in registration order."""
+    return [name for name, module in net.named_modules() if isinstance(module, nn.Conv2d)]
+
+
 def layer_names(net: nn.Module) -> list[str]:
     """Names of all sub-layers of ``net``, as ``dict(net.named_modules())`` keys them."""
     return [name for name, _ in net.named_modules() if name]

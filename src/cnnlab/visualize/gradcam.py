@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnlab.errors import CnnlabError
-from cnnlab.visualize.feature_maps import evaluation_mode
+from cnnlab.errors import CnnlabError, LayerNotFoundError
+from cnnlab.visualize.feature_maps import conv_layer_names, evaluation_mode, module_name
 
 
 @dataclass
@@ -57,6 +57,18 @@ def _explained_classes(logits: Tensor, class_index: int | Sequence[int] | None) 
     return classes
 
 
+def _ensure_feature_maps(net: nn.Module, layer: nn.Module, output: Tensor | None) -> None:
+    """Refuse a target layer whose output is not (N, C, H, W) maps, which torchcam fails on with an IndexError."""
+    if output is not None and output.ndim == 4:
+        return
+    name = module_name(net, layer)
+    what = "is not used in the forward pass" if output is None else f"outputs shape {tuple(output.shape)}"
+    convs = conv_layer_names(net)
+    shown = ", ".join(convs[-6:]) + (f" (the last 6 of {len(convs)})" if len(convs) > 6 else "")
+    raise LayerNotFoundError(f"layer {name!r} {what}, not feature maps, so Grad-CAM cannot look at it; choose a "
+                             f"convolutional layer or block, such as {shown or 'a block of ' + type(net).__name__}")
+
+
 def grad_cam(
     net: nn.Module,
     images: Tensor,
@@ -68,7 +80,8 @@ def grad_cam(
     ``class_index`` picks the class explained: None for each image's predicted class, an int
     for one class for all images, or one index per image. The network runs in eval mode with
     gradients enabled, whatever the caller's context; its modes are restored afterwards and no
-    parameter's ``.grad`` is touched.
+    parameter's ``.grad`` is touched. A ``target_layer`` that does not output feature maps
+    (N, C, H, W) is a :class:`LayerNotFoundError`.
     """
     GradCAM = _torchcam_gradcam()
     if images.ndim != 4:
@@ -79,6 +92,7 @@ def grad_cam(
     inputs = inputs.detach().requires_grad_(True)
     with evaluation_mode(net), torch.enable_grad(), GradCAM(net, target_layer=target_layer) as extractor:
         logits = net(inputs)
+        _ensure_feature_maps(net, target_layer, extractor.hook_a[0])
         classes = _explained_classes(logits, class_index)
         cams = extractor(class_idx=classes, scores=logits)[0]
     heatmaps = F.interpolate(cams.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
