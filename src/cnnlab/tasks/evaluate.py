@@ -47,7 +47,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):
             cfg.data = trained.data
     else:
-        _preprocess_as_trained(cfg, trained)
+        preprocess_as_trained(cfg, trained)
     if cfg.get("model"):
         ensure_same_model(checkpoint, cfg.model, cfg.ckpt_path, advice="without model=, eval uses the checkpoint's own network")
     datamodule = instantiate(cfg.data)
@@ -81,7 +81,7 @@ def _command_line_keys() -> set[str]:
     return {override.key_or_group for override in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))}
 
 
-def _preprocess_as_trained(cfg: DictConfig, trained: DictConfig) -> None:
+def preprocess_as_trained(cfg: DictConfig, trained: DictConfig) -> None:
     """Give other data (``data=...``) the preprocessing of training, except where the command line sets it.
 
     ``data=folder data.root=OTHER`` means other images seen as the network saw its training

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from cnnlab.errors import CheckpointError, InputNotFoundError, LayerNotFoundError
-from cnnlab.tasks.evaluate import _preprocess_as_trained, ensure_same_classes
+from cnnlab.tasks.evaluate import ensure_same_classes, preprocess_as_trained
 from cnnlab.tasks.inference import TrainedNetwork, class_probabilities, load_trained_network, positive_count, read_image
 from cnnlab.utils.config import ensure_values_set, run_folder
 from cnnlab.utils.io import atomic_write_json
@@ -42,7 +42,7 @@ def dataset_image(cfg: DictConfig, trained: TrainedNetwork, index: int) -> tuple
     if split_name not in SPLITS:
         raise InputNotFoundError(f"split={split_name} is not one of {', '.join(SPLITS)}")
     if cfg.get("data"):
-        _preprocess_as_trained(cfg, trained.config)
+        preprocess_as_trained(cfg, trained.config)
     datamodule = instantiate(cfg.data if cfg.get("data") else trained.config.data)
     ensure_same_classes(datamodule.class_names, trained.class_names, trained.ckpt_path)
     datamodule.setup("test")
