@@ -3,7 +3,8 @@
 One run's median is known to a few points at best; runs of the same command on the same
 machine pooled round by round narrow that. Prints each ratio per run and pooled, each median
 with its 95% bootstrap interval, and writes the table to ``--out`` when given. Runs of
-different setups (model, data, precision, machine, window length) are refused.
+different setups (model, data, image size, precision, machine, window length) are refused,
+and so is a run given twice.
 
 A plain argparse script rather than a Hydra app: it reads finished runs and starts none.
 """

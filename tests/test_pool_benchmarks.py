@@ -84,3 +84,34 @@ def test_runs_of_different_setups_or_no_runs_are_refused(two_runs, tmp_path):
     failed = subprocess.run([sys.executable, str(ROOT / "scripts" / "pool_benchmarks.py"), str(path_a), str(other)],
                             capture_output=True, text=True)
     assert failed.returncode == 1 and "is not a benchmark report" in failed.stderr and not failed.stdout
+
+
+def test_a_run_given_twice_is_refused(two_runs, tmp_path):
+    (path_a, _), _ = two_runs
+    with pytest.raises(ConfigValueError, match=f"{path_a} and {path_a} are the same run \\(one benchmark.json\\): "
+                                               f"its rounds would count twice; give each run once"):
+        pool([load_run(path_a), load_run(path_a / "benchmark.json")])
+    copy = tmp_path / "copy"
+    shutil.copytree(path_a, copy)
+    with pytest.raises(ConfigValueError, match="are the same run \\(identical benchmark.json files\\)"):
+        pool([load_run(path_a), load_run(copy)])
+    failed = subprocess.run([sys.executable, str(ROOT / "scripts" / "pool_benchmarks.py"), str(path_a), str(path_a)],
+                            capture_output=True, text=True)
+    assert failed.returncode == 1 and "are the same run (one benchmark.json)" in failed.stderr and not failed.stdout
+
+
+def test_runs_of_different_image_sizes_are_refused(two_runs, tmp_path):
+    # benchmark.json does not hold the image size: the run's Hydra record (.hydra/config.yaml) does.
+    copies = {}
+    for (path, _), name, size in zip(two_runs, "ab", (32, 48), strict=True):
+        copies[name] = tmp_path / name
+        shutil.copytree(path, copies[name])
+        (copies[name] / ".hydra").mkdir()
+        (copies[name] / ".hydra" / "config.yaml").write_text(f"data:\n  image_size: {size}\n")
+    with pytest.raises(ConfigValueError, match="ran different setups \\(image_size: 48 against 32\\)"):
+        pool([load_run(copies["a"]), load_run(copies["b"])])
+
+    (copies["b"] / ".hydra" / "config.yaml").write_text("data:\n  image_size: 32\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "pool_benchmarks.py"), str(copies["a"]),
+                           str(copies["b"])], capture_output=True, text=True, check=True)
+    assert "# 2 benchmark runs pooled: SimpleCNN on SyntheticDataModule at 32x32, batch 16, 32-true" in done.stdout

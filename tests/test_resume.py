@@ -133,3 +133,53 @@ def test_resuming_with_the_runs_length_continues_its_schedule(make_config, tmp_p
         optimizer.step()
         schedule.step()
     assert [rate for _, rate in rates] == pytest.approx(expected, rel=1e-5)  # one 14-step cycle across both sessions
+
+
+def checkpoint_files(run_dir: Path) -> dict[str, str]:
+    """The run's checkpoint files, a link named with its target."""
+    folder = run_dir / "checkpoints"
+    return {p.name: (f"-> {p.readlink()}" if p.is_symlink() else "file") for p in sorted(folder.iterdir())}
+
+
+def saved_step(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+
+
+QUICK = ["test=false", "~callbacks.confusion_matrix", "~callbacks.feature_maps", "~callbacks.conv_filters"]
+EVERY_EPOCH_BEST = [*QUICK, "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=max"]
+
+
+def test_a_copied_run_folder_resumes_with_its_own_checkpoints_and_leaves_the_original_alone(make_config,
+                                                                                            tmp_path: Path):
+    original, copy, other = tmp_path / "a", tmp_path / "copy", tmp_path / "other"
+    train(make_config(overrides=[*EVERY_EPOCH_BEST, "trainer.max_epochs=1"], run_dir=original))
+    shutil.copytree(original, copy, symlinks=True)
+    before = {p.relative_to(original): p.stat().st_mtime_ns for p in original.rglob("*")}
+
+    # Lightning would forget the stored checkpoint paths (their folder changed), link last-v1.ckpt and
+    # leave last.ckpt at epoch 0, which the next ckpt_path=last would resume from again.
+    train(make_config(overrides=[*EVERY_EPOCH_BEST, "trainer.max_epochs=2",
+                                 f"ckpt_path={copy / 'checkpoints' / 'last.ckpt'}"], run_dir=copy))
+    assert checkpoint_files(copy) == {"epoch_001.ckpt": "file", "last.ckpt": "-> epoch_001.ckpt"}  # epoch 0 pruned
+    resumed = train(make_config(overrides=[*EVERY_EPOCH_BEST, "trainer.max_epochs=3", "ckpt_path=last"], run_dir=copy))
+    assert resumed["global_step"] == 21 and saved_step(copy / "checkpoints" / "last.ckpt") == 21
+    assert checkpoint_files(copy) == {"epoch_002.ckpt": "file", "last.ckpt": "-> epoch_002.ckpt"}
+
+    # Another run's checkpoint starting a new run: its files are neither adopted nor deleted.
+    train(make_config(overrides=[*EVERY_EPOCH_BEST, "trainer.max_epochs=4",
+                                 f"ckpt_path={original / 'checkpoints' / 'last.ckpt'}"], run_dir=other))
+    assert checkpoint_files(other) == {"epoch_003.ckpt": "file", "last.ckpt": "-> epoch_003.ckpt"}
+    assert {p.relative_to(original): p.stat().st_mtime_ns for p in original.rglob("*")} == before
+    assert checkpoint_files(original) == {"epoch_000.ckpt": "file", "last.ckpt": "-> epoch_000.ckpt"}
+
+
+def test_last_ckpt_holds_the_last_epoch_when_it_is_not_the_best(make_config, tmp_path: Path):
+    run_dir = tmp_path / "a"
+    first_best = [*QUICK, "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"]
+    train(make_config(overrides=[*first_best, "trainer.max_epochs=2"], run_dir=run_dir))
+    # Lightning would link last.ckpt to epoch_000.ckpt, the newest top-k file, and a resume would redo epoch 1.
+    assert checkpoint_files(run_dir) == {"epoch_000.ckpt": "file", "last.ckpt": "file"}
+    assert saved_step(run_dir / "checkpoints" / "last.ckpt") == 14
+    resumed = train(make_config(overrides=[*first_best, "trainer.max_epochs=3", "ckpt_path=last"], run_dir=run_dir))
+    assert resumed["global_step"] == 21 and saved_step(run_dir / "checkpoints" / "last.ckpt") == 21
+    assert saved_step(run_dir / "checkpoints" / "epoch_000.ckpt") == 7  # the best epoch's file is untouched

@@ -4,7 +4,7 @@ A run's median of per-round ratios is known to a few points at best (the host's 
 from round to round), so a target near the line needs more rounds than one run holds. Runs of
 the same setup on the same machine can be pooled round by round: the pooled median and its
 bootstrap interval then rest on every run's rounds. Runs of different setups cannot, so the
-setups are compared first.
+setups are compared first; and a run given twice would count its rounds twice, so it is refused.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from cnnlab.benchmark.rounds import format_ratio, median_interval
 from cnnlab.errors import ConfigValueError, InputNotFoundError
 
 RESULTS_FILE = "benchmark.json"
 # What must be the same for the rounds of two runs to measure the same thing.
-SETUP_KEYS = ("model", "data", "batch_size", "device", "host", "torch", "precision", "optimizer", "channels_last",
-              "host_malloc", "augmentation")
+SETUP_KEYS = ("model", "data", "image_size", "batch_size", "device", "host", "torch", "precision", "optimizer",
+              "channels_last", "host_malloc", "augmentation")
 
 
 @dataclass
@@ -31,6 +33,7 @@ class BenchmarkRun:
     path: Path
     header: dict[str, Any]
     ratios_per_round: dict[str, list[float]]
+    file: Path  # its benchmark.json, links resolved
 
     @property
     def window_setup(self) -> str:
@@ -50,14 +53,19 @@ class PooledRatio:
 
 
 def load_run(path: Path) -> BenchmarkRun:
-    """A run from its folder (or its ``benchmark.json``)."""
+    """A run from its folder (or its ``benchmark.json``).
+
+    ``benchmark.json`` does not record the image size; it is read from the run's Hydra record
+    (``.hydra/config.yaml``, ``data.image_size``) where there is one, and is None otherwise.
+    """
     file = path / RESULTS_FILE if path.is_dir() else path
     if not file.is_file():
         raise InputNotFoundError(f"no {RESULTS_FILE} at {path}: give a benchmark run folder "
                                  f"(logs/benchmark/runs/<run>) or its {RESULTS_FILE}")
     try:
         results = json.loads(file.read_text())
-        return BenchmarkRun(file.parent, results["header"], results["ratios_per_round"])
+        header = {"image_size": _image_size(file.parent), **results["header"]}
+        return BenchmarkRun(file.parent, header, results["ratios_per_round"], file.resolve())
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ConfigValueError(f"{file} is not a benchmark report ({type(error).__name__}: {error}); "
                                f"was the run interrupted before it wrote its results?") from error
@@ -66,11 +74,19 @@ def load_run(path: Path) -> BenchmarkRun:
 def pool(runs: list[BenchmarkRun]) -> list[PooledRatio]:
     """Every ratio the runs share, per run and pooled over all their rounds.
 
-    Raises ConfigValueError when two runs differ in setup (model, data, precision, machine ...)
-    or in their windows' length, naming the difference.
+    Raises ConfigValueError when a run is given twice (the same ``benchmark.json``, or a copy of
+    it), or when two runs differ in setup (model, data, image size, precision, machine ...) or in
+    their windows' length, naming the difference.
     """
     if not runs:
         raise ConfigValueError("no benchmark runs to pool")
+    for i, run in enumerate(runs):
+        for earlier in runs[:i]:
+            copy = (run.header, run.ratios_per_round) == (earlier.header, earlier.ratios_per_round)
+            if run.file == earlier.file or copy:
+                given = f"one {RESULTS_FILE}" if run.file == earlier.file else f"identical {RESULTS_FILE} files"
+                raise ConfigValueError(f"{run.path} and {earlier.path} are the same run ({given}): its rounds "
+                                       f"would count twice; give each run once")
     first = runs[0]
     for run in runs[1:]:
         for key in SETUP_KEYS:
@@ -97,7 +113,8 @@ def pool(runs: list[BenchmarkRun]) -> list[PooledRatio]:
 def to_markdown(runs: list[BenchmarkRun], pooled: list[PooledRatio]) -> str:
     """A table of each ratio per run and pooled: the median with its 95% bootstrap interval."""
     header = runs[0].header
-    lines = [f"# {len(runs)} benchmark runs pooled: {header.get('model')} on {header.get('data')}, "
+    size = f" at {header['image_size']}x{header['image_size']}" if header.get("image_size") else ""
+    lines = [f"# {len(runs)} benchmark runs pooled: {header.get('model')} on {header.get('data')}{size}, "
              f"batch {header.get('batch_size')}, {header.get('precision')}", "",
              f"- device: {header.get('device')}; host: {header.get('host')}; torch {header.get('torch')}"]
     lines += [f"- run {i}: {run.path} ({run.header.get('date', '?')}): `{run.header.get('command', '?')}`"
@@ -110,6 +127,13 @@ def to_markdown(runs: list[BenchmarkRun], pooled: list[PooledRatio]) -> str:
         lines.append(f"| {ratio.name} | " + " | ".join(cells)
                      + f" | {_cell(ratio.name, ratio.median, ratio.interval)} | {ratio.rounds} |")
     return "\n".join(lines) + "\n"
+
+
+def _image_size(folder: Path) -> int | None:
+    record = folder / ".hydra" / "config.yaml"
+    if not record.is_file():
+        return None
+    return OmegaConf.select(OmegaConf.load(record), "data.image_size", throw_on_resolution_failure=False)
 
 
 def _cell(name: str, median: float, interval: tuple[float, float]) -> str:

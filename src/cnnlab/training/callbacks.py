@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 CHECKPOINT_KEY = "cnnlab"
 CHECKPOINT_FORMAT = 1
@@ -25,6 +26,59 @@ class RunRecordInCheckpoint(Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.record
+
+
+class RunFolderCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, with ``last.ckpt`` always the newest epoch, also in a moved or copied run folder.
+
+    A checkpoint stores the callback's folder and its files' paths (the top-k files, ``last.ckpt``).
+    Lightning restores those paths only when the folder is unchanged: resumed in a moved or copied
+    run folder, it forgets them, so ``save_last: link`` writes ``last-v1.ckpt`` beside a stale
+    ``last.ckpt`` (the next ``ckpt_path=last`` redoes finished epochs) and the old top-k files are
+    never pruned. Here the stored paths under the stored folder are moved to this callback's folder
+    when every one of those files is there, i.e. the folder is the same run's. A checkpoint of
+    another run, starting a new run elsewhere, finds none of its files here: this callback then
+    neither adopts nor deletes them (Lightning's behaviour, and its warning).
+
+    With ``save_last: link`` and a monitored top-k, Lightning 2.6 links ``last.ckpt`` to the newest
+    top-k file, an earlier epoch's when the last epoch was not among the best, so a resume from it
+    would redo epochs. At such an epoch ``last.ckpt`` is written as a file of its own instead.
+    """
+
+    @property
+    def state_key(self) -> str:
+        """Lightning's key for ModelCheckpoint's state, so runs checkpointed with either class resume with the other."""
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the callback's state, its paths moved to this folder where the run's files moved with it."""
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            state_dict = _reroot(state_dict, old, self.dirpath) or state_dict
+        super().load_state_dict(state_dict)
+        # Lightning updates last.ckpt at an epoch without a new top-k file only once this is set in the session.
+        self._last_checkpoint_saved = self._last_checkpoint_saved or self.last_model_path
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        # Lightning 2.6 links last.ckpt to the newest top-k file even when that holds an earlier epoch
+        # (the last epoch was not the best): last.ckpt is then written as a file of its own.
+        if self.save_last == "link" and self._last_global_step_saved != trainer.global_step:
+            self._last_checkpoint_saved = ""
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+
+
+def _reroot(state: dict[str, Any], old: str, new: str) -> dict[str, Any] | None:
+    """``state`` with its checkpoint paths under ``old`` moved to ``new``, or None unless all of them exist there."""
+    keys = [key for key in ("best_model_path", "kth_best_model_path", "last_model_path") if state.get(key)]
+    best_k = state.get("best_k_models") or {}
+    moved = {}
+    for path in {state[key] for key in keys} | set(best_k):
+        relative = os.path.relpath(path, old)
+        if relative.startswith(os.pardir) or not os.path.lexists(os.path.join(new, relative)):
+            return None
+        moved[path] = os.path.join(new, relative)
+    return {**state, "dirpath": new, **{key: moved[state[key]] for key in keys},
+            "best_k_models": {moved[path]: score for path, score in best_k.items()}}
 
 
 class EpochTimer(Callback):
