@@ -123,9 +123,15 @@ def _ensure_network_takes(model: ImageClassifier, image_size: int, trained_size:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8))
     except (RuntimeError, ValueError) as error:  # what torch raises for a shape a layer cannot take
-        raise CheckpointError(
-            f"the network in {ckpt_path} was trained on {trained_size}x{trained_size} images and cannot take "
-            f"data.image_size={image_size} ({(str(error).splitlines() or [''])[0]}); leave data.image_size out "
-            f"to evaluate at the trained size"
-        ) from error
+        raise wrong_size_error(ckpt_path, trained_size, image_size, error, "evaluate") from error
     log.warning("evaluating at data.image_size=%d; the network was trained at %d", image_size, trained_size)
+
+
+def wrong_size_error(ckpt_path: str | Path, trained_size: int, image_size: int, error: Exception,
+                     task: str) -> CheckpointError:
+    """The error for a network trained at ``trained_size`` that cannot take ``image_size`` (``error`` is torch's)."""
+    return CheckpointError(
+        f"the network in {ckpt_path} was trained on {trained_size}x{trained_size} images and cannot take "
+        f"data.image_size={image_size} ({(str(error).splitlines() or [''])[0]}); leave data.image_size out "
+        f"to {task} at the trained size"
+    )

@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
-from cnnlab.errors import CheckpointError, InputNotFoundError, LayerNotFoundError
-from cnnlab.tasks.evaluate import ensure_same_classes, preprocess_as_trained
+from cnnlab.errors import InputNotFoundError, LayerNotFoundError
+from cnnlab.tasks.evaluate import ensure_same_classes, preprocess_as_trained, wrong_size_error
 from cnnlab.tasks.inference import TrainedNetwork, class_probabilities, load_trained_network, positive_count, read_image
 from cnnlab.utils.config import ensure_values_set, run_folder
 from cnnlab.utils.io import atomic_write_json
@@ -66,11 +66,7 @@ def _predict_one(trained: TrainedNetwork, batch: Tensor) -> Tensor:
     except (RuntimeError, ValueError) as error:  # what torch raises for a shape a layer cannot take
         if size == trained.image_size:
             raise
-        raise CheckpointError(
-            f"the network in {trained.ckpt_path} was trained on {trained.image_size}x{trained.image_size} images "
-            f"and cannot take data.image_size={size} ({(str(error).splitlines() or [''])[0]}); leave "
-            f"data.image_size out to use the trained size"
-        ) from error
+        raise wrong_size_error(trained.ckpt_path, trained.image_size, size, error, "visualize") from error
     if size != trained.image_size:
         log.warning("visualizing at data.image_size=%d; the network was trained at %d", size, trained.image_size)
     return probabilities
