@@ -14,6 +14,7 @@ from cnnlab.data.folder import decode_image_file
 from cnnlab.errors import CheckpointError, ConfigValueError, CorruptImageError, InputNotFoundError
 from cnnlab.training.callbacks import CHECKPOINT_KEY
 from cnnlab.training.classifier import ImageClassifier
+from cnnlab.utils.cuda_check import GPU_KINDS, gpu_present
 
 
 @dataclass
@@ -75,10 +76,8 @@ def ensure_device_available(device: str) -> None:
     except (RuntimeError, TypeError) as error:
         raise ConfigValueError(f"device={device} is not a device torch knows ({error}); use device=cpu or "
                                f"device=cuda (device=cuda:1 for the second GPU)") from error
-    present = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(kind, lambda: True)()
-    if not present:
-        raise ConfigValueError(f"device={device}, but this machine has no {'CUDA' if kind == 'cuda' else 'Apple (MPS)'} "
-                               f"GPU; run on the CPU with device=cpu")
+    if kind in GPU_KINDS and not (found := gpu_present(kind))[0]:
+        raise ConfigValueError(f"device={device}, but this machine has no {found[1]}; run on the CPU with device=cpu")
 
 
 def positive_count(value: object, name: str) -> int:

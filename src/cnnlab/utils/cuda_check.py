@@ -40,6 +40,23 @@ def skip_unloadable_nvml_check() -> bool:
     return False
 
 
+GPU_KINDS = ("cuda", "mps", "gpu")
+
+
+def gpu_present(kind: str) -> tuple[bool, str]:
+    """Whether this machine has the GPU ``kind`` names (``cuda``, ``mps``, or ``gpu`` for either), and its name in words.
+
+    Only the kind named is queried: asking CUDA costs a driver probe.
+    """
+    if kind == "cuda":
+        return torch.cuda.is_available(), "CUDA GPU"
+    if kind == "mps":
+        return torch.backends.mps.is_available(), "Apple GPU (MPS)"
+    if kind == "gpu":
+        return torch.cuda.is_available() or torch.backends.mps.is_available(), "CUDA or Apple (MPS) GPU"
+    raise ValueError(f"not a GPU kind: {kind!r}; one of {GPU_KINDS}")
+
+
 def ensure_accelerator_available(accelerator: str) -> None:
     """Fail before any work when ``trainer.accelerator`` asks for a GPU this machine does not have.
 
@@ -47,14 +64,9 @@ def ensure_accelerator_available(accelerator: str) -> None:
     Other accelerators (``cpu``, ``auto``) are left to Lightning, and no device is queried for them.
     """
     accelerator = str(accelerator).lower()
-    if accelerator == "cuda":
-        present, wanted = torch.cuda.is_available(), "CUDA GPU"
-    elif accelerator == "mps":
-        present, wanted = torch.backends.mps.is_available(), "Apple GPU (MPS)"
-    elif accelerator == "gpu":
-        present, wanted = torch.cuda.is_available() or torch.backends.mps.is_available(), "CUDA or Apple (MPS) GPU"
-    else:
+    if accelerator not in GPU_KINDS:
         return
+    present, wanted = gpu_present(accelerator)
     if not present:
         raise ConfigValueError(
             f"trainer.accelerator={accelerator}, but this machine has no {wanted}. Train on the CPU with "
