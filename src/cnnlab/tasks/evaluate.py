@@ -16,7 +16,7 @@ from cnnlab.errors import CheckpointError
 from cnnlab.tasks.results import metric_values, write_metrics
 from cnnlab.training.callbacks import CHECKPOINT_KEY
 from cnnlab.training.classifier import ImageClassifier
-from cnnlab.utils.config import instantiate_all, print_config, run_folder
+from cnnlab.utils.config import RESULTS_FILE, instantiate_all, print_config, run_folder
 from cnnlab.utils.cuda_check import ensure_accelerator_available
 from cnnlab.utils.host_memory import keep_freed_memory
 
@@ -62,7 +62,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(model, datamodule=datamodule)
     results: dict[str, Any] = metric_values(trainer.callback_metrics, prefixes=("test/",))
     results.update(model.parameter_counts(), ckpt_path=str(Path(cfg.ckpt_path).resolve()))
-    write_metrics(output_dir / "metrics.json", results)
+    write_metrics(output_dir / RESULTS_FILE, results)
     return results
 
 

@@ -21,9 +21,9 @@ from typing import Any
 import yaml
 
 from cnnlab.errors import ConfigValueError
+from cnnlab.utils.config import RESULTS_FILE
 from cnnlab.utils.io import atomic_write
 
-RESULTS_FILE = "metrics.json"
 DEFAULT_METRIC = "val/acc_best"
 DIRECTIONS = ("maximize", "minimize")
 # Metrics shown in the Markdown table after the optimised one, when the jobs have them (the CSV has all).

@@ -48,6 +48,7 @@ def register_resolvers() -> None:
 
 
 CHECKPOINTS_FOLDER = "checkpoints"
+RESULTS_FILE = "metrics.json"  # a run's final metrics, in its folder
 
 
 # How to fill each value the configs leave open (``???``), for the error when one is not given.

@@ -10,9 +10,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cnnlab.errors import RunDirectoryInUseError
-from cnnlab.utils.config import CHECKPOINTS_FOLDER, process_rank
+from cnnlab.utils.config import CHECKPOINTS_FOLDER, RESULTS_FILE, process_rank
 
-RESULTS_FILE = "metrics.json"
 LAST_CHECKPOINT = "last.ckpt"
 
 
