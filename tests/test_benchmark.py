@@ -99,6 +99,12 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
     ("benchmark.split_overhead=flase", "benchmark.split_overhead must be true or false, got 'flase'"),
     ("benchmark.paired_steps=-5", "benchmark.paired_steps must be 0 \\(off\\) or at least 2 pairs, got -5"),
     ("benchmark.paired_steps=1", "benchmark.paired_steps must be 0 \\(off\\) or at least 2 pairs, got 1"),
+    # Settings that would change only the Trainer's step, which the report would call Lightning's overhead.
+    ("trainer.accumulate_grad_batches=4", "does not take trainer.accumulate_grad_batches=4 \\(one optimizer step per"),
+    ("trainer.gradient_clip_val=1.0", "does not take trainer.gradient_clip_val=1.0 \\(clipping"),
+    ("trainer.profiler=simple", "does not take trainer.profiler \\(a profiler's cost per hook\\)"),
+    ("trainer=ddp_cpu", "does not take trainer.devices=2 trainer.num_nodes=1 \\(several processes"),
+    ("trainer.limit_train_batches=3", "does not take trainer.limit_train_batches=3 \\(the whole epoch would not be whole"),
 ])
 def test_a_bad_benchmark_setting_is_named(make_config, override, message):
     with pytest.raises(ConfigValueError, match=message):

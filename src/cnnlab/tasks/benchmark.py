@@ -353,6 +353,39 @@ def _format_report(rows: list[Measurement], summary: dict[str, tuple[str, str, s
     return "\n".join(lines) + "\n"
 
 
+def ensure_same_step_on_every_path(trainer_cfg: DictConfig) -> None:
+    """Refuse trainer settings that would make the Trainer's step another step than the other paths'.
+
+    The bare loop and the compute-only path step the optimizer on every batch, without clipping
+    or profiling, in one process, and the epoch is timed whole: a setting that changes only the
+    Trainer's side would be reported as Lightning's overhead.
+    """
+    changed = []
+    if trainer_cfg.get("accumulate_grad_batches", 1) != 1:
+        changed.append(f"trainer.accumulate_grad_batches={trainer_cfg.accumulate_grad_batches} (one optimizer step per "
+                       f"several batches)")
+    if trainer_cfg.get("gradient_clip_val"):
+        changed.append(f"trainer.gradient_clip_val={trainer_cfg.gradient_clip_val} (clipping, and an unfused optimizer "
+                       f"under mixed precision)")
+    profiler = trainer_cfg.get("profiler")
+    if profiler is not None and not (isinstance(profiler, DictConfig) and str(profiler.get("_target_", "")).endswith("NoProfiler")):
+        changed.append("trainer.profiler (a profiler's cost per hook)")
+    devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
+    if str(devices) not in ("1", "auto") or nodes != 1:
+        changed.append(f"trainer.devices={devices} trainer.num_nodes={nodes} (several processes: every path would run "
+                       f"in each, the Trainer's with gradient all-reduce)")
+    for limit in ("limit_train_batches", "limit_val_batches"):
+        if trainer_cfg.get(limit) is not None:
+            changed.append(f"trainer.{limit}={trainer_cfg[limit]} (the whole epoch would not be whole; "
+                           f"benchmark.steps and benchmark.rounds set the windows, benchmark.epoch=false skips the epoch)")
+    if changed:
+        raise ConfigValueError(
+            "the benchmark times the same training step on every path in one process, so it does not take "
+            + "; ".join(changed) + ". Leave these at the defaults of conf/trainer/default.yaml (trainer=gpu or "
+            "trainer=cpu choose the device)"
+        )
+
+
 def benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Run every path, print the table, write ``benchmark.json`` and ``benchmark.md`` in the run folder."""
     ensure_values_set(cfg)
@@ -368,6 +401,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     if isinstance(paired_steps, bool) or not isinstance(paired_steps, int) or paired_steps < 0 or paired_steps == 1:
         # A standard error needs two pairs at least.
         raise ConfigValueError(f"benchmark.paired_steps must be 0 (off) or at least 2 pairs, got {paired_steps!r}")
+    ensure_same_step_on_every_path(cfg.trainer)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed)
     datamodule: InMemoryImageDataModule = instantiate(cfg.data)
