@@ -115,3 +115,16 @@ def test_per_class_test_accuracy_leaves_out_a_class_without_test_images():
         assert results[f"test/acc_class/{name}"] == pytest.approx(sum(hits) / len(hits)), name
     assert "test/acc_class/dog" not in results
     assert results["test/acc"] == pytest.approx((predicted == labels).float().mean().item())
+
+
+def test_label_smoothing_shapes_the_training_loss_and_not_the_test_loss():
+    torch.manual_seed(0)
+    model = ImageClassifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, len(CLASSES))), len(CLASSES),
+                            label_smoothing=0.2, class_names=CLASSES)
+    test = batches(1, seed=3)
+    (results,) = trainer().test(model, dataloaders=test, verbose=False)
+    (batch,) = list(test)
+    with torch.no_grad():
+        logits = model(batch.images)
+    assert results["test/loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, batch.labels).item(), rel=1e-6)
+    assert model.criterion(logits, batch.labels).item() != pytest.approx(results["test/loss"], rel=1e-3)

@@ -44,7 +44,7 @@ class ImageClassifier(L.LightningModule):
             filled with the run's length in steps or epochs, per ``scheduler_interval``; a
             resumed run must then be as long as the run it continues.
         scheduler_interval: ``step`` or ``epoch``: when the scheduler advances.
-        label_smoothing: label smoothing of the cross-entropy loss.
+        label_smoothing: label smoothing of the training loss (val/test loss is the plain cross-entropy).
         class_names: names for per-class metrics; defaults to the class indices.
         flip_tta: at validation and test, average the logits of each image and its mirror image.
         channels_last: keep weights and activations in channels-last memory order (faster
@@ -78,6 +78,8 @@ class ImageClassifier(L.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # val/test loss is the plain cross-entropy, so runs with other label smoothing compare on it.
+        self.eval_criterion = nn.CrossEntropyLoss()
         self.train_loss = MeanMetric()
         self.train_metrics = TopKAccuracy(num_classes, (1, 5), prefix="train/")
         self.val_metrics = TopKAccuracy(num_classes, (1, 5), prefix="val/")
@@ -129,7 +131,8 @@ class ImageClassifier(L.LightningModule):
             logits = self.net.forward_cached(batch.images, batch.indices, split, fingerprint, size)
         else:
             logits = self(batch.images)
-        return self.criterion(logits, batch.labels), logits, batch.labels
+        criterion = self.criterion if split == "train" else self.eval_criterion
+        return criterion(logits, batch.labels), logits, batch.labels
 
     def on_fit_start(self) -> None:
         if getattr(self.net, "cache_features", False):
