@@ -235,3 +235,30 @@ def test_paired_steps_time_each_trainer_step_apart_from_its_bare_step(tmp_path):
     # The second phase's Trainer steps ran without the other callbacks, which came back afterwards.
     assert counter.seen == trainer.global_step - (2 + 3)
     assert trainer.callbacks[:2] == [counter, paired] and trainer.loggers == [logger]
+
+
+@pytest.mark.parametrize("in_batch_folder", [False, True], ids=["data.root", "data.root=cifar-10-batches-py"])
+def test_the_plain_loop_reads_cifar_that_torchvision_refuses_from_memory(tmp_path, caplog, in_batch_folder):
+    # torchvision checks each file's MD5 against the official archive's: it refuses test data
+    # (and re-pickled copies) that the data module reads fine.
+    import logging
+
+    from cnnlab.benchmark.plain_loop import InMemoryPILDataset, reference_datasets
+    from cnnlab.data.cifar10 import CIFAR10DataModule
+    from conftest import write_cifar_batches
+
+    root = write_cifar_batches(tmp_path / "cifar")
+    datamodule = CIFAR10DataModule(root=str(root / "cifar-10-batches-py" if in_batch_folder else root),
+                                   download=False, val_split=20)
+    datamodule.setup("fit")
+    caplog.set_level(logging.WARNING, logger="cnnlab.benchmark.plain_loop")
+    datasets = reference_datasets(datamodule, 32)
+    (name, dataset), = datasets.items()
+    assert name == "plain loop (in-memory PIL, like CIFAR10)" and isinstance(dataset, InMemoryPILDataset)
+    assert len(dataset) == 5 * 24 - 20
+    image, label = dataset[0]
+    assert image.shape == (3, 32, 32) and label == datamodule.train_split.labels[0].item()
+    # torchvision was given the folder holding cifar-10-batches-py, also when data.root is that folder.
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert warning.startswith(f"torchvision's CIFAR10 refuses {root} (Dataset not found or corrupted")
+    assert "reads the same images from memory instead" in warning
