@@ -115,3 +115,46 @@ def test_runs_of_different_image_sizes_are_refused(two_runs, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "pool_benchmarks.py"), str(copies["a"]),
                            str(copies["b"])], capture_output=True, text=True, check=True)
     assert "# 2 benchmark runs pooled: SimpleCNN on SyntheticDataModule at 32x32, batch 16, 32-true" in done.stdout
+
+
+def test_runs_of_different_settings_in_their_hydra_records_are_refused(two_runs, tmp_path):
+    # Both headers say 'SimpleCNN': simple_cnn and simple_cnn_bn differ only in their settings,
+    # which the runs' Hydra records (.hydra/config.yaml) hold.
+    def record(batch_norm="true", root="/data/a", workers=0, clip="null", lr=0.001, momentum=0.9) -> str:
+        return (f"model:\n  _target_: cnnlab.models.simple_cnn.SimpleCNN\n  input_size: ${{data.image_size}}\n"
+                f"  batch_norm: {batch_norm}\nclassifier:\n  label_smoothing: 0.0\n"
+                f"optimizer:\n  _target_: torch.optim.SGD\n  lr: {lr}\n  momentum: {momentum}\n"
+                f"data:\n  root: {root}\n  image_size: 32\n  num_workers: {workers}\n"
+                f"  cache_dir: /cache/{workers}\n  decode_workers: {workers}\n"
+                f"trainer:\n  precision: 32-true\n  gradient_clip_val: {clip}\n  max_epochs: {workers}\n"
+                f"session: ${{resume_session:${{ckpt_path}},${{paths.output_dir}}}}\n")
+
+    copies = []
+    for (path, _), name in zip(two_runs, "ab", strict=True):
+        copies.append(tmp_path / name)
+        shutil.copytree(path, copies[-1])
+        (copies[-1] / ".hydra").mkdir()
+    first, second = (run / ".hydra" / "config.yaml" for run in copies)
+    first.write_text(record())
+
+    def refusal(**settings) -> str:
+        second.write_text(record(**settings))
+        with pytest.raises(ConfigValueError) as refused:
+            pool([load_run(copies[0]), load_run(copies[1])])
+        return str(refused.value)
+
+    assert (f"{copies[1]} and {copies[0]} ran different setups (model.batch_norm: False against True); "
+            f"pool only runs of one command on one machine") in refusal(batch_norm="false")
+    assert "(data.root: '/data/b' against '/data/a')" in refusal(root="/data/b")  # another folder is other data
+    assert ("(optimizer.lr: 0.1 against 0.001; optimizer.momentum: 0.0 against 0.9; data.root: '/b' against "
+            "'/data/a'; and 1 more)") in refusal(clip=1.0, lr=0.1, momentum=0.0, root="/b")
+    # Where and how fast the data loads, and settings outside the compared ones, may differ.
+    second.write_text(record(workers=4))
+    assert pool([load_run(copies[0]), load_run(copies[1])])[0].rounds == 5
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "pool_benchmarks.py"), *map(str, copies)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "# 2 benchmark runs pooled: SimpleCNN" in done.stdout
+    # Runs without records are compared by their headers alone, as before.
+    first.unlink()
+    second.unlink()
+    assert pool([load_run(copies[0]), load_run(copies[1])])[0].rounds == 5

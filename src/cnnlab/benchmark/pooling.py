@@ -24,6 +24,22 @@ RESULTS_FILE = "benchmark.json"
 # What must be the same for the rounds of two runs to measure the same thing.
 SETUP_KEYS = ("model", "data", "image_size", "batch_size", "device", "host", "torch", "precision", "optimizer",
               "channels_last", "host_malloc", "augmentation")
+# The same from the run's Hydra record, where it has one: the header names the model's class and
+# the data's, not their settings (simple_cnn and simple_cnn_bn are both 'SimpleCNN'). Data
+# settings that only say where or how fast the data loads are left out; data.root is not one
+# of them: another folder is other data.
+RECORD_SECTIONS = ("model", "classifier", "optimizer", "data")
+RECORD_KEYS = ("trainer.precision", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
+LOADING_KEYS = frozenset({"data.num_workers", "data.cache_dir", "data.decode_workers"})
+DIFFERENCES_NAMED = 3
+
+
+class _NotSet:
+    def __repr__(self) -> str:
+        return "not set"
+
+
+NOT_SET = _NotSet()
 
 
 @dataclass
@@ -34,6 +50,7 @@ class BenchmarkRun:
     header: dict[str, Any]
     ratios_per_round: dict[str, list[float]]
     file: Path  # its benchmark.json, links resolved
+    setup: dict[str, Any] | None = None  # the record's settings by dotted key; None without a record
 
     @property
     def window_setup(self) -> str:
@@ -55,8 +72,9 @@ class PooledRatio:
 def load_run(path: Path) -> BenchmarkRun:
     """A run from its folder (or its ``benchmark.json``).
 
-    ``benchmark.json`` does not record the image size; it is read from the run's Hydra record
-    (``.hydra/config.yaml``, ``data.image_size``) where there is one, and is None otherwise.
+    ``benchmark.json`` does not record the image size nor the model's, data's and optimizer's
+    settings; they are read from the run's Hydra record (``.hydra/config.yaml``) where there is
+    one, and are None otherwise.
     """
     file = path / RESULTS_FILE if path.is_dir() else path
     if not file.is_file():
@@ -64,8 +82,9 @@ def load_run(path: Path) -> BenchmarkRun:
                                  f"(logs/benchmark/runs/<run>) or its {RESULTS_FILE}")
     try:
         results = json.loads(file.read_text())
-        header = {"image_size": _image_size(file.parent), **results["header"]}
-        return BenchmarkRun(file.parent, header, results["ratios_per_round"], file.resolve())
+        image_size, setup = _read_record(file.parent)
+        header = {"image_size": image_size, **results["header"]}
+        return BenchmarkRun(file.parent, header, results["ratios_per_round"], file.resolve(), setup)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ConfigValueError(f"{file} is not a benchmark report ({type(error).__name__}: {error}); "
                                f"was the run interrupted before it wrote its results?") from error
@@ -75,8 +94,9 @@ def pool(runs: list[BenchmarkRun]) -> list[PooledRatio]:
     """Every ratio the runs share, per run and pooled over all their rounds.
 
     Raises ConfigValueError when a run is given twice (the same ``benchmark.json``, or a copy of
-    it), or when two runs differ in setup (model, data, image size, precision, machine ...) or in
-    their windows' length, naming the difference.
+    it), or when two runs differ in setup (model, data, image size, precision, machine ...; with
+    Hydra records, any model, classifier, optimizer or data setting) or in their windows' length,
+    naming the difference.
     """
     if not runs:
         raise ConfigValueError("no benchmark runs to pool")
@@ -94,6 +114,16 @@ def pool(runs: list[BenchmarkRun]) -> list[PooledRatio]:
                 raise ConfigValueError(
                     f"{run.path} and {first.path} ran different setups ({key}: {run.header.get(key)!r} against "
                     f"{first.header.get(key)!r}); pool only runs of one command on one machine")
+        if run.setup is not None and first.setup is not None:
+            keys = dict.fromkeys([*first.setup, *run.setup])
+            differ = [key for key in keys if run.setup.get(key, NOT_SET) != first.setup.get(key, NOT_SET)]
+            if differ:
+                named = "; ".join(f"{key}: {run.setup.get(key, NOT_SET)!r} against {first.setup.get(key, NOT_SET)!r}"
+                                  for key in differ[:DIFFERENCES_NAMED])
+                more = f"; and {len(differ) - DIFFERENCES_NAMED} more" if len(differ) > DIFFERENCES_NAMED else ""
+                raise ConfigValueError(
+                    f"{run.path} and {first.path} ran different setups ({named}{more}); pool only runs of one "
+                    f"command on one machine (their settings are in each run's .hydra/config.yaml)")
         if run.window_setup != first.window_setup:
             raise ConfigValueError(f"{run.path} and {first.path} timed different windows ({run.window_setup!r} "
                                    f"against {first.window_setup!r}); pool only runs with the same benchmark.steps "
@@ -129,11 +159,28 @@ def to_markdown(runs: list[BenchmarkRun], pooled: list[PooledRatio]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _image_size(folder: Path) -> int | None:
+def _read_record(folder: Path) -> tuple[int | None, dict[str, Any] | None]:
+    """The image size and the settings to compare by dotted key, from the run's Hydra record."""
     record = folder / ".hydra" / "config.yaml"
     if not record.is_file():
-        return None
-    return OmegaConf.select(OmegaConf.load(record), "data.image_size", throw_on_resolution_failure=False)
+        return None, None
+    config = OmegaConf.load(record)
+    image_size = OmegaConf.select(config, "data.image_size", throw_on_resolution_failure=False)
+    setup: dict[str, Any] = {}
+    # Unresolved: interpolations (${data.image_size}, ${paths...}) compare as written, and
+    # resolvers that only the training script registers are not needed here.
+    written = OmegaConf.to_container(config, resolve=False)
+    for section in RECORD_SECTIONS:
+        setup.update(_flatten(section, written.get(section, NOT_SET)))
+    for key in RECORD_KEYS:
+        setup[key] = OmegaConf.select(config, key, default=NOT_SET, throw_on_resolution_failure=False)
+    return image_size, {key: value for key, value in setup.items() if key not in LOADING_KEYS}
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        return {key: leaf for name, item in value.items() for key, leaf in _flatten(f"{prefix}.{name}", item).items()}
+    return {prefix: value}
 
 
 def _cell(name: str, median: float, interval: tuple[float, float]) -> str:
