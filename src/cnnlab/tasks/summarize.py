@@ -33,7 +33,6 @@ TABLE_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/acc_to
 # read from these lines, since a run can fail after writing metrics.json.
 FAILED_LOG_MARK = "training failed: "
 FINISHED_LOG_MARK = "results in "  # the last line, after metrics.json is written
-FAILURE_MARK = FAILED_LOG_MARK
 FINISHED_MARK = f"] - {FINISHED_LOG_MARK}"  # as the whole message of a log record
 
 
@@ -98,8 +97,8 @@ def logged_outcome(job_dir: Path) -> tuple[str, bool]:
         for line in log_file.read_text(errors="replace").splitlines():
             if FINISHED_MARK in line:
                 failure, finished = "", True
-            elif FAILURE_MARK in line:
-                failure = line.split(FAILURE_MARK, 1)[1].strip()
+            elif FAILED_LOG_MARK in line:
+                failure = line.split(FAILED_LOG_MARK, 1)[1].strip()
     return failure, finished
 
 
