@@ -88,6 +88,19 @@ def test_batches_are_uint8_until_the_device_hook(cifar_root: Path):
     assert sorted(seen.tolist()) == list(range(len(dm.train_split)))  # every training sample once per epoch
 
 
+def test_a_batch_moves_as_its_three_tensors_and_one_already_there_passes_through(cifar_root: Path):
+    dm = cifar(cifar_root, val_split=20, batch_size=16)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert dm.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
+    moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)  # another device, without needing a GPU
+    assert type(moved) is type(batch) and all(t.device.type == "meta" for t in moved)
+    assert [(t.dtype, t.shape) for t in moved] == [(t.dtype, t.shape) for t in batch]
+    # Anything else a hook might hand over still goes through Lightning's generic transfer.
+    other = dm.transfer_batch_to_device({"x": batch.images}, torch.device("meta"), 0)
+    assert other["x"].device.type == "meta"
+
+
 def test_folder_resizes_and_holds_out_val_and_test(image_folder: Path, tmp_path: Path):
     dm = ImageFolderDataModule(str(image_folder), image_size=16, val_split=6, test_split=0.25,
                                cache_dir=str(tmp_path / "cache"))

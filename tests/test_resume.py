@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -183,3 +184,34 @@ def test_last_ckpt_holds_the_last_epoch_when_it_is_not_the_best(make_config, tmp
     resumed = train(make_config(overrides=[*first_best, "trainer.max_epochs=3", "ckpt_path=last"], run_dir=run_dir))
     assert resumed["global_step"] == 21 and saved_step(run_dir / "checkpoints" / "last.ckpt") == 21
     assert saved_step(run_dir / "checkpoints" / "epoch_000.ckpt") == 7  # the best epoch's file is untouched
+
+
+def test_fast_dev_run_leaves_no_checkpoint_for_a_later_resume(make_config, tmp_path: Path):
+    run_dir = tmp_path / "smoke"
+    results = train(make_config(overrides=["debug=fast_dev_run"], run_dir=run_dir))
+    # Lightning 2.6 saved a one-step last.ckpt at the end of a fast_dev_run, which `ckpt_path=last` would resume.
+    assert results["best_checkpoint"] == "" and not list((run_dir / "checkpoints").glob("*"))
+
+
+@pytest.mark.parametrize(("every_n_train_steps", "saved"), [(None, {"epoch_000.ckpt", "epoch_001.ckpt", "last.ckpt"}),
+                                                             (2, {"step_2.ckpt", "step_4.ckpt", "step_6.ckpt"})])
+def test_run_folder_checkpoint_leaves_the_loop_only_when_it_saves_per_epoch(tmp_path: Path, every_n_train_steps,
+                                                                             saved):
+    from lightning.pytorch.callbacks import LambdaCallback
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from cnnlab.training.callbacks import RunFolderCheckpoint
+
+    by_steps = every_n_train_steps is not None
+    checkpoint = RunFolderCheckpoint(dirpath=tmp_path / "checkpoints", save_top_k=-1, save_last=not by_steps,
+                                     filename="step_{step}" if by_steps else "epoch_{epoch:03d}",
+                                     auto_insert_metric_name=False, every_n_train_steps=every_n_train_steps)
+    inside_fit: list[object] = []  # the hook as Lightning's dispatcher sees it
+    look = LambdaCallback(on_train_end=lambda trainer, module: inside_fit.append(checkpoint.on_train_batch_end))
+    trainer = L.Trainer(accelerator="cpu", callbacks=[checkpoint, look], max_epochs=2, limit_train_batches=3,
+                        limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(BoringModel())
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == saved
+    assert (inside_fit[0] is None) is not by_steps  # a per-step saver keeps its hook
+    assert "on_train_batch_end" not in vars(checkpoint)  # after the fit the callback is as it came

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -274,6 +274,18 @@ class InMemoryImageDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_split, train=False)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move a :class:`Batch`'s three tensors to ``device``, or pass it through if it is there already."""
+        # Lightning's default walks any collection looking for tensors, about 20 µs a step on a
+        # 2-core CPU; a Batch's layout is known, and CPU batches and device-resident GPU data
+        # need no move at all.
+        if not isinstance(batch, Batch):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if batch.images.device == device:
+            return batch
+        non_blocking = device.type == "cuda"  # from pinned host memory, overlapping the copy with the step
+        return Batch(*(tensor.to(device, non_blocking=non_blocking) for tensor in batch))
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         training = self.trainer is not None and self.trainer.training
