@@ -27,6 +27,7 @@ from cnnlab.data.folder import decode_image_file
 from cnnlab.errors import CheckpointError, ConfigValueError, InputNotFoundError, LayerNotFoundError
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
+from cnnlab.tasks.evaluate import evaluate
 from cnnlab.tasks.inference import load_trained_network
 from cnnlab.tasks.predict import predict
 from cnnlab.tasks.summary import summary
@@ -162,6 +163,45 @@ def test_training_logs_confusion_matrices_misclassified_filters_feature_maps_and
     assert {"hparams/val/acc_best", "hparams/test/acc"} <= set(scalars)
 
 
+def image_and_scalar_steps(log_dir: Path) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """The steps of every image tag and every scalar tag in the TensorBoard files of ``log_dir``."""
+    images: dict[str, list[int]] = {}
+    scalars: dict[str, list[int]] = {}
+    for events in sorted(log_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["images"]:
+            images.setdefault(tag, []).extend(event.step for event in accumulator.Images(tag))
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(event.step for event in accumulator.Scalars(tag))
+    return images, scalars
+
+
+def test_images_sit_at_the_step_of_the_same_epochs_scalars(cnn_run, tmp_path):
+    images, scalars = image_and_scalar_steps(cnn_run.dir / "tensorboard")
+    val, train, test = scalars["val/acc"], scalars["train/acc"], scalars["test/acc"]
+    assert len(val) == len(train) == EPOCHS and len(test) == 1
+    # An epoch's scalars sit at the step of its last batch, one before global_step at its end,
+    # where the images used to be.
+    assert val == train == [(epoch + 1) * cnn_run.results["global_step"] // EPOCHS - 1 for epoch in range(EPOCHS)]
+    assert images["val/confusion_matrix"] == val
+    due = [val[0], val[2]]  # feature maps and filters every 2nd epoch: epochs 0 and 2 (the last)
+    assert images["feature_maps/inputs"] == due[:1]
+    for index in range(4):
+        assert images[f"feature_maps/features.0/image_{index}"] == due
+    assert images["filters/features.0"] == [train[0], train[2]]
+    assert images["test/confusion_matrix"] == images["test/misclassified"] == test
+
+    # Test alone, as scripts/eval.py runs it: a fresh trainer, so test/acc and the images at step 0.
+    evaluate(compose_config("eval", [
+        f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'eval'}", f"ckpt_path={cnn_run.ckpt}",
+        "trainer=cpu", "+trainer.enable_progress_bar=false", "logger=tensorboard", "callbacks=default",
+        "~callbacks.progress_bar", "callbacks.misclassified.max_images=5",
+    ]))
+    images, scalars = image_and_scalar_steps(tmp_path / "eval" / "tensorboard")
+    assert scalars["test/acc"] == images["test/confusion_matrix"] == images["test/misclassified"] == [0]
+
+
 def test_per_class_validation_accuracy_matches_overall_accuracy(cnn_run):
     datamodule = instantiate(cnn_run.cfg.data)
     datamodule.setup("fit")
@@ -180,8 +220,8 @@ def test_a_class_without_validation_images_gets_no_accuracy_but_its_row_in_the_f
     module = SimpleNamespace(num_classes=3, device=torch.device("cpu"), class_names=["cat", "dog", "empty"],
                              log_dict=lambda values, **kwargs: logged.update({k: float(v) for k, v in values.items()}))
     logger = TensorBoardLogger(tmp_path, name="", version="")
-    trainer = SimpleNamespace(is_global_zero=True, loggers=[logger], current_epoch=0, global_step=7,
-                              sanity_checking=False, max_epochs=1)
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[logger], current_epoch=0, sanity_checking=False,
+                              max_epochs=1, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=7)))
     callback = ConfusionMatrixLogger()
     callback.on_validation_epoch_start(trainer, module)
     logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [5.0, 0, 0], [0, 0, 5.0]])  # no true "empty"; one dog called empty

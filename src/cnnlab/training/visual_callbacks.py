@@ -45,6 +45,20 @@ def tensorboard_writer(trainer: L.Trainer) -> Any | None:
     return None
 
 
+def logger_step(trainer: L.Trainer, train_epoch_end: bool = False) -> int:
+    """The step at which Lightning writes the metrics logged now (``train_epoch_end``: those of the
+    training epoch ending now), so that an image sits at the same x position in TensorBoard as the
+    scalars of the same epoch and stage."""
+    # Lightning's logger connector writes logged metrics at fit_loop.epoch_loop._batches_that_stepped,
+    # as its LearningRateMonitor does; there is no public name for it. trainer.global_step is one
+    # ahead of it during the validation that ends a training epoch (that batch is counted after
+    # validation). After on_train_epoch_end Lightning lowers the counter by one to write the
+    # training epoch's metrics at the step of its last batch, hence train_epoch_end. At test or
+    # validate alone the counter holds what fit left: 0 for a fresh trainer.
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped
+    return step - 1 if train_epoch_end else step
+
+
 def network_of(pl_module: L.LightningModule) -> nn.Module:
     """The network inside a cnnlab classifier (``pl_module.net``), or the module itself."""
     net = getattr(pl_module, "net", None)
@@ -131,7 +145,7 @@ class ConfusionMatrixLogger(Callback):
         writer = tensorboard_writer(trainer)
         if writer is not None:
             figure = confusion_matrix_figure(matrix, names, title=f"{stage} epoch {trainer.current_epoch}")
-            writer.add_image(f"{stage}/confusion_matrix", figure_to_array(figure), trainer.global_step, dataformats="HWC")
+            writer.add_image(f"{stage}/confusion_matrix", figure_to_array(figure), logger_step(trainer), dataformats="HWC")
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if epoch_is_due(trainer, self.every_n_epochs):
@@ -196,7 +210,7 @@ class MisclassifiedImagesLogger(Callback):
         if writer is None or not self._titles:
             return
         figure = image_grid_figure(torch.stack(self._images), self._titles, columns=self.columns)
-        writer.add_image("test/misclassified", figure_to_array(figure), trainer.global_step, dataformats="HWC")
+        writer.add_image("test/misclassified", figure_to_array(figure), logger_step(trainer), dataformats="HWC")
         self._images, self._titles = [], []
 
 
@@ -228,7 +242,8 @@ class ConvFilterLogger(Callback):
             return
         writer = tensorboard_writer(trainer)
         if writer is not None and self._conv is not None:
-            writer.add_image(f"filters/{self._name}", filter_grid_image(self._conv.weight), trainer.global_step)
+            writer.add_image(f"filters/{self._name}", filter_grid_image(self._conv.weight),
+                             logger_step(trainer, train_epoch_end=True))
 
 
 class FeatureMapLogger(Callback):
@@ -288,7 +303,7 @@ class FeatureMapLogger(Callback):
         if maps.ndim != 4:
             rank_zero_warn(f"FeatureMapLogger: layer {self._name!r} outputs shape {tuple(maps.shape)}, not feature maps")
             return
-        step = trainer.global_step
+        step = logger_step(trainer)
         if not self._inputs_logged:
             inputs = self._inputs if self._inputs.dtype == torch.uint8 else (self._inputs.clamp(0, 1) * 255).byte()
             writer.add_image("feature_maps/inputs", make_grid(inputs, nrow=len(inputs)), step)
