@@ -15,7 +15,9 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from test_scripts import run, script_command, train_overrides
 
+from cnnlab.errors import ConfigValueError
 from cnnlab.tasks.train import build_run
+from cnnlab.utils.hydra_callbacks import refuse_wrong_direction
 from conftest import CONF_DIR, ROOT
 from hydra_plugins.cnnlab_launchers.resuming_submitit import ResumingSlurmLauncher
 
@@ -45,6 +47,44 @@ def test_optuna_search_of_two_trials_reports_its_best(tmp_path: Path, cifar_root
     assert "Best value" in result.stdout + result.stderr
     trial_lrs = {yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["optimizer"]["lr"] for job in jobs}
     assert len(trial_lrs) == 2 and all(1e-4 <= lr <= 1e-2 for lr in trial_lrs)
+
+
+def test_a_search_that_would_maximise_the_loss_is_refused_before_any_trial(tmp_path: Path, cifar_root: Path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "hparams_search=simple_cnn_optuna",
+                             "optimized_metric=val/loss", "hydra.sweeper.n_trials=1", *train_overrides(cifar_root)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ConfigValueError: optimized_metric=val/loss is a loss, but the sweeper's direction is maximize "
+        "(hydra.sweeper.direction), so the search would look for the largest val/loss. Add "
+        "hydra.sweeper.direction=minimize to the command (or optimize another metric); no trial was started.")
+    assert list(tmp_path.iterdir()) == []  # no sweep folder, no multirun.yaml, no Optuna study
+
+
+@pytest.mark.parametrize(("metric", "direction", "refused"), [
+    ("val/loss", "maximize", "is a loss, but the sweeper's direction is maximize"),
+    ("train/loss", ["maximize"], "is a loss, but the sweeper's direction is maximize"),
+    ("val/acc_top5", "minimize", "is an accuracy, but the sweeper's direction is minimize"),
+    ("val/loss", "minimize", None),
+    ("val/acc_best", "maximize", None),
+    ("fit_seconds", "maximize", None),  # neither a loss nor an accuracy: whichever the user meant
+    ("val/loss", ["maximize", "minimize"], None),  # several objectives: left to Optuna
+])
+def test_the_sweep_direction_must_fit_a_loss_or_an_accuracy(metric, direction, refused):
+    if refused is None:
+        refuse_wrong_direction(metric, direction)
+    else:
+        with pytest.raises(ConfigValueError, match=refused):
+            refuse_wrong_direction(metric, direction)
+
+
+def test_optunas_default_direction_is_checked_too():
+    # hydra/sweeper=optuna without a direction minimises (an enum in the config): wrong for val/acc_best.
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/sweeper=optuna"], return_hydra_config=True)
+    with pytest.raises(ConfigValueError, match=r"^optimized_metric=val/acc_best is an accuracy, but the sweeper's "
+                                               r"direction is minimize .* Add hydra.sweeper.direction=maximize"):
+        refuse_wrong_direction(cfg.optimized_metric, cfg.hydra.sweeper.direction)
 
 
 def test_submitit_local_launcher_runs_a_job(tmp_path: Path, cifar_root: Path):

@@ -1,15 +1,16 @@
-"""Hydra callbacks: checks that must run before Hydra writes anything into a run folder."""
+"""Hydra callbacks: checks that must run before Hydra writes anything into a run or sweep folder."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
-from cnnlab.errors import RunDirectoryInUseError
+from cnnlab.errors import CnnlabError, ConfigValueError, RunDirectoryInUseError
 from cnnlab.utils.config import CHECKPOINTS_FOLDER, RESULTS_FILE, process_rank
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -93,8 +94,56 @@ def refuse_used_sweep_dir(sweep_dir: Path, any_content: bool = False) -> None:
         )
 
 
+def expected_direction(metric: str) -> str | None:
+    """The direction a search over ``metric`` must take: ``minimize`` for a loss, ``maximize`` for an accuracy, else None."""
+    if metric.endswith("loss"):
+        return "minimize"
+    if "acc" in metric.rsplit("/", 1)[-1]:
+        return "maximize"
+    return None
+
+
+def refuse_wrong_direction(metric: str, direction: Any) -> None:
+    """Refuse a sweeper ``direction`` that would search for the worst ``metric`` (the largest loss, the lowest accuracy).
+
+    ``direction`` is the sweeper's setting as composed: a string, Optuna's ``Direction`` enum
+    (its default, ``minimize``, when the config sets none), or a list for a multi-objective
+    study. The training task returns one value, ``optimized_metric``, so a list is checked
+    only when it has one entry; longer lists are left to Optuna.
+    """
+    if isinstance(direction, (list, tuple, ListConfig)):
+        if len(direction) != 1:
+            return
+        (direction,) = direction
+    given = direction.name if isinstance(direction, Enum) else str(direction)
+    expected = expected_direction(metric)
+    if expected is None or given not in ("maximize", "minimize") or given == expected:
+        return
+    kind, worst = ("a loss", "largest") if expected == "minimize" else ("an accuracy", "lowest")
+    raise ConfigValueError(
+        f"optimized_metric={metric} is {kind}, but the sweeper's direction is {given} (hydra.sweeper.direction), "
+        f"so the search would look for the {worst} {metric}. Add hydra.sweeper.direction={expected} to the command "
+        f"(or optimize another metric); no trial was started."
+    )
+
+
+class RefuseWrongSweepDirection(Callback):
+    """Stop a sweep whose sweeper (Optuna's) would maximise a loss or minimise an accuracy, before any trial.
+
+    The direction comes from the search's config (``hparams_search=...``) and the metric from
+    ``optimized_metric``, so overriding one without the other is easy to miss. Sweepers without
+    a direction (Hydra's basic sweeper) are left alone. Exits as :class:`RefuseUsedRunFolder` does.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        metric = config.get("optimized_metric")
+        direction = config.hydra.sweeper.get("direction")
+        if metric and direction is not None:
+            _exit_on_refusal(lambda: refuse_wrong_direction(str(metric), direction))
+
+
 def _exit_on_refusal(check: Callable[[], None]) -> None:
     try:
         check()
-    except RunDirectoryInUseError as error:
+    except CnnlabError as error:
         raise SystemExit(f"{type(error).__name__}: {error}") from None
