@@ -301,6 +301,30 @@ def test_grad_cam_matches_its_definition_restores_modes_and_leaves_no_gradients(
     torch.testing.assert_close(result.heatmaps, expected.clamp(0, 1), atol=1e-5, rtol=1e-4)
 
 
+def test_grad_cam_with_flip_tta_averages_the_maps_of_the_image_and_its_mirror_image():
+    torch.manual_seed(0)
+    net = SimpleCNN(10, normalize=NormalizeBatch([0.5] * 3, [0.25] * 3)).eval()
+    layer = net.cam_target_layer()
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)  # random, so not mirror-symmetric
+    with torch.no_grad():
+        tta_logits = (net(images.float() / 255) + net(images.flip(3).float() / 255)) / 2
+    result = grad_cam(net, images, layer, flip_tta=True)
+    # The explained class is the TTA prediction; the logits are the TTA mean, as ImageClassifier's.
+    assert result.flip_tta and result.classes == tta_logits.argmax(dim=1).tolist()
+    torch.testing.assert_close(result.logits, tta_logits, atol=1e-5, rtol=1e-4)
+    plain = manual_grad_cam(net, images, layer, result.classes)
+    mirrored_back = manual_grad_cam(net, images.flip(3), layer, result.classes).flip(-1)
+    torch.testing.assert_close(result.heatmaps, ((plain + mirrored_back) / 2).clamp(0, 1), atol=1e-5, rtol=1e-4)
+    assert (result.heatmaps - plain).abs().amax() > 0.05  # not the unflipped pass's map
+    # A chosen class is explained in both passes.
+    chosen = grad_cam(net, images, layer, class_index=4, flip_tta=True)
+    expected = (manual_grad_cam(net, images, layer, [4] * 3) + manual_grad_cam(net, images.flip(3), layer, [4] * 3).flip(-1)) / 2
+    torch.testing.assert_close(chosen.heatmaps, expected.clamp(0, 1), atol=1e-5, rtol=1e-4)
+    # Without flip TTA the map is the image's own, as before.
+    torch.testing.assert_close(grad_cam(net, images, layer, result.classes).heatmaps, plain.clamp(0, 1),
+                               atol=1e-5, rtol=1e-4)
+
+
 def test_activations_are_copied_before_an_in_place_relu_and_layers_are_found_by_name():
     torch.manual_seed(0)
     net = SimpleCNN(10, normalize=NormalizeBatch([0.5] * 3, [0.5] * 3))
@@ -329,6 +353,7 @@ def test_visualize_script_writes_feature_maps_and_grad_cam_for_an_image_file(cnn
     record = json.loads((out / "visualization.json").read_text())
     assert record["feature_layer"] == "features.0" and record["feature_map_shape"] == [32, 32, 32]
     assert record["cam_layer"] == "features.6" and record["cam_size"] == [8, 8]
+    assert record["cam_flip_tta"] is False
     assert record["explained_class"] == record["predicted_class"] in CIFAR_CLASSES
     assert png_size(out / "feature_maps.png") == (680, 720)  # 16 channels, 4x4
     assert png_size(out / "gradcam.png") == (900, 340)
@@ -435,6 +460,7 @@ def test_predict_and_visualize_predict_as_eval_scores_with_flip_tta(cnn_run, ima
     tta_record = next(r for r in records if r["file"].endswith("b_tall.jpg"))
     assert shown["predicted_class"] == tta_record["predicted_class"]
     assert shown["probability"] == pytest.approx(tta_record["probability"], abs=1e-5)
+    assert shown["cam_flip_tta"] is True  # the heatmap is the mean over the image and its mirror image
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -77,7 +77,9 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
 
     ``cfg.image`` is an image file (any size or format Pillow reads; resized as the training
     data was) or an index into the checkpoint's data split ``cfg.split``. Writes
-    ``feature_maps.png``, ``gradcam.png`` and ``visualization.json`` into the run folder.
+    ``feature_maps.png``, ``gradcam.png`` and ``visualization.json`` into the run folder. For a
+    run trained with ``classifier.flip_tta`` the prediction and the Grad-CAM heatmap are the mean
+    over the image and its mirror image, as the classifier predicts (``cam_flip_tta`` in the json).
     """
     ensure_values_set(cfg)
     positive_count(cfg.channels, "channels")
@@ -114,8 +116,10 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
         cam_layer = net.cam_target_layer()
         cam_name = module_name(net, cam_layer)
     explained = trained.class_index(cfg.target_class) if cfg.get("target_class") is not None else predicted
+    # The heat map explains the prediction as the classifier makes it, flip TTA included.
+    flip_tta = bool(trained.model.flip_tta)
     try:
-        cam = grad_cam(net, batch, cam_layer, explained)
+        cam = grad_cam(net, batch, cam_layer, explained, flip_tta=flip_tta)
     except LayerNotFoundError as error:
         default = module_name(net, net.cam_target_layer())
         raise LayerNotFoundError(f"cam_layer={cam_name}: {error}; or leave cam_layer out for the network's "
@@ -125,8 +129,11 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
                     "earlier layer (cam_layer=...) or train the model with a larger model.input_size",
                     cam_name, image.shape[-2], image.shape[-1])
     names = trained.class_names
-    title = (f"Grad-CAM at {cam_name} ({cam.cam_size[0]}x{cam.cam_size[1]}) for '{names[explained]}' "
-             f"(p={probabilities[explained]:.2f}); predicted '{names[predicted]}'\n{source}")
+    lines = [f"Grad-CAM at {cam_name} ({cam.cam_size[0]}x{cam.cam_size[1]}) for '{names[explained]}' "
+             f"(p={probabilities[explained]:.2f}); predicted '{names[predicted]}'", source]
+    if flip_tta:
+        lines.insert(1, "mean of the image's and its mirror image's maps (flip TTA)")
+    title = "\n".join(lines)
     gradcam_png = save_png(gradcam_figure(image, cam.heatmaps[0], title=title, alpha=cfg.cam_alpha),
                            output_dir / "gradcam.png")
 
@@ -139,6 +146,7 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
         "feature_map_shape": list(maps.shape[1:]),
         "cam_layer": cam_name,
         "cam_size": list(cam.cam_size),
+        "cam_flip_tta": flip_tta,  # the map is the mean of the image's and its mirror image's (flipped back)
         "feature_maps_png": str(feature_png),
         "gradcam_png": str(gradcam_png),
     }

@@ -6,7 +6,8 @@ with respect to them, summed over channels, passed through ReLU and scaled to [0
 module adds what cnnlab's networks need around it: a context with gradients enabled and
 the network in eval mode (restored afterwards), and an input that requires gradients, so the
 score is connected to the target layer even when every layer before it is frozen (the
-frozen ResNet's layer4).
+frozen ResNet's layer4), and the mean over an image and its mirror image for a classifier that
+predicts with flip test-time augmentation (``classifier.flip_tta``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class GradCamResult:
     logits: Tensor
     classes: list[int]
     cam_size: tuple[int, int]
+    flip_tta: bool = False
 
 
 def _torchcam_gradcam():
@@ -74,6 +76,7 @@ def grad_cam(
     images: Tensor,
     target_layer: nn.Module,
     class_index: int | Sequence[int] | None = None,
+    flip_tta: bool = False,
 ) -> GradCamResult:
     """Grad-CAM of ``images`` (N, C, H, W; uint8, or floats in [0, 1]) at ``target_layer`` of ``net``.
 
@@ -82,19 +85,38 @@ def grad_cam(
     gradients enabled, whatever the caller's context; its modes are restored afterwards and no
     parameter's ``.grad`` is touched. A ``target_layer`` that does not output feature maps
     (N, C, H, W) is a :class:`LayerNotFoundError`.
+
+    ``flip_tta`` explains a classifier that predicts with the mean of the logits of an image and
+    its mirror image (``classifier.flip_tta``): the predicted class and the returned logits are
+    that mean's, and each heatmap is the mean of the image's map and its mirror image's map
+    (for the same class) flipped back.
     """
     GradCAM = _torchcam_gradcam()
     if images.ndim != 4:
         raise ValueError(f"expected an image batch (N, C, H, W), got shape {tuple(images.shape)}")
     inputs = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+    n = inputs.shape[0]
+    if flip_tta:
+        # One pass over the images and their mirror images; eval mode keeps the images independent.
+        inputs = torch.cat([inputs, inputs.flip(3)])
     # The input requires grad so that the class score depends on the target layer through
     # autograd even when all parameters up to it are frozen.
     inputs = inputs.detach().requires_grad_(True)
     with evaluation_mode(net), torch.enable_grad(), GradCAM(net, target_layer=target_layer) as extractor:
         logits = net(inputs)
         _ensure_feature_maps(net, target_layer, extractor.hook_a[0])
-        classes = _explained_classes(logits, class_index)
-        cams = extractor(class_idx=classes, scores=logits)[0]
+        predicted = (logits[:n] + logits[n:]) / 2 if flip_tta else logits
+        classes = _explained_classes(predicted, class_index)
+        cams = extractor(class_idx=classes * 2 if flip_tta else classes, scores=logits)[0]
+    if flip_tta:
+        # The TTA score is (s(x) + s(mirror x)) / 2, two passes each with its own activations at
+        # the layer. Its gradient with respect to each pass's activations is half that pass's own,
+        # so Grad-CAM of the TTA score at each pass is that pass's own map (ReLU and the scaling
+        # ignore the factor 1/2). The mirror pass's map is flipped back so that its evidence lies
+        # where it is in the image, and the two are averaged: what the TTA prediction looked at.
+        # Not exactly one Grad-CAM of the summed evidence: torchcam applies ReLU and scales each
+        # pass's map to [0, 1] on its own before they are averaged, so both passes weigh equally.
+        cams = (cams[:n] + cams[n:].flip(-1)) / 2
     heatmaps = F.interpolate(cams.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
-    return GradCamResult(heatmaps=heatmaps.squeeze(1).clamp_(0.0, 1.0), logits=logits.detach(), classes=classes,
-                         cam_size=(int(cams.shape[-2]), int(cams.shape[-1])))
+    return GradCamResult(heatmaps=heatmaps.squeeze(1).clamp_(0.0, 1.0), logits=predicted.detach(), classes=classes,
+                         cam_size=(int(cams.shape[-2]), int(cams.shape[-1])), flip_tta=flip_tta)
