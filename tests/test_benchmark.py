@@ -16,15 +16,18 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision
 
+from cnnlab.benchmark.measure import Measurement
 from cnnlab.benchmark.rounds import median_interval
 from cnnlab.errors import ConfigValueError
 from cnnlab.tasks.benchmark import (
+    CEILING,
     TRAINER,
     TRAINER_LOOP_ONLY,
     BareDataPath,
     ComputeOnly,
     InterleavedWindows,
     PairedSteps,
+    _format_report,
     benchmark,
     fastest_quarter,
 )
@@ -92,6 +95,31 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
     assert "one epoch through the Trainer (320 train + 40 val images)" in report
     assert "Step by step: each Trainer step right after one bare-loop step, 3 pairs" in report
     assert "| without callbacks or logger |" in report and "- of which callbacks and logger:" in report
+
+
+def test_the_report_describes_the_plain_loop_only_where_it_ran():
+    header = {"model": "SimpleCNN", "data": "SyntheticDataModule", "batch_size": 16, "device": "CPU (x86_64)",
+              "host": "h, 2 torch threads", "torch": "2", "command": "python scripts/benchmark.py",
+              "augmentation": "none", "optimizer": "Adam", "precision": "32-true", "channels_last": True,
+              "host_malloc": "C library default", "windows": "3 rounds"}
+
+    def row(name: str, images_per_s: float) -> Measurement:
+        return Measurement(name, images_per_s, 16, 4, 100.0, None, best_images_per_s=images_per_s,
+                           extra={"fastest_quarter_images_per_s": images_per_s})
+
+    rows = [row(CEILING, 1000.0), row(TRAINER, 800.0)]
+    # benchmark.plain_loop=false: neither the plain loop's settings nor a column comparing with it.
+    report = _format_report(rows, {}, header, None)
+    assert "plain loop" not in report
+    assert "- precision: 32-true; channels_last: True; host malloc (every path): C library default\n" in report
+    assert ("| path | images/s (median) | fastest quarter | best window | vs compute-only | peak host RSS (MB) "
+            "| peak device (MB) |\n|---|---:|---:|---:|---:|---:|---:|\n") in report
+    assert f"| {TRAINER} | 800 | 800 | 800 | 80% | 100 | - |" in report
+
+    report = _format_report([*rows, row("plain loop (in-memory PIL, like CIFAR10)", 400.0)], {}, header, None)
+    assert "host malloc (every path): C library default; the plain loop: float32 (tutorial's Adam)\n" in report
+    assert "| vs compute-only | vs plain loop | peak host RSS (MB) |" in report and "|---|---:|---:|---:|---:|---:|---:|---:|" in report
+    assert f"| {TRAINER} | 800 | 800 | 800 | 80% | 2.00x | 100 | - |" in report
 
 
 @pytest.mark.parametrize(("override", "message"), [
