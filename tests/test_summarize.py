@@ -65,6 +65,15 @@ def test_jobs_are_ranked_best_first_with_failed_jobs_as_failed_rows(sweep: Path)
     assert table[-1]["status"] == "failed" and table[-1]["rank"] == "" and table[-1]["error"] == "RuntimeError: loss is NaN"
 
 
+def test_the_table_shows_validation_top5_beside_validation_accuracy(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    for num in range(2):
+        make_job(sweep, num, [f"optimizer.lr={0.001 * (num + 1)}"],
+                 {"val/acc_best": 0.5 + num / 10, "val/acc": 0.5, "val/acc_top5": 0.9, "val/loss": 1.0, "test/acc": 0.5})
+    header = next(line for line in to_markdown(summarize(sweep)).splitlines() if line.startswith("| rank"))
+    assert header == "| rank | job | optimizer.lr | val/acc_best | val/acc | val/acc_top5 | val/loss | test/acc | status |"
+
+
 def test_summary_files_are_written_into_the_sweep_folder(sweep: Path):
     written = write_summary(summarize(sweep))
     assert written == {"markdown": sweep / "summary.md", "csv": sweep / "summary.csv", "plot": sweep / "summary.png"}

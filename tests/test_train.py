@@ -16,6 +16,8 @@ from lightning.pytorch.callbacks import Callback, LambdaCallback, ModelCheckpoin
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.profilers import SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG
 
 from cnnlab.checkpoint import read_checkpoint
 from cnnlab.errors import CheckpointError, ConfigValueError, RunDirectoryInUseError
@@ -39,6 +41,21 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
     return series
 
 
+def hparams_tab_metrics(run_dir: Path) -> set[str]:
+    """The metric names of the run's HPARAMS experiment summary (what TensorBoard's HPARAMS tab offers)."""
+    names: set[str] = set()
+    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        try:
+            content = accumulator.PluginTagToContent("hparams")[EXPERIMENT_TAG]
+        except KeyError:  # the fit's and the test's event files hold no hparams
+            continue
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+        names |= {info.name.tag for info in experiment.metric_infos}
+    return names
+
+
 @pytest.mark.parametrize(("model", "precision"), [
     ("simple_cnn", "32-true"), ("simple_cnn_bn", "32-true"), ("resnet18_ft", "32-true"), ("simple_cnn", "bf16-mixed"),
     ("simple_cnn", "bf16-true"),
@@ -57,6 +74,9 @@ def test_every_model_trains_tests_and_evaluates(model, precision, make_config, r
     assert recorded["params_trainable"] == expected_trainable
     assert {p.name for p in (run / "checkpoints").iterdir()} >= {"last.ckpt", Path(recorded["best_checkpoint"]).name}
     assert {"train/loss_step", "val/acc", "val/acc_top5", "test/acc", "hparams/test/acc", "lr-Adam"} <= set(tensorboard_scalars(run))
+    # The HPARAMS tab compares runs by the metrics of the experiment summary, validation top-5 among them.
+    assert hparams_tab_metrics(run) == {f"hparams/{name}" for name in (
+        "val/acc_best", "val/acc", "val/acc_top5", "val/loss", "test/acc", "test/acc_top5", "test/loss")}
 
     # eval runs in the precision the checkpoint was trained in (bf16 too, mixed or true), so the numbers are the same
     evaluated = evaluate(make_config("eval", [f"ckpt_path={recorded['best_checkpoint']}"], run_dir=tmp_path / "eval"))

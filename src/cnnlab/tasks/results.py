@@ -17,7 +17,7 @@ from cnnlab.utils.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 # The metrics shown beside the hyperparameters in TensorBoard's HPARAMS tab.
-HPARAM_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/acc_top5", "test/loss")
+HPARAM_METRICS = ("val/acc_best", "val/acc", "val/acc_top5", "val/loss", "test/acc", "test/acc_top5", "test/loss")
 
 
 def metric_values(metrics: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[str, float]:

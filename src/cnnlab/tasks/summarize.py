@@ -27,8 +27,8 @@ from cnnlab.utils.io import atomic_write
 DEFAULT_METRIC = "val/acc_best"
 DIRECTIONS = ("maximize", "minimize")
 # Metrics shown in the Markdown table after the optimised one, when the jobs have them (the CSV has all).
-TABLE_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/acc_top5", "test/loss", "epochs",
-                 "fit_seconds", "params_trainable")
+TABLE_METRICS = ("val/acc_best", "val/acc", "val/acc_top5", "val/loss", "test/acc", "test/acc_top5", "test/loss",
+                 "epochs", "fit_seconds", "params_trainable")
 # What the training task logs when a run ends (it logs these very strings): a job's outcome is
 # read from these lines, since a run can fail after writing metrics.json.
 FAILED_LOG_MARK = "training failed: "
