@@ -20,7 +20,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG
 
 from cnnlab.checkpoint import read_checkpoint
-from cnnlab.errors import CheckpointError, ConfigValueError, RunDirectoryInUseError
+from cnnlab.errors import CheckpointError, ConfigValueError, CorruptImageError, RunDirectoryInUseError
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.evaluate import evaluate
 from cnnlab.tasks.train import build_run, optimized_value, train
@@ -355,3 +355,22 @@ def test_a_relative_data_root_is_recorded_absolute_so_eval_works_from_anywhere(m
     monkeypatch.chdir(tmp_path)
     evaluated = evaluate(make_config("eval", [f"ckpt_path={results['best_checkpoint']}"], run_dir=tmp_path / "eval"))
     assert evaluated["test/acc"] == results["test/acc"]
+
+
+def test_a_data_error_leaves_no_empty_tensorboard_run_and_keeps_what_was_there(make_config, tmp_path):
+    # Lightning opens the event file before the data's setup, which is where undecodable images are found.
+    for name in ("cat", "dog"):
+        (tmp_path / "broken" / "train" / name).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "broken" / "train" / name / f"{i}.jpg").write_bytes(b"not an image")
+    overrides = ["data=folder", f"data.root={tmp_path / 'broken'}", "trainer.max_epochs=1"]
+    with pytest.raises(CorruptImageError, match=r"^6 image file\(s\) could not be decoded"):
+        train(make_config(overrides=overrides))
+    assert not list(tmp_path.rglob("events.out.tfevents.*")) and not (tmp_path / "run" / "tensorboard").exists()
+    # An event file from before this run stays (only what the failed run created is removed).
+    earlier = tmp_path / "again" / "tensorboard" / "events.out.tfevents.1.host.1.0"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"")
+    with pytest.raises(CorruptImageError):
+        train(make_config(overrides=overrides, run_dir=tmp_path / "again"))
+    assert list(earlier.parent.iterdir()) == [earlier]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,12 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from cnnlab.checkpoint import ensure_same_model, ensure_same_setup, read_checkpoint
 from cnnlab.errors import ConfigValueError, user_error
@@ -172,6 +176,44 @@ def warn_if_last_checkpoint_lags(trainer: L.Trainer, global_step: int) -> None:
             trainer.max_epochs)
 
 
+EVENT_FILES = "events.out.tfevents.*"
+
+
+@contextlib.contextmanager
+def no_empty_tensorboard_run(trainer: L.Trainer) -> Iterator[None]:
+    """On a failure, remove the TensorBoard event files (and folder) this block created that hold no data.
+
+    Lightning opens the loggers' event files before it sets up the data, so a data error (a
+    corrupt image, too few images to split) would leave a run without data that
+    ``tensorboard --logdir`` lists. Files and folders that were there before, and event files
+    with anything logged in them, stay.
+    """
+    folders = [Path(logger.log_dir) for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+    before = {folder: (set(folder.glob(EVENT_FILES)) if folder.is_dir() else None) for folder in folders}
+    try:
+        yield
+    except BaseException:
+        for folder, earlier in before.items():
+            remove_empty_event_files(folder, earlier)
+        raise
+
+
+@rank_zero_only
+def remove_empty_event_files(folder: Path, earlier: set[Path] | None) -> None:
+    """Remove the event files in ``folder`` that are not in ``earlier`` and hold only the file's version record.
+
+    ``earlier`` None means the folder did not exist before: it goes too, if nothing else is left in it.
+    """
+    if not folder.is_dir():
+        return
+    for events in set(folder.glob(EVENT_FILES)) - (earlier or set()):
+        if all(event.WhichOneof("what") == "file_version" for event in EventFileLoader(str(events)).Load()):
+            events.unlink()
+            log.info("removed %s: the run failed before logging anything to it", events)
+    if earlier is None and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 @rank_zero_only
 def keep_previous_results(output_dir: Path, session: str) -> None:
     """Before a resumed session records its results, keep the ones the run had as ``metrics.before_<session>.json``."""
@@ -257,7 +299,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     log.info("model: %s parameters, %s trainable", f"{counts['params_total']:,}", f"{counts['params_trainable']:,}")
 
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    with no_empty_tensorboard_run(trainer):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
     results = metric_values(trainer.callback_metrics, prefixes=("val/", "train/"))
     epochs, global_step = fit_progress(trainer)
