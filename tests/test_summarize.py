@@ -94,6 +94,22 @@ def test_direction_comes_from_the_optuna_sweeper_and_any_metric_can_rank(tmp_pat
     assert [job.name for job in summarize(sweep, metric="val/acc_best", direction="minimize").jobs] == ["0", "2", "1"]
 
 
+def test_a_loss_is_ranked_lowest_first_unless_the_sweeper_optimised_it_another_way(tmp_path: Path):
+    # A basic sweep records no direction; an Optuna search's direction is for its own metric only.
+    basic, search = tmp_path / "basic", tmp_path / "search"
+    for num, loss in enumerate([0.9, 0.4, 0.7]):
+        metrics = {"val/loss": loss, "val/acc_best": 1 - loss, "fit_seconds": 10.0 - num}
+        make_job(basic, num, [f"optimizer.lr={0.001 * (num + 1)}"], metrics)
+        make_job(search, num, [f"optimizer.lr={0.001 * (num + 1)}"], metrics, direction="maximize")
+    for sweep in (basic, search):
+        by_loss = summarize(sweep, metric="val/loss")
+        assert (by_loss.direction, [job.name for job in by_loss.jobs]) == ("minimize", ["1", "2", "0"])
+        assert summarize(sweep).direction == "maximize"
+        assert summarize(sweep, metric="fit_seconds").direction == "maximize"  # neither kind: the default
+    make_job(tmp_path / "loss_sweep", 0, [], {"val/loss": 0.5}, optimized_metric="val/loss")
+    assert summarize(tmp_path / "loss_sweep").direction == "minimize"
+
+
 def test_a_missing_or_empty_folder_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ConfigValueError, match="does not exist"):
         summarize(tmp_path / "nope")

@@ -22,6 +22,7 @@ import yaml
 
 from cnnlab.errors import ConfigValueError
 from cnnlab.utils.config import RESULTS_FILE
+from cnnlab.utils.hydra_callbacks import expected_direction
 from cnnlab.utils.io import atomic_write
 
 DEFAULT_METRIC = "val/acc_best"
@@ -154,7 +155,8 @@ def _sort_key(job: Job, metric: str, direction: str) -> tuple[int, float]:
 def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str | None = None) -> SweepSummary:
     """Read every job of ``sweep_dir`` and rank them by ``metric`` (default: the sweep's ``optimized_metric``).
 
-    ``direction`` (``maximize``/``minimize``) defaults to the Optuna sweeper's, else ``maximize``.
+    ``direction`` (``maximize``/``minimize``) defaults to the Optuna sweeper's for the metric it
+    optimised, else ``minimize`` for a loss and ``maximize`` for anything else.
     Raises :class:`ConfigValueError` for a missing or empty folder, and for a metric no job recorded.
     """
     sweep_dir = Path(sweep_dir)
@@ -166,7 +168,10 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str |
                                f"pass a sweep folder like logs/train/multiruns/<sweep>")
     recorded_metric, recorded_direction = sweep_settings(jobs)
     ranked_by = metric or recorded_metric or DEFAULT_METRIC
-    direction = direction or recorded_direction or "maximize"
+    # The sweeper's direction belongs to the metric it optimised; any other metric (a loss
+    # passed with --metric, val/loss as optimized_metric of a basic sweep) goes by its kind.
+    own_direction = recorded_direction if ranked_by == recorded_metric else None
+    direction = direction or own_direction or expected_direction(ranked_by) or "maximize"
     if direction not in DIRECTIONS:
         raise ConfigValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     known = sorted({key for job in jobs for key, value in job.metrics.items() if isinstance(value, (int, float))})
