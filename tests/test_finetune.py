@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.models import get_model
 
-from cnnlab.errors import WeightsUnavailableError
+from cnnlab.errors import ConfigValueError, WeightsUnavailableError
 from cnnlab.models.resnet_cifar import CifarResNet
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
@@ -98,10 +98,30 @@ def test_bad_weights_arch_and_stage_count_are_clear_errors(tmp_path: Path):
         TorchvisionFineTuner(num_classes=10, arch="resnet18", weights_path=str(wrong))
     with pytest.raises(WeightsUnavailableError, match="choose one of: DEFAULT, IMAGENET1K_V1, or null$"):
         TorchvisionFineTuner(num_classes=10, arch="resnet18", weights="IMAGENET_TYPO")  # each choice once
-    with pytest.raises(ValueError, match="unknown torchvision classification model 'resnet19'"):
+    with pytest.raises(ConfigValueError, match="unknown torchvision classification model 'resnet19'"):
         TorchvisionFineTuner(num_classes=10, arch="resnet19", weights=None)
-    with pytest.raises(ValueError, match="5 stages"):
+    with pytest.raises(ConfigValueError, match=r"5 stages \(conv1..bn1, layer1, .*layer4\); model.trainable_stages=6 "
+                                               r"is too many: pass 0 to 5, or -1 to train all of it"):
         TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, trainable_stages=6)
+    with pytest.raises(ConfigValueError, match="needs a fully frozen backbone: pass model.trainable_stages=0 "):
+        TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, trainable_stages=1, cache_features=True)
+
+
+@pytest.mark.parametrize(("arch", "native"), [("vit_b_16", 224), ("inception_v3", 299)])
+def test_an_input_size_the_backbone_cannot_take_is_refused_at_start_naming_the_fix(arch, native):
+    # e.g. model=resnet18_ft model.arch=vit_b_16: the preset's input_size=32 would otherwise
+    # fail inside the network at the first batch, with the library's own message.
+    with pytest.raises(ConfigValueError) as error:
+        TorchvisionFineTuner(num_classes=10, arch=arch, weights=None, input_size=32)
+    message = str(error.value)
+    assert message.startswith(f"{arch} cannot take 32x32 images (model.input_size=32; ")
+    assert f"pass model.input_size={native}, the size its weights were trained at" in message
+
+
+def test_an_input_size_the_backbone_takes_builds_in_train_mode():
+    net = TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, input_size=16, trainable_stages=-1)
+    assert net.training and net.backbone.layer4.training  # the size check's eval mode is undone
+    assert net(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 10)
 
 
 def test_discriminative_learning_rates(resnet_weights: Path):

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchvision.models import Weights, get_model, list_models
 
 from cnnlab.data.augment import NormalizeBatch
+from cnnlab.errors import ConfigValueError
 from cnnlab.models.feature_cache import FeatureCache, module_fingerprint
 from cnnlab.models.pretrained import load_pretrained, resolve_weights
 
@@ -52,7 +53,10 @@ def _replace_head(model: nn.Module, arch: str) -> int:
         in_features = classifier[-1].in_features
         classifier[-1] = nn.Identity()
         return in_features
-    raise ValueError(f"cnnlab does not know where the classification head of {arch} is (no fc, classifier, heads or head)")
+    raise ConfigValueError(
+        f"cnnlab does not know where the classification head of {arch} is (no fc, classifier, heads or head "
+        f"ending in a Linear layer): choose another model.arch"
+    )
 
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -146,7 +150,9 @@ class TorchvisionFineTuner(nn.Module):
         reference = self._reference_weights(arch, weights)
         self.feature_dim = _replace_head(self.backbone, arch)
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.feature_dim, num_classes))
-        self.input_size = input_size or (reference.transforms().crop_size[0] if reference else 224)
+        native_size = reference.transforms().crop_size[0] if reference else 224
+        self.input_size = input_size or native_size
+        self._ensure_input_size_fits(native_size)
         if normalize is None:
             transforms = reference.transforms() if reference else None
             mean = transforms.mean if transforms else (0.485, 0.456, 0.406)
@@ -158,7 +164,10 @@ class TorchvisionFineTuner(nn.Module):
         stages = find_stages(self.backbone)
         n_trainable = len(stages) if trainable_stages < 0 else trainable_stages
         if n_trainable > len(stages):
-            raise ValueError(f"{arch} has {len(stages)} stages; trainable_stages={trainable_stages} is too many")
+            raise ConfigValueError(
+                f"{arch} has {len(stages)} stages ({', '.join(name for name, _ in stages)}); "
+                f"model.trainable_stages={trainable_stages} is too many: pass 0 to {len(stages)}, or -1 to train all of it"
+            )
         self.stage_names = [name for name, _ in stages]
         self._stages = dict(stages)  # a plain dict: the modules are already registered in the backbone
         self._frozen_stages = [module for _, module in stages[: len(stages) - n_trainable]]
@@ -169,7 +178,10 @@ class TorchvisionFineTuner(nn.Module):
             self.backbone.requires_grad_(True)
         self.fully_frozen = not any(p.requires_grad for p in self.backbone.parameters())
         if cache_features and not self.fully_frozen:
-            raise ValueError("model.cache_features=true needs a fully frozen backbone (model.trainable_stages=0)")
+            raise ConfigValueError(
+                f"model.cache_features=true needs a fully frozen backbone: pass model.trainable_stages=0 "
+                f"(got {trainable_stages}), or model.cache_features=false to train the unfrozen stages"
+            )
         self.cache_features = cache_features
         self.feature_cache_dir = feature_cache_dir
         self._feature_cache: FeatureCache | None = None
@@ -183,7 +195,7 @@ class TorchvisionFineTuner(nn.Module):
     def _build_backbone(arch: str, pretrained: bool) -> nn.Module:
         known = list_models(module=torchvision.models)
         if arch not in known:
-            raise ValueError(f"unknown torchvision classification model {arch!r}; model.arch is one of: {', '.join(known)}")
+            raise ConfigValueError(f"unknown torchvision classification model {arch!r}; model.arch is one of: {', '.join(known)}")
         if arch == "inception_v3":
             # Built as torchvision builds it for its weights (they include the auxiliary head,
             # and expect the input re-scaled from ImageNet's to Inception's own normalisation);
@@ -193,6 +205,28 @@ class TorchvisionFineTuner(nn.Module):
             model.aux_logits = False
             return model
         return get_model(arch, weights=None)
+
+    def _ensure_input_size_fits(self, native_size: int) -> None:
+        """Refuse an input size the backbone cannot take, at start rather than at the first batch.
+
+        Some families only take their own size (ViT checks it) or need a minimum (Inception v3's
+        stem and pools shrink a small image to nothing); others take any size. One image through
+        the backbone tells which; the weights' own size is known to fit.
+        """
+        size = self.input_size
+        if size == native_size:
+            return
+        self.backbone.eval()  # BatchNorm in train mode refuses a batch of one image
+        try:
+            with torch.no_grad():
+                self.backbone(torch.zeros(1, 3, size, size))
+        except (AssertionError, RuntimeError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigValueError(
+                f"{self.arch} cannot take {size}x{size} images (model.input_size={size}; {reason}): pass "
+                f"model.input_size={native_size}, the size its weights were trained at (model.input_size=null "
+                f"chooses it), or another model.arch"
+            ) from error
 
     @staticmethod
     def _reference_weights(arch: str, weights: str | None) -> Weights | None:
