@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import urllib.error
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from cnnlab.errors import ConfigValueError, WeightsUnavailableError
 from cnnlab.models.resnet_cifar import CifarResNet
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
+from cnnlab.tasks.train import train
 from cnnlab.training.classifier import ImageClassifier
 
 
@@ -175,3 +177,13 @@ def test_cifar_resnet18_has_the_cifar_stem_and_the_known_parameter_count():
     assert isinstance(net.net.maxpool, nn.Identity)
     assert sum(p.numel() for p in net.parameters()) == 11_173_962
     assert net(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 10)
+
+
+def test_linear_probe_trains_under_bf16_true(make_config, resnet_weights: Path, tmp_path: Path):
+    # Lightning converts the model to bfloat16 and makes bfloat16 the default dtype while it runs;
+    # the float32 feature store and the bfloat16 head must still meet.
+    overrides = ["experiment=linear_probe", f"model.weights_path={resnet_weights}", "trainer.precision=bf16-true",
+                 "trainer.max_epochs=1"]
+    metrics = train(make_config(overrides=overrides))
+    assert 0.0 <= metrics["val/acc"] <= 1.0 and math.isfinite(metrics["train/loss"])
+

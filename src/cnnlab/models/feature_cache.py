@@ -44,7 +44,9 @@ def autocast_precision(device_type: str) -> str:
 
 class _SplitStore:
     def __init__(self, size: int, dim: int, device: torch.device) -> None:
-        self.features = torch.empty(size, dim, device=device)
+        # float32 whatever the default dtype: under trainer.precision=bf16-true Lightning makes
+        # bfloat16 the default while the model runs, and features are stored as float32.
+        self.features = torch.empty(size, dim, device=device, dtype=torch.float32)
         self.filled = torch.zeros(size, dtype=torch.bool, device=device)
 
     @property

@@ -288,7 +288,9 @@ class TorchvisionFineTuner(nn.Module):
         if self._feature_cache is None:
             model_key = f"{self.arch}|{self.input_size}|{module_fingerprint(self.backbone)}|{module_fingerprint(self.normalize)}"
             self._feature_cache = FeatureCache(self._fixed_features, self.feature_dim, model_key, self.feature_cache_dir)
-        return self.head(self._feature_cache.lookup(x, indices, split, data_fingerprint, split_size))
+        features = self._feature_cache.lookup(x, indices, split, data_fingerprint, split_size)
+        # The store is float32; a head converted to bfloat16 (trainer.precision=bf16-true) takes its own dtype.
+        return self.head(features.to(self.head[-1].weight.dtype))
 
     @torch.no_grad()
     def _fixed_features(self, x: Tensor) -> Tensor:
