@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from cnnlab.data.augment import NormalizeBatch
+from cnnlab.errors import ConfigValueError
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
+from cnnlab.tasks.train import train
 
 
 def count(module: nn.Module, trainable_only: bool = False) -> int:
@@ -52,8 +54,18 @@ def test_simple_cnn_bn_adds_batchnorm_after_each_conv():
 
 def test_simple_cnn_other_sizes_and_bad_size():
     assert SimpleCNN(num_classes=3, input_size=64)(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
-    with pytest.raises(ValueError, match="divisible by 8"):
+    with pytest.raises(ValueError, match=r"divisible by 8 .*: choose data.image_size .* from 24, 32, ..."):
         SimpleCNN(input_size=30)
+
+
+def test_simple_cnn_given_images_of_another_size_names_data_image_size(make_config, tmp_path: Path):
+    # model.input_size=64 on 32x32 data used to fail in the first Linear layer with a bare shape error.
+    with pytest.raises(ConfigValueError) as error:
+        SimpleCNN(input_size=64)(torch.zeros(2, 3, 32, 32))
+    assert str(error.value).startswith("this SimpleCNN was built for 64x64 images (model.input_size=64) but got 32x32: "
+                                       "set data.image_size=64")
+    with pytest.raises(ConfigValueError, match=r"built for 64x64 images"):
+        train(make_config(overrides=["model=simple_cnn", "model.input_size=64", "trainer.max_epochs=1"]))
 
 
 def test_cam_target_layer_is_the_last_conv_block():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from cnnlab.data.augment import NormalizeBatch
+from cnnlab.errors import ConfigValueError
 
 
 class SimpleCNN(nn.Module):
@@ -43,7 +44,13 @@ class SimpleCNN(nn.Module):
         self.normalize = normalize or NormalizeBatch([0.0], [1.0])  # at least uint8 -> [0, 1]
         downsample = 2 ** len(channels)
         if input_size % downsample:
-            raise ValueError(f"input_size {input_size} must be divisible by {downsample} ({len(channels)} 2x2 pools)")
+            # A plain ValueError: tests/test_train.py checks the job log names it so.
+            raise ValueError(
+                f"input_size {input_size} must be divisible by {downsample} ({len(channels)} 2x2 pools): "
+                f"choose data.image_size (which model.input_size follows) from {max(downsample, downsample * (input_size // downsample))}, "
+                f"{downsample * (input_size // downsample + 1)}, ..."
+            )
+        self.input_size = input_size
         layers: list[nn.Module] = []
         previous = in_channels
         for width in channels:
@@ -68,4 +75,12 @@ class SimpleCNN(nn.Module):
         return self.features[-3]
 
     def forward(self, x: Tensor) -> Tensor:
+        # The first fully connected layer's width is fixed by input_size: other images would
+        # fail there with only a matrix-shape message.
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            raise ConfigValueError(
+                f"this SimpleCNN was built for {self.input_size}x{self.input_size} images (model.input_size="
+                f"{self.input_size}) but got {x.shape[-2]}x{x.shape[-1]}: set data.image_size={self.input_size} to "
+                f"resize the images, or leave model.input_size at its default (${{data.image_size}})"
+            )
         return self.classifier(self.features(self.normalize(x)))
