@@ -10,8 +10,10 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 from test_scripts import run, script_command, train_overrides
 
+from cnnlab.checkpoint import ensure_training_left
 from cnnlab.errors import CheckpointError, RunDirectoryInUseError
 from cnnlab.tasks.train import train
 from conftest import scalar_events, scalar_steps
@@ -88,6 +90,28 @@ def test_resuming_with_another_setup_is_refused_and_a_moved_dataset_is_not(make_
     resumed = train(make_config(overrides=[f"ckpt_path={last}", "trainer.max_epochs=2", f"data.root={moved}",
                                            "data.num_workers=1"], run_dir=run_dir))
     assert resumed["epochs"] == 2 and resumed["global_step"] == 14
+
+
+def test_resuming_with_limits_the_checkpoint_has_passed_is_refused_and_reaching_them_is_not(make_config,
+                                                                                            tmp_path: Path):
+    run_dir = tmp_path / "a"
+    train(make_config(overrides=["trainer.max_epochs=2"], run_dir=run_dir))
+    last, results = run_dir / "checkpoints" / "last.ckpt", (run_dir / "metrics.json").read_text()
+    # Lightning would train nothing, and a metrics.json without validation would replace the run's.
+    with pytest.raises(CheckpointError) as refused:
+        train(make_config(overrides=["trainer.max_epochs=1", f"ckpt_path={last}"], run_dir=run_dir))
+    assert str(refused.value) == (
+        f"ckpt_path={last} was saved in epoch 2 (step 14), beyond trainer.max_epochs=1: the resumed run would "
+        f"train nothing; set trainer.max_epochs above 2 to train longer, or test the checkpoint with "
+        f"scripts/eval.py ckpt_path={last}")
+    assert (run_dir / "metrics.json").read_text() == results and not list(run_dir.glob("metrics.before_*"))
+
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    with pytest.raises(CheckpointError, match=r"beyond trainer.max_steps=10: .* set trainer.max_steps above 14"):
+        ensure_training_left(checkpoint, OmegaConf.create({"max_epochs": -1, "max_steps": 10}), last)
+    # The limits it reached (a job requeued after its training ended, before its test) leave it to Lightning.
+    ensure_training_left(checkpoint, OmegaConf.create({"max_epochs": 2, "max_steps": 14}), last)
+    ensure_training_left(checkpoint, OmegaConf.create({"max_epochs": -1, "max_steps": -1}), last)
 
 
 ONECYCLE = ["optimizer=sgd", "scheduler=onecycle"]

@@ -215,6 +215,29 @@ def ensure_same_setup(checkpoint: dict[str, Any], cfg: DictConfig, ckpt_path: st
     )
 
 
+def ensure_training_left(checkpoint: dict[str, Any], trainer_cfg: DictConfig, ckpt_path: str | Path) -> None:
+    """Refuse to resume from ``ckpt_path`` when the trainer's limits end before the checkpoint's epoch or step.
+
+    Lightning would train nothing and go straight to the test, and the resumed session's
+    ``metrics.json`` (test only, no validation metrics) would take the run's place. Limits the
+    checkpoint just reached pass: a job requeued after training ended still gets its test.
+    """
+    epoch, step = int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0))
+    max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps")
+    if max_epochs is not None and max_epochs >= 0 and epoch >= max_epochs:
+        limit = f"trainer.max_epochs={max_epochs}"
+        advice = f"set trainer.max_epochs above {epoch + 1} to train longer"
+    elif max_steps is not None and max_steps >= 0 and step > max_steps:
+        limit = f"trainer.max_steps={max_steps}"
+        advice = f"set trainer.max_steps above {step} to train longer"
+    else:
+        return
+    raise CheckpointError(
+        f"ckpt_path={ckpt_path} was saved in epoch {epoch + 1} (step {step}), beyond {limit}: the resumed run "
+        f"would train nothing; {advice}, or test the checkpoint with scripts/eval.py ckpt_path={ckpt_path}"
+    )
+
+
 def build_model_from_checkpoint(checkpoint: dict[str, Any]) -> ImageClassifier:
     """Rebuild the classifier a checkpoint holds, from its stored config, and load its weights.
 

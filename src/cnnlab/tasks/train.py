@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from cnnlab.checkpoint import ensure_same_model, ensure_same_setup, read_checkpoint
+from cnnlab.checkpoint import ensure_same_model, ensure_same_setup, ensure_training_left, read_checkpoint
 from cnnlab.errors import ConfigValueError, user_error
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
 from cnnlab.tasks.summarize import FAILED_LOG_MARK, FINISHED_LOG_MARK
@@ -282,6 +282,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         checkpoint = read_checkpoint(ckpt_path)
         ensure_same_model(checkpoint, cfg.model, ckpt_path)
         ensure_same_setup(checkpoint, cfg, ckpt_path)
+        ensure_training_left(checkpoint, cfg.trainer, ckpt_path)
         if not continues_in(output_dir, ckpt_path):
             ensure_fresh_run_dir(output_dir)
         log.info("continuing from %s in %s", ckpt_path, output_dir)
