@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import urllib.error
 from pathlib import Path
@@ -88,7 +89,19 @@ def test_offline_without_weights_names_the_file_and_both_fixes(arch, tmp_path: P
     message = str(error.value)
     expected_file = {"resnet18": "resnet18-f37072fd.pth", "inception_v3": "inception_v3_google-0cc3c7bd.pth"}[arch]
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / expected_file) in message
-    assert "model.weights_path=" in message and "model.weights=null" in message
+    assert "model.weights_path=" in message and "model.weights=null model.trainable_stages=-1" in message
+
+
+def test_random_weights_with_a_frozen_backbone_warn_that_only_the_head_trains(caplog: pytest.LogCaptureFixture):
+    with caplog.at_level(logging.WARNING, logger="cnnlab.models.torchvision_ft"):
+        TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, input_size=32)
+    assert "model.weights=null with a frozen backbone" in caplog.text
+    assert "pass model.trainable_stages=-1 to train the whole network" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cnnlab.models.torchvision_ft"):
+        TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, input_size=32, trainable_stages=-1)
+        TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, input_size=32, load_weights=False)
+    assert "frozen backbone" not in caplog.text  # training all of it, or evaluation building the architecture
 
 
 def test_bad_weights_arch_and_stage_count_are_clear_errors(tmp_path: Path):

@@ -62,7 +62,8 @@ def _download_weights(arch: str, weights: Weights) -> dict[str, Any]:
             f"  1. copy the file {cache_file.name} (from {weights.url}) to {cache_file}\n"
             f"     (torchvision's cache; set TORCH_HOME to move it), or\n"
             f"  2. pass model.weights_path=/path/to/{cache_file.name}\n"
-            f"To train from random initialisation instead, pass model.weights=null."
+            f"To train from random initialisation instead, pass model.weights=null model.trainable_stages=-1\n"
+            f"(model.weights=null alone keeps the backbone frozen at its random weights: only the head would train)."
         ) from error
 
 

@@ -182,6 +182,13 @@ class TorchvisionFineTuner(nn.Module):
                 f"model.cache_features=true needs a fully frozen backbone: pass model.trainable_stages=0 "
                 f"(got {trainable_stages}), or model.cache_features=false to train the unfrozen stages"
             )
+        if load_weights and not pretrained and self.fully_frozen:
+            # Legitimate as a random-features baseline, but far more often a forgotten trainable_stages.
+            log.warning(
+                "%s: model.weights=null with a frozen backbone: the backbone keeps its random initialisation and "
+                "only the head trains; pass model.trainable_stages=-1 to train the whole network from scratch",
+                arch,
+            )
         self.cache_features = cache_features
         self.feature_cache_dir = feature_cache_dir
         self._feature_cache: FeatureCache | None = None
