@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 from test_scripts import run, script_command
 
 from cnnlab.checkpoint import ensure_same_model, read_checkpoint
-from cnnlab.errors import CheckpointError
+from cnnlab.errors import CheckpointError, ConfigValueError
 from cnnlab.tasks.evaluate import evaluate
 from cnnlab.training.callbacks import CHECKPOINT_KEY
 from conftest import FAST, ROOT, compose_run_config, write_image_folder
@@ -44,6 +45,20 @@ def test_other_data_is_preprocessed_as_in_training(trained_run: Path, image_fold
     results = evaluate_with(tmp_path / "b", f"ckpt_path={last}", "data=folder", f"data.root={other}",
                             "data.val_split=3", "data.test_split=6")
     assert set(results) >= {"test/acc", "test/acc_class/fox"}
+
+
+def test_data_settings_without_a_data_group_change_the_checkpoints_own_data(trained_run: Path, image_folder: Path,
+                                                                          tmp_path: Path):
+    # The training images moved: the same split of them, at another batch size, gives training's test metrics.
+    moved = shutil.copytree(image_folder, tmp_path / "moved")
+    last = trained_run / "checkpoints" / "last.ckpt"
+    results = evaluate_with(tmp_path, f"ckpt_path={last}", f"+data.root={moved}", "+data.eval_batch_size=5")
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    assert results["test/acc"] == trained["test/acc"] and results["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-6)
+    with pytest.raises(ConfigValueError) as refused:
+        evaluate_with(tmp_path / "b", f"ckpt_path={last}", "+data.rooot=/x")
+    assert str(refused.value).startswith("data.rooot is not a setting of the data this checkpoint was trained on "
+                                         "(cnnlab.data.folder.ImageFolderDataModule); set one of augment, batch_size,")
 
 
 def test_an_image_size_the_network_cannot_take_is_refused(trained_run: Path, image_folder: Path, tmp_path: Path):

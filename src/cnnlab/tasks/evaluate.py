@@ -9,10 +9,10 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, ensure_same_model, read_checkpoint
-from cnnlab.errors import CheckpointError
+from cnnlab.errors import CheckpointError, ConfigValueError
 from cnnlab.tasks.results import metric_values, write_metrics
 from cnnlab.training.callbacks import CHECKPOINT_KEY
 from cnnlab.training.classifier import ImageClassifier
@@ -46,6 +46,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("data"):
         with open_dict(cfg):
             cfg.data = trained.data
+    elif "_target_" not in cfg.data:
+        with open_dict(cfg):
+            cfg.data = with_data_settings(trained.data, cfg.data)
     else:
         preprocess_as_trained(cfg, trained)
     if cfg.get("model"):
@@ -96,6 +99,22 @@ def preprocess_as_trained(cfg: DictConfig, trained: DictConfig) -> None:
                      key, trained.data[key], key)
         with open_dict(cfg):
             cfg.data[key] = trained.data[key]
+
+
+def with_data_settings(trained_data: DictConfig, settings: DictConfig) -> DictConfig:
+    """The checkpoint's data config with ``settings`` (``+data.root=NEW`` without ``data=``) set on it.
+
+    Without a data group the command changes the training's own data: the same images and
+    split, e.g. moved to another folder or read with another batch size.
+    """
+    unknown = [key for key in settings if key not in trained_data]
+    if unknown:
+        raise ConfigValueError(
+            f"data.{unknown[0]} is not a setting of the data this checkpoint was trained on "
+            f"({trained_data.get('_target_')}); set one of {', '.join(sorted(str(k) for k in trained_data if k != '_target_'))}, "
+            f"or choose the data with data=NAME (e.g. data=folder data.root=DIR)"
+        )
+    return OmegaConf.merge(trained_data, settings)
 
 
 def ensure_same_classes(data_classes: list[str], trained_classes: list[str], ckpt_path: str | Path) -> None:
