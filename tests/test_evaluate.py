@@ -14,6 +14,7 @@ from test_scripts import run, script_command
 from cnnlab.checkpoint import ensure_same_model, read_checkpoint
 from cnnlab.errors import CheckpointError, ConfigValueError
 from cnnlab.tasks.evaluate import evaluate
+from cnnlab.tasks.train import train
 from cnnlab.training.callbacks import CHECKPOINT_KEY
 from conftest import FAST, ROOT, compose_run_config, write_image_folder
 
@@ -59,6 +60,17 @@ def test_data_settings_without_a_data_group_change_the_checkpoints_own_data(trai
         evaluate_with(tmp_path / "b", f"ckpt_path={last}", "+data.rooot=/x")
     assert str(refused.value).startswith("data.rooot is not a setting of the data this checkpoint was trained on "
                                          "(cnnlab.data.folder.ImageFolderDataModule); set one of augment, batch_size,")
+
+
+def test_the_training_images_named_with_a_data_group_keep_the_training_split(image_folder: Path, tmp_path: Path):
+    # With the group's default split (test_split 0.1) the test images would include training images.
+    train(compose_run_config("train", tmp_path, tmp_path / "run", ["trainer.max_epochs=1", "data=folder",
+                                                                  f"data.root={image_folder}", "data.image_size=40",
+                                                                  "data.val_split=3", "data.test_split=9"]))
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    results = evaluate_with(tmp_path, f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", "data=folder",
+                            f"data.root={image_folder}")
+    assert results["test/acc"] == trained["test/acc"] and results["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-6)
 
 
 def test_an_image_size_the_network_cannot_take_is_refused(trained_run: Path, image_folder: Path, tmp_path: Path):

@@ -72,6 +72,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 # The data settings that shape the images the network sees. Normalisation is part of the model
 # (stored with it) and augmentation applies to training only, so the image size is the one.
 PREPROCESSING = ("image_size",)
+# How a folder's images are split: for the training's own images (the same root), the split
+# must be training's, or the test split would hold images the network was trained on.
+SPLIT = ("val_split", "test_split", "split_seed")
 
 
 def _command_line_keys() -> set[str]:
@@ -89,9 +92,13 @@ def preprocess_as_trained(cfg: DictConfig, trained: DictConfig) -> None:
 
     ``data=folder data.root=OTHER`` means other images seen as the network saw its training
     images; the data group's defaults (``image_size: 32``) are not a choice the user made.
+    ``data.root`` naming the training's own images keeps the training's split of them too.
     """
     explicit = _command_line_keys()
-    for key in PREPROCESSING:
+    same_images = (cfg.data.get("_target_") == trained.data.get("_target_") and cfg.data.get("root") is not None
+                   and trained.data.get("root") is not None
+                   and Path(str(cfg.data.root)).expanduser().resolve() == Path(str(trained.data.root)).resolve())
+    for key in PREPROCESSING + (SPLIT if same_images else ()):
         if f"data.{key}" in explicit or trained.data.get(key) is None or key not in cfg.data:
             continue
         if cfg.data[key] != trained.data[key]:
