@@ -128,3 +128,15 @@ def test_label_smoothing_shapes_the_training_loss_and_not_the_test_loss():
         logits = model(batch.images)
     assert results["test/loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, batch.labels).item(), rel=1e-6)
     assert model.criterion(logits, batch.labels).item() != pytest.approx(results["test/loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.0, 1.5])
+def test_label_smoothing_outside_0_to_1_is_refused_naming_the_setting(smoothing):
+    # -0.1 used to train silently with a negative smoothing; 1.5 failed only at the first training step.
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, len(CLASSES)))
+    with pytest.raises(ConfigValueError, match=rf"classifier.label_smoothing={smoothing} is outside \[0, 1\)"):
+        ImageClassifier(net, len(CLASSES), label_smoothing=smoothing)
+    with pytest.raises(ConfigValueError, match="scheduler.interval must be step or epoch, got 'batch'"):
+        ImageClassifier(net, len(CLASSES), scheduler_interval="batch")
+    assert ImageClassifier(net, len(CLASSES), label_smoothing=0.2).criterion.label_smoothing == 0.2
+

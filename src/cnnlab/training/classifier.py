@@ -68,7 +68,14 @@ class ImageClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
-            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+            raise ConfigValueError(f"scheduler.interval must be step or epoch, got {scheduler_interval!r}")
+        # torch accepts a negative smoothing silently and refuses one above 1 only at the first
+        # training step; 1 itself makes every target uniform, so nothing could be learnt.
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigValueError(
+                f"classifier.label_smoothing={label_smoothing} is outside [0, 1): it is the share of each target "
+                f"spread over all classes (0.1 is usual, 0 turns it off)"
+            )
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.net = net
