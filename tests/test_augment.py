@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from cnnlab.data.augment import NormalizeBatch, RandomBatchAugment
+from cnnlab.errors import ConfigValueError
 
 
 def random_batch(n: int = 32, size: int = 32) -> torch.Tensor:
@@ -114,8 +115,11 @@ def test_normalize_matches_torchvision():
 
 
 def test_bad_settings_are_rejected():
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigValueError, match=r"^data.augment.brightness=1.5: brightness and contrast must be below 1"):
         RandomBatchAugment(brightness=1.5)
+    with pytest.raises(ConfigValueError, match=r"^data.augment.crop_padding=-4, data.augment.rotation_degrees=-15: "
+                                               r"augmentation strengths must be 0 \(off\) or more"):
+        RandomBatchAugment(crop_padding=-4, rotation_degrees=-15)
     with pytest.raises(ValueError):
         NormalizeBatch([0.5, 0.5], [0.5, 0.5, 0.5])
     with pytest.raises(TypeError):

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cnnlab.errors import ConfigValueError
+
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale uses for contrast.
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -50,10 +52,18 @@ class RandomBatchAugment(nn.Module):
         contrast: float = 0.0,
     ) -> None:
         super().__init__()
-        if crop_padding < 0 or rotation_degrees < 0 or brightness < 0 or contrast < 0:
-            raise ValueError("augmentation strengths must be non-negative")
-        if brightness >= 1 or contrast >= 1:
-            raise ValueError("brightness and contrast must be below 1 (a factor range of [1-x, 1+x])")
+        settings = {"crop_padding": crop_padding, "rotation_degrees": rotation_degrees, "brightness": brightness,
+                    "contrast": contrast}
+        negative = [f"data.augment.{name}={value}" for name, value in settings.items() if value < 0]
+        if negative:
+            raise ConfigValueError(f"{', '.join(negative)}: augmentation strengths must be 0 (off) or more")
+        too_strong = [f"data.augment.{name}={value}" for name, value in settings.items()
+                      if name in ("brightness", "contrast") and value >= 1]
+        if too_strong:
+            raise ConfigValueError(
+                f"{', '.join(too_strong)}: brightness and contrast must be below 1 (each image's factor is drawn "
+                f"from [1 - x, 1 + x]; 0.2 is usual)"
+            )
         self.crop_padding = int(crop_padding)
         self.hflip = bool(hflip)
         self.rotation_degrees = float(rotation_degrees)
