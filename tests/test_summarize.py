@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -108,6 +109,24 @@ def test_a_loss_is_ranked_lowest_first_unless_the_sweeper_optimised_it_another_w
         assert summarize(sweep, metric="fit_seconds").direction == "maximize"  # neither kind: the default
     make_job(tmp_path / "loss_sweep", 0, [], {"val/loss": 0.5}, optimized_metric="val/loss")
     assert summarize(tmp_path / "loss_sweep").direction == "minimize"
+
+
+def test_a_resumed_job_shows_the_overrides_of_the_session_that_wrote_its_metrics(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    job = make_job(sweep, 0, ["model=simple_cnn", "trainer.max_epochs=1"], {"val/acc_best": 0.5, "epochs": 2})
+    make_job(sweep, 1, ["model=simple_cnn_bn", "trainer.max_epochs=1"], {"val/acc_best": 0.4, "epochs": 1})
+    sessions = {"resumed_2026-01-01_10-00-00": (["model=simple_cnn", "trainer.max_epochs=2", "ckpt_path=last"], 100),
+                # A later session that failed before writing metrics.json: not what the metrics came from.
+                "resumed_2026-01-01_11-00-00": (["model=simple_cnn", "trainer.max_epochs=3", "ckpt_path=last"], 300)}
+    for name, (overrides, mtime) in sessions.items():
+        (job / ".hydra" / name).mkdir()
+        (job / ".hydra" / name / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        os.utime(job / ".hydra" / name / "overrides.yaml", (mtime, mtime))
+    os.utime(job / ".hydra" / "overrides.yaml", (50, 50))
+    os.utime(job / "metrics.json", (200, 200))
+    summary = summarize(sweep)
+    assert summary.jobs[0].overrides == {"model": "simple_cnn", "trainer.max_epochs": "2", "ckpt_path": "last"}
+    assert summary.swept == ["model", "trainer.max_epochs", "ckpt_path"]
 
 
 def test_a_missing_or_empty_folder_is_a_clear_error(tmp_path: Path):

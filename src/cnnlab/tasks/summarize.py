@@ -109,9 +109,23 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     return sorted(folders, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
 
 
+def session_overrides_file(job_dir: Path) -> Path:
+    """The ``overrides.yaml`` of the session whose results ``metrics.json`` holds.
+
+    A resumed run keeps its first session's record in ``.hydra/`` and each later session's in
+    ``.hydra/resumed_<date>_<time>/``; the row must show the overrides (``trainer.max_epochs``,
+    ``ckpt_path``) the metrics came from: the last session that started before they were written.
+    """
+    first = job_dir / ".hydra" / "overrides.yaml"
+    results = job_dir / RESULTS_FILE
+    written = results.stat().st_mtime if results.is_file() else math.inf
+    resumed = [f for f in sorted((job_dir / ".hydra").glob("resumed_*/overrides.yaml")) if f.stat().st_mtime <= written]
+    return resumed[-1] if resumed else first
+
+
 def read_job(job_dir: Path) -> Job:
-    """A job's overrides (``.hydra/overrides.yaml``) and final metrics (``metrics.json``, absent if it failed)."""
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    """A job's overrides (its latest session's ``overrides.yaml``) and final metrics (``metrics.json``, absent if it failed)."""
+    overrides_file = session_overrides_file(job_dir)
     overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
     job = Job(job_dir.name, job_dir, overrides)
     failure, finished = logged_outcome(job_dir)
