@@ -5,7 +5,6 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from cnnlab.data.augment import NormalizeBatch
-from cnnlab.errors import ConfigValueError
 
 
 class SimpleCNN(nn.Module):
@@ -75,12 +74,4 @@ class SimpleCNN(nn.Module):
         return self.features[-3]
 
     def forward(self, x: Tensor) -> Tensor:
-        # The first fully connected layer's width is fixed by input_size: other images would
-        # fail there with only a matrix-shape message.
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            raise ConfigValueError(
-                f"this SimpleCNN was built for {self.input_size}x{self.input_size} images (model.input_size="
-                f"{self.input_size}) but got {x.shape[-2]}x{x.shape[-1]}: set data.image_size={self.input_size} to "
-                f"resize the images, or leave model.input_size at its default (${{data.image_size}})"
-            )
         return self.classifier(self.features(self.normalize(x)))

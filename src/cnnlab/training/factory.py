@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cnnlab.errors import ConfigValueError
+from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.training.classifier import ImageClassifier
 
 
@@ -16,6 +18,15 @@ def build_classifier(cfg: DictConfig, class_names: Sequence[str], train: bool = 
     ``train=False`` builds it for evaluation only: no optimizer or schedule is needed.
     """
     net = instantiate(cfg.model, num_classes=len(class_names))
+    image_size = (cfg.get("data") or {}).get("image_size")
+    # SimpleCNN's first fully connected layer is sized for model.input_size; other images would
+    # fail there, at the first batch, with only a matrix-shape message.
+    if isinstance(net, SimpleCNN) and image_size is not None and net.input_size != image_size:
+        raise ConfigValueError(
+            f"model.input_size={net.input_size} builds the network for {net.input_size}x{net.input_size} images, but "
+            f"data.image_size={image_size} makes them {image_size}x{image_size}: set data.image_size={net.input_size} "
+            f"instead (model.input_size follows it)"
+        )
     schedule = cfg.get("scheduler") or {}
     options = cfg.get("classifier") or {}
     return ImageClassifier(
