@@ -16,6 +16,8 @@ from test_scripts import run, script_command, train_overrides
 from cnnlab.checkpoint import ensure_training_left
 from cnnlab.errors import CheckpointError, RunDirectoryInUseError
 from cnnlab.tasks.train import train
+from cnnlab.utils.config import resume_session
+from cnnlab.utils.hydra_callbacks import RefuseUsedRunFolder
 from conftest import scalar_events, scalar_steps
 
 
@@ -112,6 +114,36 @@ def test_resuming_with_limits_the_checkpoint_has_passed_is_refused_and_reaching_
     # The limits it reached (a job requeued after its training ended, before its test) leave it to Lightning.
     ensure_training_left(checkpoint, OmegaConf.create({"max_epochs": 2, "max_steps": 14}), last)
     ensure_training_left(checkpoint, OmegaConf.create({"max_epochs": -1, "max_steps": -1}), last)
+
+
+def test_a_checkpoint_of_another_folder_starts_the_new_folders_first_session(make_config, tmp_path: Path):
+    train(make_config(overrides=["trainer.max_epochs=1"], run_dir=tmp_path / "a"))
+    new = tmp_path / "b"
+    resume_session.cache_clear()
+    config = make_config(overrides=[f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=2"],
+                         run_dir=new)
+    # Its record is the new folder's first: .hydra/config.yaml and tensorboard/, not a resumed_<...> sub-folder.
+    assert config.session == ""
+    resume_session.cache_clear()
+    assert make_config(overrides=[f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"],
+                       run_dir=tmp_path / "a").session.startswith("resumed_")
+
+
+def test_a_sweep_from_another_runs_checkpoint_into_a_used_sweep_folder_is_refused(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / "checkpoints").mkdir(parents=True)
+    (sweep / "0" / "metrics.json").write_text("{}")
+    elsewhere = tmp_path / "a" / "checkpoints" / "last.ckpt"
+
+    def start(ckpt_path: str) -> None:
+        RefuseUsedRunFolder().on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}},
+                                                                  "ckpt_path": ckpt_path}))
+
+    # Its jobs' first sessions: Hydra would write their .hydra/ over the earlier jobs' records.
+    with pytest.raises(SystemExit, match="already holds the results of an earlier sweep"):
+        start(str(elsewhere))
+    start("last")  # each job continues its own folder
+    start(str(sweep / "0" / "checkpoints" / "last.ckpt"))
 
 
 ONECYCLE = ["optimizer=sgd", "scheduler=onecycle"]

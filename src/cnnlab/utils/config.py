@@ -127,12 +127,16 @@ def resume_session(ckpt_path: str | None, output_dir: str) -> str:
 
     A resumed session writes its TensorBoard run and its Hydra config into sub-folders of this
     name, so the first session's files stay as they were. ``ckpt_path=last`` resumes only when
-    ``output_dir`` already holds a last checkpoint. Decided once per process (cached), before
-    this session writes anything.
+    ``output_dir`` already holds a last checkpoint; a checkpoint of another folder starts a new
+    run in ``output_dir``, whose record is its first (``.hydra/config.yaml``). Decided once per
+    process (cached), before this session writes anything.
     """
     if not ckpt_path:
         return ""
-    if ckpt_path == "last" and not (Path(output_dir) / CHECKPOINTS_FOLDER / "last.ckpt").is_file():
+    if ckpt_path == "last":
+        if not (Path(output_dir) / CHECKPOINTS_FOLDER / "last.ckpt").is_file():
+            return ""
+    elif Path(ckpt_path).expanduser().absolute().parent.resolve() != (Path(output_dir) / CHECKPOINTS_FOLDER).resolve():
         return ""
     return time.strftime("resumed_%Y-%m-%d_%H-%M-%S")
 

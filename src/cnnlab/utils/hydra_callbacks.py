@@ -76,9 +76,13 @@ class RefuseUsedRunFolder(Callback):
             _exit_on_refusal(lambda: refuse_used_run_dir(output_dir, self.any_content))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("ckpt_path") and not self.any_content:
-            return  # each job resumes its own folder; the training task checks them one by one
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and not self.any_content and (
+                ckpt_path == "last"
+                or Path(str(ckpt_path)).expanduser().absolute().parent.resolve().is_relative_to(sweep_dir.resolve())):
+            return  # each job resumes its own folder; the training task checks them one by one
+        # A checkpoint from elsewhere starts every job's first session: Hydra would write over a job's record.
         _exit_on_refusal(lambda: refuse_used_sweep_dir(sweep_dir, self.any_content))
 
 
