@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, help="a sweep folder (logs/train/multiruns/<sweep>), or any folder of run folders")
     parser.add_argument("--metric", help="rank by this final metric (default: the jobs' optimized_metric, else val/acc_best)")
     parser.add_argument("--direction", choices=["maximize", "minimize"],
-                        help="best is highest or lowest (default: the Optuna sweeper's direction, else maximize)")
+                        help="best is highest or lowest (default: the Optuna sweeper's direction for its metric, "
+                             "else minimize for a loss, maximize otherwise)")
     parser.add_argument("--out", type=Path, help="write the summary files here instead of into the sweep folder")
     args = parser.parse_args(argv)
 
