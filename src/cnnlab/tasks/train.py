@@ -31,7 +31,9 @@ from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
 from cnnlab.utils.config import (
     CHECKPOINTS_FOLDER,
+    LAST_CHECKPOINT,
     RESULTS_FILE,
+    continues_in,
     ensure_values_set,
     flatten,
     instantiate_all,
@@ -40,7 +42,7 @@ from cnnlab.utils.config import (
 )
 from cnnlab.utils.cuda_check import ensure_accelerator_available, skip_unloadable_nvml_check
 from cnnlab.utils.host_memory import keep_freed_memory
-from cnnlab.utils.hydra_callbacks import LAST_CHECKPOINT, continues_in, refuse_used_run_dir
+from cnnlab.utils.hydra_callbacks import refuse_used_run_dir
 
 log = logging.getLogger(__name__)
 

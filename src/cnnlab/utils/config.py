@@ -48,6 +48,7 @@ def register_resolvers() -> None:
 
 
 CHECKPOINTS_FOLDER = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
 RESULTS_FILE = "metrics.json"  # a run's final metrics, in its folder
 
 
@@ -131,14 +132,17 @@ def resume_session(ckpt_path: str | None, output_dir: str) -> str:
     run in ``output_dir``, whose record is its first (``.hydra/config.yaml``). Decided once per
     process (cached), before this session writes anything.
     """
-    if not ckpt_path:
-        return ""
-    if ckpt_path == "last":
-        if not (Path(output_dir) / CHECKPOINTS_FOLDER / "last.ckpt").is_file():
-            return ""
-    elif Path(ckpt_path).expanduser().absolute().parent.resolve() != (Path(output_dir) / CHECKPOINTS_FOLDER).resolve():
+    if not ckpt_path or not continues_in(Path(output_dir), ckpt_path):
         return ""
     return time.strftime("resumed_%Y-%m-%d_%H-%M-%S")
+
+
+def continues_in(output_dir: Path, ckpt_path: str) -> bool:
+    """Whether ``ckpt_path`` resumes the run in ``output_dir``: ``last`` with a last checkpoint there, or one of its checkpoints."""
+    if ckpt_path == "last":
+        return (output_dir / CHECKPOINTS_FOLDER / LAST_CHECKPOINT).is_file()
+    checkpoint = Path(ckpt_path).expanduser().resolve()
+    return checkpoint.parent.name == CHECKPOINTS_FOLDER and checkpoint.parent.parent == output_dir.resolve()
 
 
 def process_rank() -> int:

@@ -11,9 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig
 
 from cnnlab.errors import CnnlabError, ConfigValueError, RunDirectoryInUseError
-from cnnlab.utils.config import CHECKPOINTS_FOLDER, RESULTS_FILE, process_rank
-
-LAST_CHECKPOINT = "last.ckpt"
+from cnnlab.utils.config import CHECKPOINTS_FOLDER, LAST_CHECKPOINT, RESULTS_FILE, continues_in, process_rank
 
 
 def run_leftovers(output_dir: Path, any_content: bool = False) -> list[Path]:
@@ -38,14 +36,6 @@ def refuse_used_run_dir(output_dir: Path, any_content: bool = False) -> None:
             f"{output_dir} already holds results of another run ({shown}); nothing was overwritten. Leave "
             f"hydra.run.dir at its default (a new folder per run) or pick a new one{resume}."
         )
-
-
-def continues_in(output_dir: Path, ckpt_path: str) -> bool:
-    """Whether ``ckpt_path`` resumes the run in ``output_dir``: ``last`` with a last checkpoint there, or one of its checkpoints."""
-    if ckpt_path == "last":
-        return (output_dir / CHECKPOINTS_FOLDER / LAST_CHECKPOINT).is_file()
-    checkpoint = Path(ckpt_path).expanduser().resolve()
-    return checkpoint.parent.name == CHECKPOINTS_FOLDER and checkpoint.parent.parent == output_dir.resolve()
 
 
 class RefuseUsedRunFolder(Callback):

@@ -28,17 +28,16 @@ def evaluation_mode(net: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
-def first_conv_name(net: nn.Module) -> str:
-    """The name of the first ``nn.Conv2d`` in ``net`` (in registration order)."""
-    for name, module in net.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return name
-    raise LayerNotFoundError(f"{type(net).__name__} has no nn.Conv2d layer to show")
-
-
 def conv_layer_names(net: nn.Module) -> list[str]:
     """Names of the ``nn.Conv2d`` layers of ``net``, in registration order."""
     return [name for name, module in net.named_modules() if isinstance(module, nn.Conv2d)]
+
+
+def first_conv_name(net: nn.Module) -> str:
+    """The name of the first ``nn.Conv2d`` in ``net`` (in registration order)."""
+    if convs := conv_layer_names(net):
+        return convs[0]
+    raise LayerNotFoundError(f"{type(net).__name__} has no nn.Conv2d layer to show")
 
 
 def layer_names(net: nn.Module) -> list[str]:
