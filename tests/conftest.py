@@ -5,6 +5,7 @@ Nothing here downloads anything; the whole suite runs offline on a CPU.
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,14 @@ CONF_DIR = ROOT / "conf"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 register_resolvers()
+
+# Under pytest-xdist the workers share the cores: each takes its share of torch's threads, and
+# so do the scripts the tests start (they inherit OMP_NUM_THREADS), instead of every process
+# running as many threads as there are cores.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(_threads)
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
 
 
 def scalar_events(log_dir: Path, tag: str) -> list[tuple[int, float]]:
