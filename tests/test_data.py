@@ -158,8 +158,26 @@ def test_corrupt_image_is_named(tmp_path: Path):
 
 
 def test_folder_without_train_dir_is_a_clear_error(tmp_path: Path):
-    with pytest.raises(DatasetNotFoundError, match="train/<class>"):
+    with pytest.raises(DatasetNotFoundError) as error:
         _ = ImageFolderDataModule(str(tmp_path)).class_names
+    assert str(error.value).endswith("(and optionally DIR/val/, DIR/test/); scripts/eval.py also takes "
+                                     "DIR/test/<class>/<image files> alone")
+
+
+def test_a_test_folder_alone_is_labelled_by_the_class_list_it_is_given(tmp_path: Path):
+    root = write_image_folder(tmp_path / "imgs", classes=("dog", "fox"), per_class=3, splits=("test",))
+    dm = ImageFolderDataModule(str(root), cache_dir=None)
+    assert dm.is_test_set
+    with pytest.raises(DatasetNotFoundError, match="no training images"):  # nothing to say the label order
+        _ = dm.class_names
+    dm.label_with(["cat", "dog", "fox"])
+    dm.setup("test")
+    assert (len(dm.train_split), len(dm.val_split), len(dm.test_split)) == (0, 0, 6)
+    assert dm.test_split.labels.tolist() == [1, 1, 1, 2, 2, 2]
+
+    write_image_folder(root, per_class=1)
+    with pytest.raises(ValueError, match="has train/"):
+        ImageFolderDataModule(str(root), cache_dir=None).label_with(["cat", "dog", "fox"])
 
 
 def test_held_out_splits_that_leave_no_training_images_are_refused_before_decoding(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -71,6 +72,37 @@ def test_the_training_images_named_with_a_data_group_keep_the_training_split(ima
     results = evaluate_with(tmp_path, f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", "data=folder",
                             f"data.root={image_folder}")
     assert results["test/acc"] == trained["test/acc"] and results["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-6)
+
+
+def test_a_test_folder_alone_is_tested_whole_with_the_checkpoints_labels(trained_run: Path, image_folder: Path,
+                                                                       tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    # No cat images: labelled by test/'s own folders, dog and fox would be scored as the model's cat and dog.
+    alone = write_image_folder(tmp_path / "alone", classes=("dog", "fox"), per_class=5, splits=("test",), seed=2)
+    last = trained_run / "checkpoints" / "last.ckpt"
+    caplog.set_level(logging.INFO, logger="cnnlab.data.folder")
+    results = evaluate_with(tmp_path / "a", f"ckpt_path={last}", "data=folder", f"data.root={alone}")
+    assert f"testing on the 10 images of {alone / 'test'} ({alone} has no train/)" in caplog.text
+    assert {"test/acc_class/dog", "test/acc_class/fox"} <= set(results) and "test/acc_class/cat" not in results
+    # The same images as the test/ of a folder with the training's train/: the same metrics.
+    beside = tmp_path / "beside"
+    shutil.copytree(image_folder / "train", beside / "train")
+    shutil.copytree(alone / "test", beside / "test")
+    assert results == evaluate_with(tmp_path / "b", f"ckpt_path={last}", "data=folder", f"data.root={beside}")
+
+    (alone / "test" / "emu").mkdir()
+    with pytest.raises(CheckpointError) as refused:
+        evaluate_with(tmp_path / "c", f"ckpt_path={last}", "data=folder", f"data.root={alone}")
+    assert f"classes are not those {last} was trained on (the data's emu not in the checkpoint); the class" in str(refused.value)
+
+
+def test_a_train_folder_alone_is_tested_on_its_held_out_share(trained_run: Path, image_folder: Path, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="cnnlab.data.folder")
+    results = evaluate_with(tmp_path, f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}", "data=folder",
+                            f"data.root={image_folder}")
+    assert "test/acc" in results
+    assert (f"{image_folder} has no test/: testing on the 4 images (11.1%) held out of the 36 in {image_folder / 'train'} "
+            f"(data.test_split=0.1, seed 0), not on a separate test set") in caplog.text
 
 
 def test_an_image_size_the_network_cannot_take_is_refused(trained_run: Path, image_folder: Path, tmp_path: Path):

@@ -1,5 +1,8 @@
 """A folder of the user's own images: ``root/train/<class>/*``, optional ``root/val``, ``root/test``.
 
+A folder with ``root/test/<class>/*`` alone is a test set for a checkpoint: its labels follow the
+checkpoint's class list (see :meth:`ImageFolderDataModule.label_with`).
+
 Every image is decoded once, resized to ``image_size`` x ``image_size`` and kept as uint8. The
 decoded tensors are cached on disk under a key made of the files' paths, sizes and
 modification times and the decode settings, so an edited folder is decoded afresh and never
@@ -154,7 +157,8 @@ class ImageFolderDataModule(InMemoryImageDataModule):
     """The user's own labelled images.
 
     Args:
-        root: folder with ``train/<class>/*`` and optionally ``val/<class>/*`` and ``test/<class>/*``.
+        root: folder with ``train/<class>/*`` and optionally ``val/<class>/*`` and ``test/<class>/*``;
+            or with ``test/<class>/*`` alone, to evaluate a checkpoint on (see :meth:`label_with`).
         image_size: every image is resized (shorter side) and centre-cropped to this square size.
         val_split: where ``val/`` is missing, this many training images (count or fraction) are held out.
         test_split: where ``test/`` is missing, this many training images are held out for test.
@@ -193,12 +197,33 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         return self.root / "train"
 
     @property
+    def test_dir(self) -> Path:
+        return self.root / "test"
+
+    @property
+    def is_test_set(self) -> bool:
+        """Whether the folder is a test set alone: ``test/`` without ``train/``."""
+        return self.test_dir.is_dir() and not self.train_dir.is_dir()
+
+    def label_with(self, class_names: list[str]) -> None:
+        """Label a test set alone (:attr:`is_test_set`) by ``class_names``, a checkpoint's classes in order.
+
+        Without ``train/`` the class folders of ``test/`` cannot give the label order: a class with
+        no test images would shift every later label. ``test/`` may lack classes; a class folder
+        not in ``class_names`` is refused when the images are read.
+        """
+        if not self.is_test_set:
+            raise ValueError(f"{self.root} has train/ (or no test/): its classes are train/'s class folders")
+        self._class_names = list(class_names)
+
+    @property
     def class_names(self) -> list[str]:
         if self._class_names is None:
             if not self.train_dir.is_dir():
                 raise DatasetNotFoundError(
                     f"no training images: {self.train_dir} does not exist. data=folder expects "
-                    f"data.root=DIR with DIR/train/<class>/<image files> (and optionally DIR/val/, DIR/test/)"
+                    f"data.root=DIR with DIR/train/<class>/<image files> (and optionally DIR/val/, DIR/test/); "
+                    f"scripts/eval.py also takes DIR/test/<class>/<image files> alone"
                 )
             names = list_class_dirs(self.train_dir)
             # A class without training images would be a class the model never sees, reported as 0% accurate.
@@ -258,8 +283,13 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         return split
 
     def load_splits(self) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
+        if self.is_test_set:
+            test = self._load_split_dir(self.test_dir)
+            log.info("testing on the %d images of %s (%s has no train/)", len(test), self.test_dir, self.root)
+            nothing = test.subset(torch.arange(0))
+            return nothing, nothing, test
         train_samples = self._scan_split_dir(self.train_dir)
-        val_dir, test_dir = self.root / "val", self.root / "test"
+        val_dir, test_dir = self.root / "val", self.test_dir
         specs = {"val": ("data.val_split", self.val_split), "test": ("data.test_split", self.test_split)}
         missing = [name for name, folder in (("val", val_dir), ("test", test_dir)) if not folder.is_dir()]
         # Checked before decoding anything: a held-out split too large fails in seconds, not after the decode.
@@ -273,10 +303,14 @@ class ImageFolderDataModule(InMemoryImageDataModule):
             train = train.subset(parts[-1])
             val = taken.get("val", val)
             test = taken.get("test", test)
+            # Said plainly: an evaluation of a train/-only folder tests this share, not a test set of its own.
             for name, size in zip(missing, sizes, strict=True):
                 log.warning(
-                    "%s/ not found in %s: holding out %d training images (seed %d) as the %s split",
-                    name, self.root, size, self.split_seed, name,
+                    "%s has no %s/: %s on the %d images (%.3g%%) held out of the %d in %s (%s=%s, seed %d), "
+                    "not on a separate %s set",
+                    self.root, name, {"val": "validating", "test": "testing"}[name], size,
+                    100 * size / len(train_samples), len(train_samples), self.train_dir, *specs[name],
+                    self.split_seed, name,
                 )
         assert val is not None and test is not None
         return train, val, test

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, ensure_same_model, read_checkpoint
+from cnnlab.data.folder import ImageFolderDataModule, list_class_dirs
 from cnnlab.errors import CheckpointError, ConfigValueError
 from cnnlab.tasks.results import metric_values, write_metrics
 from cnnlab.training.callbacks import CHECKPOINT_KEY
@@ -29,7 +30,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     The network and, unless ``data=...`` is given, the data pipeline come from the config the
     checkpoint stores, so the test split and its preprocessing are exactly those of training.
     Other data (``data=...``) is preprocessed as in training unless the command line sets
-    ``data.image_size``, and must have the training's class names.
+    ``data.image_size``, and must have the training's class names. A folder with ``test/`` alone
+    (no ``train/``) is tested whole, each image labelled by the checkpoint's class list; it may
+    lack classes, but not have classes the checkpoint does not know.
     """
     if not cfg.get("ckpt_path"):
         raise CheckpointError("eval needs ckpt_path=<path to a .ckpt file from a training run>")
@@ -54,7 +57,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("model"):
         ensure_same_model(checkpoint, cfg.model, cfg.ckpt_path, advice="without model=, eval uses the checkpoint's own network")
     datamodule = instantiate(cfg.data)
-    ensure_same_classes(datamodule.class_names, checkpoint[CHECKPOINT_KEY]["class_names"], cfg.ckpt_path)
+    trained_classes = list(checkpoint[CHECKPOINT_KEY]["class_names"])
+    if isinstance(datamodule, ImageFolderDataModule) and datamodule.is_test_set:
+        ensure_same_classes(list_class_dirs(datamodule.test_dir), trained_classes, cfg.ckpt_path, subset=True)
+        datamodule.label_with(trained_classes)
+    else:
+        ensure_same_classes(datamodule.class_names, trained_classes, cfg.ckpt_path)
     model = build_model_from_checkpoint(checkpoint)
     trained_size = trained.data.get("image_size")
     if trained_size is not None and cfg.data.get("image_size") not in (None, trained_size):
@@ -124,17 +132,20 @@ def with_data_settings(trained_data: DictConfig, settings: DictConfig) -> DictCo
     return OmegaConf.merge(trained_data, settings)
 
 
-def ensure_same_classes(data_classes: list[str], trained_classes: list[str], ckpt_path: str | Path) -> None:
+def ensure_same_classes(data_classes: list[str], trained_classes: list[str], ckpt_path: str | Path,
+                        subset: bool = False) -> None:
     """Refuse data whose classes are not, in order, those the checkpoint's model was trained on.
 
     Labels are class indices, so another class at index k would be scored as the model's class k.
+    With ``subset`` (data labelled by the checkpoint's own class list, a test folder alone) the
+    data may lack classes, in any order; a class the checkpoint does not know is still refused.
     """
-    if list(data_classes) == list(trained_classes):
-        return
-    missing = [name for name in trained_classes if name not in data_classes]
+    missing = [] if subset else [name for name in trained_classes if name not in data_classes]
     extra = [name for name in data_classes if name not in trained_classes]
-    differing = (f"the checkpoint's {', '.join(missing) or '(none)'} not in the data, the data's "
-                 f"{', '.join(extra) or '(none)'} not in the checkpoint" if missing or extra
+    if list(data_classes) == list(trained_classes) or (subset and not extra):
+        return
+    lacking = "" if subset else f"the checkpoint's {', '.join(missing) or '(none)'} not in the data, "
+    differing = (f"{lacking}the data's {', '.join(extra) or '(none)'} not in the checkpoint" if missing or extra
                  else f"the same classes in another order: {', '.join(data_classes)}")
     raise CheckpointError(
         f"the data's classes are not those {ckpt_path} was trained on ({differing}); the class folders must "
