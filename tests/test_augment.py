@@ -1,13 +1,12 @@
-"""On-device batch augmentation: per-sample parameters, exact crops, correct normalisation."""
+"""On-device batch augmentation: per-sample parameters, exact crops."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
-from cnnlab.data.augment import NormalizeBatch, RandomBatchAugment
+from cnnlab.data.augment import RandomBatchAugment
 from cnnlab.errors import ConfigValueError
 
 
@@ -84,43 +83,11 @@ def test_zero_rotation_is_identity_and_brightness_scales_per_sample():
     assert len(set(factors.tolist())) == 6
 
 
-def test_normalize_computes_in_the_dtype_of_its_network():
-    """Float32 normally; bfloat16 once the network is converted (trainer.precision=bf16-true), so
-    the first convolution gets the dtype of its weights."""
-    images = random_batch(4)
-    normalize = NormalizeBatch([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
-    expected = normalize(images)
-    assert expected.dtype == torch.float32
-    normalize.to(torch.bfloat16)
-    for batch in (images, images.float() / 255, images.contiguous(memory_format=torch.channels_last)):
-        out = normalize(batch)
-        assert out.dtype == torch.bfloat16
-        torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.01)  # bfloat16 keeps 8 bits
-
-
-def test_normalize_matches_torchvision():
-    images = random_batch(4)
-    mean, std = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
-    expected = TF.normalize(images.float() / 255, mean, std)
-    normalize = NormalizeBatch(mean, std)
-    assert torch.allclose(normalize(images), expected, atol=1e-5)
-    assert torch.allclose(normalize(images.float() / 255), expected, atol=1e-5)
-    for channels_last in (images.contiguous(memory_format=torch.channels_last),
-                          (images.float() / 255).contiguous(memory_format=torch.channels_last)):
-        out = normalize(channels_last)
-        assert out.is_contiguous(memory_format=torch.channels_last)
-        assert torch.allclose(out, expected, atol=1e-5)
-    single = NormalizeBatch([0.5], [0.25])  # one value for every channel
-    assert torch.allclose(single(images.contiguous(memory_format=torch.channels_last)), (images.float() / 255 - 0.5) / 0.25, atol=1e-5)
-
-
 def test_bad_settings_are_rejected():
     with pytest.raises(ConfigValueError, match=r"^data.augment.brightness=1.5: brightness and contrast must be below 1"):
         RandomBatchAugment(brightness=1.5)
     with pytest.raises(ConfigValueError, match=r"^data.augment.crop_padding=-4, data.augment.rotation_degrees=-15: "
                                                r"augmentation strengths must be 0 \(off\) or more"):
         RandomBatchAugment(crop_padding=-4, rotation_degrees=-15)
-    with pytest.raises(ValueError):
-        NormalizeBatch([0.5, 0.5], [0.5, 0.5, 0.5])
     with pytest.raises(TypeError):
         RandomBatchAugment(hflip=True)(torch.zeros(2, 3, 8, 8))

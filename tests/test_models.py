@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.data.augment import NormalizeBatch
 from cnnlab.errors import ConfigValueError
+from cnnlab.models.normalize import NormalizeBatch
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.train import train

@@ -22,9 +22,9 @@ from omegaconf import DictConfig
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cnnlab.data.augment import NormalizeBatch
 from cnnlab.data.folder import decode_image_file
 from cnnlab.errors import CheckpointError, ConfigValueError, InputNotFoundError, LayerNotFoundError
+from cnnlab.models.normalize import NormalizeBatch
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.evaluate import evaluate

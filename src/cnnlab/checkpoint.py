@@ -82,9 +82,10 @@ RESUME_MAY_CHANGE = frozenset({
 })
 
 
-# Model settings that do not change which network a checkpoint holds: where its starting weights
-# come from (the checkpoint holds every weight), and how training treats it (dropout, which layers
-# train). ``model=`` may differ from the checkpoint's run in these.
+# Model settings that do not change which network a checkpoint holds: the file its starting
+# weights were read from (the checkpoint holds every weight), and how training treats it (dropout,
+# which layers train). ``model=`` may differ from the checkpoint's run in these. ``model.weights``
+# is compared: the weights' name sets the default input size and normalisation.
 NOT_THE_NETWORK = frozenset(
     {key.removeprefix("model.") for key in RESUME_MAY_CHANGE if key.startswith("model.")}
     | {"dropout", "head_dropout", "trainable_stages", "backbone_lr_scale"}

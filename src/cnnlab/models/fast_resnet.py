@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from cnnlab.data.augment import NormalizeBatch
+from cnnlab.models.normalize import NormalizeBatch
 
 
 def conv_bn(in_channels: int, out_channels: int, pool: bool = False) -> nn.Sequential:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models import get_model
 
-from cnnlab.data.augment import NormalizeBatch
+from cnnlab.models.normalize import NormalizeBatch
 
 
 class CifarResNet(nn.Module):

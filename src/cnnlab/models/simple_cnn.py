@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from cnnlab.data.augment import NormalizeBatch
+from cnnlab.models.normalize import NormalizeBatch
 
 
 class SimpleCNN(nn.Module):
@@ -25,7 +25,7 @@ class SimpleCNN(nn.Module):
         channels: output channels of the three conv stages.
         hidden: width of the hidden fully connected layer.
         dropout: dropout probability before the last layer.
-        normalize: the input normalisation, applied first (see ``cnnlab.data.augment.NormalizeBatch``).
+        normalize: the input normalisation, applied first (see ``cnnlab.models.normalize.NormalizeBatch``).
     """
 
     def __init__(

@@ -9,7 +9,6 @@ without autograd while training. ``resnet18_ft`` is a preset of this class.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +16,9 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import Weights, get_model, list_models
 
-from cnnlab.data.augment import NormalizeBatch
 from cnnlab.errors import ConfigValueError
 from cnnlab.models.feature_cache import FeatureCache, module_fingerprint
+from cnnlab.models.normalize import NormalizeBatch
 from cnnlab.models.pretrained import load_pretrained, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -302,7 +301,3 @@ class TorchvisionFineTuner(nn.Module):
     @torch.no_grad()
     def _fixed_features(self, x: Tensor) -> Tensor:
         return self.backbone(self._prepare(x))
-
-    def frozen_parameters(self) -> Iterator[nn.Parameter]:
-        """The backbone parameters that do not train."""
-        return (p for p in self.backbone.parameters() if not p.requires_grad)
