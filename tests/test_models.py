@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
 from cnnlab.errors import ConfigValueError
@@ -64,6 +65,16 @@ def test_simple_cnn_built_for_another_size_than_the_data_names_data_image_size(m
         train(make_config(overrides=["model=simple_cnn", "model.input_size=64", "trainer.max_epochs=1"]))
     assert str(error.value).startswith("model.input_size=64 builds the network for 64x64 images, but "
                                        "data.image_size=32 makes them 32x32: set data.image_size=64 instead")
+
+
+def test_the_scratch_cnns_widths_and_the_batch_dropping_are_set_from_conf(make_config):
+    cfg = make_config(overrides=["model=simple_cnn", "model.channels=[16,32]", "model.hidden=64", "data.drop_last=true"])
+    net = instantiate(cfg.model, num_classes=10)
+    assert [c.out_channels for c in net.modules() if isinstance(c, nn.Conv2d)] == [16, 32]
+    # conv 3*16*9+16 + 16*32*9+32; fc (32 * 8 * 8)*64+64 + 64*10+10
+    assert count(net) == 448 + 4_640 + 131_136 + 650
+    assert instantiate(cfg.data).drop_last is True
+    assert make_config().data.drop_last is False
 
 
 def test_cam_target_layer_is_the_last_conv_block():

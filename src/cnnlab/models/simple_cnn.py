@@ -19,10 +19,9 @@ class SimpleCNN(nn.Module):
     Args:
         num_classes: size of the output layer.
         input_size: side of the square input images (32 for CIFAR); must be divisible by 8.
-        in_channels: input channels (3 for RGB).
         batch_norm: add BatchNorm after every convolution (``simple_cnn_bn``). The conv then
             has no bias of its own, since BatchNorm's shift makes it redundant.
-        channels: output channels of the three conv stages.
+        channels: output channels of the conv stages, one 2x2 pool each (three by default).
         hidden: width of the hidden fully connected layer.
         dropout: dropout probability before the last layer.
         normalize: the input normalisation, applied first (see ``cnnlab.models.normalize.NormalizeBatch``).
@@ -32,7 +31,6 @@ class SimpleCNN(nn.Module):
         self,
         num_classes: int = 10,
         input_size: int = 32,
-        in_channels: int = 3,
         batch_norm: bool = False,
         channels: tuple[int, ...] = (32, 64, 128),
         hidden: int = 512,
@@ -51,7 +49,7 @@ class SimpleCNN(nn.Module):
             )
         self.input_size = input_size
         layers: list[nn.Module] = []
-        previous = in_channels
+        previous = 3  # RGB: every data module hands over three channels
         for width in channels:
             layers.append(nn.Conv2d(previous, width, kernel_size=3, padding=1, bias=not batch_norm))
             if batch_norm:
