@@ -517,6 +517,12 @@ def test_visualize_an_image_of_other_data_as_eval_would(folder40_ckpt, tmp_path)
         visualize(compose_config("visualize", [*base, f"paths.output_dir={tmp_path / 'b'}", f"data.root={renamed}"]))
     assert "the checkpoint's fox not in the data, the data's emu not in the checkpoint" in str(refused.value)
 
+    # A test/ folder alone, as eval takes it: labelled by the checkpoint's classes (fox is 2, not 1).
+    alone = write_image_folder(tmp_path / "alone", classes=("cat", "fox"), per_class=3, splits=("test",), seed=2)
+    record = visualize(compose_config("visualize", [*base, f"paths.output_dir={tmp_path / 'c'}", f"data.root={alone}",
+                                                    "image=4"]))
+    assert record["image"] == "test image 4 (true class: fox)"
+
 
 def test_summary_script_prints_layers_shapes_and_parameter_counts(tmp_path):
     result = run_script("summary.py", tmp_path)

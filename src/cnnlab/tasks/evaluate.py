@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, ensure_same_model, read_checkpoint
+from cnnlab.data.base import InMemoryImageDataModule
 from cnnlab.data.folder import ImageFolderDataModule, list_class_dirs
 from cnnlab.errors import CheckpointError, ConfigValueError
 from cnnlab.tasks.results import metric_values, write_metrics
@@ -56,13 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         preprocess_as_trained(cfg, trained)
     if cfg.get("model"):
         ensure_same_model(checkpoint, cfg.model, cfg.ckpt_path, advice="without model=, eval uses the checkpoint's own network")
-    datamodule = instantiate(cfg.data)
-    trained_classes = list(checkpoint[CHECKPOINT_KEY]["class_names"])
-    if isinstance(datamodule, ImageFolderDataModule) and datamodule.is_test_set:
-        ensure_same_classes(list_class_dirs(datamodule.test_dir), trained_classes, cfg.ckpt_path, subset=True)
-        datamodule.label_with(trained_classes)
-    else:
-        ensure_same_classes(datamodule.class_names, trained_classes, cfg.ckpt_path)
+    datamodule = data_labelled_as_trained(cfg.data, checkpoint[CHECKPOINT_KEY]["class_names"], cfg.ckpt_path)
     model = build_model_from_checkpoint(checkpoint)
     trained_size = trained.data.get("image_size")
     if trained_size is not None and cfg.data.get("image_size") not in (None, trained_size):
@@ -130,6 +125,22 @@ def with_data_settings(trained_data: DictConfig, settings: DictConfig) -> DictCo
             f"or choose the data with data=NAME (e.g. data=folder data.root=DIR)"
         )
     return OmegaConf.merge(trained_data, settings)
+
+
+def data_labelled_as_trained(data_cfg: DictConfig, trained_classes: list[str], ckpt_path: str | Path) -> InMemoryImageDataModule:
+    """The data module of ``data_cfg``, its labels the indices of ``trained_classes`` (a checkpoint's).
+
+    A folder with ``test/`` alone is labelled by the checkpoint's class list (it may lack
+    classes); any other data must have exactly the training's classes, in order.
+    """
+    datamodule = instantiate(data_cfg)
+    trained_classes = list(trained_classes)
+    if isinstance(datamodule, ImageFolderDataModule) and datamodule.is_test_set:
+        ensure_same_classes(list_class_dirs(datamodule.test_dir), trained_classes, ckpt_path, subset=True)
+        datamodule.label_with(trained_classes)
+    else:
+        ensure_same_classes(datamodule.class_names, trained_classes, ckpt_path)
+    return datamodule
 
 
 def ensure_same_classes(data_classes: list[str], trained_classes: list[str], ckpt_path: str | Path,

@@ -6,12 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
 from cnnlab.errors import InputNotFoundError, LayerNotFoundError
-from cnnlab.tasks.evaluate import ensure_same_classes, preprocess_as_trained, wrong_size_error
+from cnnlab.tasks.evaluate import data_labelled_as_trained, preprocess_as_trained, wrong_size_error
 from cnnlab.tasks.inference import TrainedNetwork, class_probabilities, load_trained_network, positive_count, read_image
 from cnnlab.utils.config import ensure_values_set, run_folder
 from cnnlab.utils.io import atomic_write_json
@@ -43,8 +42,8 @@ def dataset_image(cfg: DictConfig, trained: TrainedNetwork, index: int) -> tuple
         raise InputNotFoundError(f"split={split_name} is not one of {', '.join(SPLITS)}")
     if cfg.get("data"):
         preprocess_as_trained(cfg, trained.config)
-    datamodule = instantiate(cfg.data if cfg.get("data") else trained.config.data)
-    ensure_same_classes(datamodule.class_names, trained.class_names, trained.ckpt_path)
+    datamodule = data_labelled_as_trained(cfg.data if cfg.get("data") else trained.config.data, trained.class_names,
+                                          trained.ckpt_path)
     datamodule.setup("test")
     split = getattr(datamodule, f"{split_name}_split")
     if not 0 <= index < len(split):
