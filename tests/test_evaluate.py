@@ -144,9 +144,12 @@ def test_models_of_one_architecture_name_are_told_apart_by_class(tmp_path: Path)
     stored = {CHECKPOINT_KEY: {"config": {"model": OmegaConf.to_container(model_config(tmp_path, "model=resnet18_ft"))}}}
     with pytest.raises(CheckpointError, match="holds a TorchvisionFineTuner resnet18 model, not CifarResNet resnet18"):
         ensure_same_model(stored, model_config(tmp_path, "model=resnet18_cifar"), "ft.ckpt")
-    # The same network composed another way, its weights from elsewhere: the same model.
+    # The same network composed another way, its starting weights read from another file: the same model.
     ensure_same_model(stored, model_config(tmp_path, "model=torchvision_ft", "model.arch=resnet18", "model.input_size=32",
                                            "model.weights=IMAGENET1K_V1", "model.weights_path=/x.pth"), "ft.ckpt")
+    # Other weights by name are another model: the name sets the default normalisation.
+    with pytest.raises(CheckpointError, match=r"holds a resnet18 model with weights=IMAGENET1K_V1, not one with weights=None"):
+        ensure_same_model(stored, model_config(tmp_path, "model=resnet18_ft", "model.weights=null"), "ft.ckpt")
 
 
 def test_a_folder_or_a_file_that_is_no_checkpoint_is_named_as_such(trained_run: Path, tmp_path: Path):
