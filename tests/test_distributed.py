@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from cnnlab.errors import ConfigValueError
+from cnnlab.tasks.summarize import FINISHED_LOG_MARK
 from cnnlab.tasks.train import build_run
 from cnnlab.utils.config import ddp_strategy
 from conftest import CONF_DIR, FAST, ROOT
@@ -36,19 +37,28 @@ def run_script(tmp_path: Path, script: str, *overrides: str) -> subprocess.Compl
 def test_ddp_on_two_cpu_processes_shares_each_epoch_syncs_metrics_and_writes_once(tmp_path: Path, cifar_root: Path):
     probe = tmp_path / "probe"
     # 120 images - 21 val = 99 train: uneven on purpose, for both the training and the validation split.
-    run_script(tmp_path, "train.py", *FAST, "trainer=ddp_cpu", f"data.root={cifar_root}", "data.val_split=21",
-               "data.download=false", "+callbacks.probe._target_=sample_probe.SampleIndexRecorder",
-               f"+callbacks.probe.out_dir={probe}")
+    trained = run_script(tmp_path, "train.py", *FAST, "trainer=ddp_cpu", f"data.root={cifar_root}",
+                         "data.val_split=21", "data.download=false",
+                         "+callbacks.probe._target_=sample_probe.SampleIndexRecorder", f"+callbacks.probe.out_dir={probe}")
 
     runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
     assert len(runs) == 1, "the second process must use the first one's run folder"
     run = runs[0]
     results = json.loads((run / "metrics.json").read_text())
     assert results["epochs"] == 2 and results["global_step"] == 2 * 4  # 50 samples per process, batches of 16
+    assert len(results["epoch_seconds"]) == 2
     # Written by rank zero alone: one process's TensorBoard files, one Hydra record.
     writers = {events.name.split(".")[-2] for events in (run / "tensorboard").glob("events.out.tfevents.*")}
     assert len(writers) == 1
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".hydra")) == [".hydra"]
+    # Lines about the whole run come from rank zero alone; the finished mark only in its job log, where
+    # scripts/summarize.py looks (the other process logs to train_ddp_process_1.log).
+    output = trained.stdout + trained.stderr
+    assert output.count(FINISHED_LOG_MARK) == 1 and output.count(" parameters, ") == 1
+    assert f"{FINISHED_LOG_MARK}{run}" in (run / "train.log").read_text()
+    assert FINISHED_LOG_MARK not in (run / "train_ddp_process_1.log").read_text()
+    # Epoch-level values are logged synchronised: Lightning recommends nothing.
+    assert "sync_dist" not in output
 
     seen = [json.loads((probe / f"seen_rank{rank}.json").read_text()) for rank in (0, 1)]
     for epoch in (0, 1):

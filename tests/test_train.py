@@ -357,16 +357,27 @@ def test_a_relative_data_root_is_recorded_absolute_so_eval_works_from_anywhere(m
     assert evaluated["test/acc"] == results["test/acc"]
 
 
-def test_a_data_error_leaves_no_empty_tensorboard_run_and_keeps_what_was_there(make_config, tmp_path):
+def test_epoch_times_reach_metrics_json_from_a_spawned_worker(make_config, tmp_path):
+    # Under ddp_spawn the epoch timer runs in the worker processes (one is enough here, ~6 s of it its
+    # imports), while this process writes metrics.json. (ddp_fork would be quicker, but hangs after torch's
+    # OpenMP threads have run in the parent.)
+    overrides = ["trainer=ddp_cpu", "trainer.strategy=ddp_spawn", "trainer.devices=1", "test=false"]
+    results = train(make_config(overrides=overrides))
+    recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())["epoch_seconds"]
+    assert recorded == results["epoch_seconds"] and len(recorded) == 2 and all(seconds > 0 for seconds in recorded)
+
+
+def test_a_data_error_leaves_no_empty_logger_run_and_keeps_what_was_there(make_config, tmp_path):
     # Lightning opens the event file before the data's setup, which is where undecodable images are found.
     for name in ("cat", "dog"):
         (tmp_path / "broken" / "train" / name).mkdir(parents=True)
         for i in range(3):
             (tmp_path / "broken" / "train" / name / f"{i}.jpg").write_bytes(b"not an image")
-    overrides = ["data=folder", f"data.root={tmp_path / 'broken'}", "trainer.max_epochs=1"]
+    overrides = ["data=folder", f"data.root={tmp_path / 'broken'}", "trainer.max_epochs=1", "logger=[tensorboard,csv]"]
     with pytest.raises(CorruptImageError, match=r"^6 image file\(s\) could not be decoded"):
         train(make_config(overrides=overrides))
     assert not list(tmp_path.rglob("events.out.tfevents.*")) and not (tmp_path / "run" / "tensorboard").exists()
+    assert not (tmp_path / "run" / "csv").exists()  # the CSV logger's folder, empty too
     # An event file from before this run stays (only what the failed run created is removed).
     earlier = tmp_path / "again" / "tensorboard" / "events.out.tfevents.1.host.1.0"
     earlier.parent.mkdir(parents=True)

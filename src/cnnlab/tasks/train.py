@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
@@ -26,7 +26,7 @@ from cnnlab.checkpoint import ensure_same_model, ensure_same_setup, ensure_train
 from cnnlab.errors import ConfigValueError, user_error
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
 from cnnlab.tasks.summarize import FAILED_LOG_MARK, FINISHED_LOG_MARK
-from cnnlab.training.callbacks import EpochTimer, RunRecordInCheckpoint
+from cnnlab.training.callbacks import EPOCH_SECONDS, EpochTimer, RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
 from cnnlab.utils.config import (
@@ -47,6 +47,17 @@ from cnnlab.utils.hydra_callbacks import refuse_used_run_dir
 log = logging.getLogger(__name__)
 
 
+@rank_zero_only
+def log_once(level: int, message: str, *args: Any) -> None:
+    """Log ``message`` from global rank zero only.
+
+    Under DDP every process runs the task, each with its own log file (Hydra's job log for rank
+    zero): a line about the run as a whole would appear once per process, and the finished mark
+    that ``scripts/summarize.py`` looks for would be in another process's log before rank zero
+    has written ``metrics.json``. A process's own failure is still logged by that process.
+    """
+    log.log(level, message, *args, stacklevel=3)  # the caller's line, past rank_zero_only's wrapper
+
 
 @rank_zero_only
 def ensure_fresh_run_dir(output_dir: Path) -> None:
@@ -62,8 +73,8 @@ def resume_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
         last = output_dir / CHECKPOINTS_FOLDER / LAST_CHECKPOINT
         if last.is_file():
             return str(last)
-        log.warning("ckpt_path=last, but %s holds no %s/%s yet: training from scratch", output_dir,
-                    CHECKPOINTS_FOLDER, LAST_CHECKPOINT)
+        log_once(logging.WARNING, "ckpt_path=last, but %s holds no %s/%s yet: training from scratch", output_dir,
+                 CHECKPOINTS_FOLDER, LAST_CHECKPOINT)
         return None
     return str(ckpt_path)
 
@@ -140,7 +151,7 @@ def without_logging_callbacks(callbacks: list[Any], loggers: list[Any]) -> list[
         return callbacks
     kept = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
     if len(kept) < len(callbacks):
-        log.info("no logger configured: the learning-rate monitor (callbacks.lr_monitor) is left out")
+        log_once(logging.INFO, "no logger configured: the learning-rate monitor (callbacks.lr_monitor) is left out")
     return kept
 
 
@@ -158,6 +169,18 @@ def fit_progress(trainer: L.Trainer) -> tuple[int, int]:
             saved = torch.load(last, map_location="cpu", weights_only=True)
             return int(saved["epoch"]) + 1, int(saved["global_step"])
     return trainer.current_epoch, trainer.global_step
+
+
+def epoch_times(trainer: L.Trainer) -> list[float] | None:
+    """The seconds of each epoch of this ``trainer.fit``, or None when the run has no EpochTimer.
+
+    Read from the fit's ``callback_metrics`` (gone after ``trainer.test``): with ``ddp_spawn``
+    the timer ran in worker processes, and those metrics are what came back from them.
+    """
+    if not any(isinstance(callback, EpochTimer) for callback in trainer.callbacks):
+        return None
+    times = trainer.callback_metrics.get(EPOCH_SECONDS)
+    return times.tolist() if times is not None else []
 
 
 @rank_zero_only
@@ -182,29 +205,30 @@ EVENT_FILES = "events.out.tfevents.*"
 
 
 @contextlib.contextmanager
-def no_empty_tensorboard_run(trainer: L.Trainer) -> Iterator[None]:
-    """On a failure, remove the TensorBoard event files (and folder) this block created that hold no data.
+def no_empty_logger_run(trainer: L.Trainer) -> Iterator[None]:
+    """On a failure, remove the TensorBoard event files and the logger folders this block created that hold no data.
 
-    Lightning opens the loggers' event files before it sets up the data, so a data error (a
-    corrupt image, too few images to split) would leave a run without data that
-    ``tensorboard --logdir`` lists. Files and folders that were there before, and event files
-    with anything logged in them, stay.
+    Lightning opens the loggers' event files and folders before it sets up the data, so a data
+    error (a corrupt image, too few images to split) would leave a run without data that
+    ``tensorboard --logdir`` lists, and an empty ``csv/`` folder. Files and folders that were
+    there before, and event files with anything logged in them, stay.
     """
-    folders = [Path(logger.log_dir) for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+    folders = [Path(logger.log_dir) for logger in trainer.loggers if isinstance(logger, (TensorBoardLogger, CSVLogger))]
     before = {folder: (set(folder.glob(EVENT_FILES)) if folder.is_dir() else None) for folder in folders}
     try:
         yield
     except BaseException:
         for folder, earlier in before.items():
-            remove_empty_event_files(folder, earlier)
+            remove_empty_logs(folder, earlier)
         raise
 
 
 @rank_zero_only
-def remove_empty_event_files(folder: Path, earlier: set[Path] | None) -> None:
+def remove_empty_logs(folder: Path, earlier: set[Path] | None) -> None:
     """Remove the event files in ``folder`` that are not in ``earlier`` and hold only the file's version record.
 
-    ``earlier`` None means the folder did not exist before: it goes too, if nothing else is left in it.
+    ``earlier`` None means the folder did not exist before: it goes too, if nothing else is left in it
+    (a CSV logger's folder holds no event files, so only this applies to it).
     """
     if not folder.is_dir():
         return
@@ -233,14 +257,14 @@ def optimized_value(cfg: DictConfig, results: dict[str, Any]) -> float | None:
         prefix = metric.split("/", 1)[0] + "/"
         if "/" in metric and not any(key.startswith(prefix) for key in results):
             # e.g. val/acc_best after a run with trainer.limit_val_batches=0: nothing to return, not a typo.
-            log.warning("optimized_metric=%s: this run logged no %s metrics (did any validation run?), so it "
-                        "returns no value to a sweeper", metric, prefix)
+            log_once(logging.WARNING, "optimized_metric=%s: this run logged no %s metrics (did any validation run?), "
+                     "so it returns no value to a sweeper", metric, prefix)
             return None
         known = ", ".join(k for k, v in results.items() if isinstance(v, float))
         raise ConfigValueError(f"optimized_metric={metric} is not among the run's final metrics; choose one of: {known}")
     value = float(results[metric])
     if math.isnan(value):
-        log.warning("the optimised metric %s is NaN (the run diverged?)", metric)
+        log_once(logging.WARNING, "the optimised metric %s is NaN (the run diverged?)", metric)
     return value
 
 
@@ -287,7 +311,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         ensure_training_left(checkpoint, cfg.trainer, ckpt_path)
         if not continues_in(output_dir, ckpt_path):
             ensure_fresh_run_dir(output_dir)
-        log.info("continuing from %s in %s", ckpt_path, output_dir)
+        log_once(logging.INFO, "continuing from %s in %s", ckpt_path, output_dir)
     else:
         ensure_fresh_run_dir(output_dir)
     if cfg.get("tune_host_malloc"):
@@ -299,34 +323,35 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, trainer = build_run(cfg)
     print_config(cfg)
     counts = model.parameter_counts()
-    log.info("model: %s parameters, %s trainable", f"{counts['params_total']:,}", f"{counts['params_trainable']:,}")
+    log_once(logging.INFO, "model: %s parameters, %s trainable", f"{counts['params_total']:,}",
+             f"{counts['params_trainable']:,}")
 
     started = time.perf_counter()
-    with no_empty_tensorboard_run(trainer):
+    with no_empty_logger_run(trainer):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
     results = metric_values(trainer.callback_metrics, prefixes=("val/", "train/"))
     epochs, global_step = fit_progress(trainer)
+    epoch_seconds = epoch_times(trainer)
     warn_if_last_checkpoint_lags(trainer, global_step)
 
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
         if not best:
-            log.warning("no best checkpoint was saved; testing the weights as they are after training")
+            log_once(logging.WARNING, "no best checkpoint was saved; testing the weights as they are after training")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         results.update(metric_values(trainer.callback_metrics, prefixes=("test/",)))
         results["best_checkpoint"] = best
 
     results.update(counts)
-    timers = [c for c in trainer.callbacks if isinstance(c, EpochTimer)]
-    if timers:
-        results["epoch_seconds"] = timers[0].epoch_seconds
+    if epoch_seconds is not None:
+        results["epoch_seconds"] = epoch_seconds
     results.update(epochs=epochs, global_step=global_step, fit_seconds=round(fit_seconds, 2))
     if ckpt_path:
         results["resumed_from"] = str(Path(ckpt_path).absolute())  # the path as given: last.ckpt may be a link
     keep_previous_results(output_dir, cfg.get("session") or "")
     write_metrics(output_dir / RESULTS_FILE, results)
     log_hparams_with_metrics(trainer, flatten(OmegaConf.to_container(cfg, resolve=True)), results)
-    log.info("%s%s", FINISHED_LOG_MARK, output_dir)
+    log_once(logging.INFO, "%s%s", FINISHED_LOG_MARK, output_dir)
     return results

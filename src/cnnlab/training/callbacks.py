@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 CHECKPOINT_KEY = "cnnlab"
@@ -110,11 +111,18 @@ def _reroot(state: dict[str, Any], old: str, new: str) -> dict[str, Any] | None:
             "best_k_models": {moved[path]: score for path, score in best_k.items()}}
 
 
+# The trainer's callback_metrics key of the epoch times so far (see EpochTimer).
+EPOCH_SECONDS = "time/epoch_seconds"
+
+
 class EpochTimer(Callback):
     """Log the wall time of every epoch, training and validation together, as ``time/epoch``.
 
     The times also end up in ``metrics.json`` (``epoch_seconds``), e.g. to compare a
     linear probe's first epoch (features computed) with the later ones (features cached).
+    They are kept in ``epoch_seconds`` and, as a tensor, in the trainer's ``callback_metrics``
+    under ``EPOCH_SECONDS``: with a spawn-based strategy (``ddp_spawn``) this callback runs in
+    the worker processes, and those metrics are what Lightning hands back to the main process.
     """
 
     def __init__(self) -> None:
@@ -131,7 +139,10 @@ class EpochTimer(Callback):
         seconds = time.perf_counter() - self._started
         self._started = None
         self.epoch_seconds.append(round(seconds, 3))
-        pl_module.log("time/epoch", seconds)
+        # The slowest process's time is the epoch's (and logging it synced keeps Lightning from warning under DDP).
+        pl_module.log("time/epoch", seconds, sync_dist=True, reduce_fx="max")
+        # float64, so that the main process reads back exactly the rounded values.
+        trainer.callback_metrics[EPOCH_SECONDS] = torch.tensor(self.epoch_seconds, dtype=torch.float64)
 
 
 # The callback hooks Lightning calls at every batch: six per training step, two per evaluation batch.

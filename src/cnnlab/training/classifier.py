@@ -28,6 +28,13 @@ SchedulerFactory = Callable[..., LRScheduler]
 
 log = logging.getLogger(__name__)
 
+# self.log options for a value computed at an epoch's end from torchmetrics states, which
+# torchmetrics has already combined across processes, so it is the same in every process. Lightning
+# warns about any epoch-level value logged without sync_dist under DDP; its sync of such a value is one
+# all-reduce per value, at the epoch's end only, and "max" returns it unchanged for any number of
+# processes (a mean of equal floats can round).
+SYNCED: dict[str, Any] = {"sync_dist": True, "reduce_fx": "max"}
+
 
 class ImageClassifier(L.LightningModule):
     """Cross-entropy training of ``net`` with top-1/top-5 accuracy for train, val and test.
@@ -212,24 +219,24 @@ class ImageClassifier(L.LightningModule):
         self._resumed_scheduler_states = checkpoint.get("lr_schedulers") if fitting else None
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict({"train/loss": self.train_loss.compute(), **self.train_metrics.compute()})
+        self.log_dict({"train/loss": self.train_loss.compute(), **self.train_metrics.compute()}, **SYNCED)
         self.train_metrics.reset()
         self.train_loss.reset()
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.log_dict(values, prog_bar=True)
+        self.log_dict(values, prog_bar=True, **SYNCED)
         if not self.trainer.sanity_checking:
             self.val_acc_best.update(values["val/acc"])
-            self.log("val/acc_best", self.val_acc_best.compute())
+            self.log("val/acc_best", self.val_acc_best.compute(), **SYNCED)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), **SYNCED)
         true_positives, support = self.test_per_class.compute()[:, [0, 4]].unbind(dim=1)
         accuracy = true_positives / support.clamp(min=1)
         self.log_dict({f"test/acc_class/{name}": accuracy[i]
-                       for i, name in enumerate(self.class_names) if support[i] > 0})
+                       for i, name in enumerate(self.class_names) if support[i] > 0}, **SYNCED)
         self.test_metrics.reset()
         self.test_per_class.reset()
 
