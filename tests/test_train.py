@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LambdaCallback, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.profilers import SimpleProfiler
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG
@@ -41,9 +42,10 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
     return series
 
 
-def hparams_tab_metrics(run_dir: Path) -> set[str]:
-    """The metric names of the run's HPARAMS experiment summary (what TensorBoard's HPARAMS tab offers)."""
-    names: set[str] = set()
+def hparams_tab(run_dir: Path) -> tuple[set[str], set[str]]:
+    """The settings' and the metrics' names of the run's HPARAMS experiment summary (TensorBoard's HPARAMS tab)."""
+    settings: set[str] = set()
+    metrics: set[str] = set()
     for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
         accumulator = EventAccumulator(str(events))
         accumulator.Reload()
@@ -52,8 +54,9 @@ def hparams_tab_metrics(run_dir: Path) -> set[str]:
         except KeyError:  # the fit's and the test's event files hold no hparams
             continue
         experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
-        names |= {info.name.tag for info in experiment.metric_infos}
-    return names
+        settings |= {info.name for info in experiment.hparam_infos}
+        metrics |= {info.name.tag for info in experiment.metric_infos}
+    return settings, metrics
 
 
 @pytest.mark.parametrize(("model", "precision"), [
@@ -75,8 +78,11 @@ def test_every_model_trains_tests_and_evaluates(model, precision, make_config, r
     assert {p.name for p in (run / "checkpoints").iterdir()} >= {"last.ckpt", Path(recorded["best_checkpoint"]).name}
     assert {"train/loss_step", "val/acc", "val/acc_top5", "test/acc", "hparams/test/acc", "lr-Adam"} <= set(tensorboard_scalars(run))
     # The HPARAMS tab compares runs by the metrics of the experiment summary, validation top-5 among them.
-    assert hparams_tab_metrics(run) == {f"hparams/{name}" for name in (
+    settings, metrics = hparams_tab(run)
+    assert metrics == {f"hparams/{name}" for name in (
         "val/acc_best", "val/acc", "val/acc_top5", "val/loss", "test/acc", "test/acc_top5", "test/loss")}
+    # The config flattened to one column per setting, the way a sweep's overrides name them.
+    assert {"model/_target_", "optimizer/lr", "data/batch_size", "trainer/precision", "seed"} <= settings
 
     # eval runs in the precision the checkpoint was trained in (bf16 too, mixed or true), so the numbers are the same
     evaluated = evaluate(make_config("eval", [f"ckpt_path={recorded['best_checkpoint']}"], run_dir=tmp_path / "eval"))
@@ -191,6 +197,8 @@ def test_csv_logger(make_config, tmp_path):
     train(make_config(overrides=["logger=csv", "trainer.max_epochs=1"]))
     header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val/acc", "test/acc", "train/loss_step"} <= set(header)
+    hparams = OmegaConf.load(tmp_path / "run" / "csv" / "hparams.yaml")  # the run's config, in its own shape
+    assert hparams.model._target_ == "cnnlab.models.simple_cnn.SimpleCNN" and hparams.trainer.max_epochs == 1
 
 
 def test_default_profiler_records_nothing_and_lightnings_profilers_plug_in(make_config):

@@ -35,7 +35,6 @@ from cnnlab.utils.config import (
     RESULTS_FILE,
     continues_in,
     ensure_values_set,
-    flatten,
     instantiate_all,
     print_config,
     run_folder,
@@ -352,6 +351,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         results["resumed_from"] = str(Path(ckpt_path).absolute())  # the path as given: last.ckpt may be a link
     keep_previous_results(output_dir, cfg.get("session") or "")
     write_metrics(output_dir / RESULTS_FILE, results)
-    log_hparams_with_metrics(trainer, flatten(OmegaConf.to_container(cfg, resolve=True)), results)
+    # Nested: TensorBoard's logger flattens it to model/arch, ...; the CSV logger's hparams.yaml keeps the shape.
+    log_hparams_with_metrics(trainer, OmegaConf.to_container(cfg, resolve=True), results)
     log_once(logging.INFO, "%s%s", FINISHED_LOG_MARK, output_dir)
     return results

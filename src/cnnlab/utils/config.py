@@ -192,22 +192,6 @@ def instantiate_all(section: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in section.values() if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested dicts into ``a/b/c`` keys with scalar values (for TensorBoard's hparams)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}/"))
-        elif isinstance(value, (list, tuple)):
-            flat[name] = str(list(value))
-        elif value is None:
-            flat[name] = "null"
-        else:
-            flat[name] = value
-    return flat
-
-
 @rank_zero_only
 def print_config(cfg: DictConfig, sections: Iterable[str] | None = None) -> None:
     """Print the composed config (or some of its top-level sections) as YAML."""
