@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from cnnlab.benchmark.pooling import load_run, pool
 from cnnlab.errors import ConfigValueError, InputNotFoundError
@@ -158,3 +159,54 @@ def test_runs_of_different_settings_in_their_hydra_records_are_refused(two_runs,
     first.unlink()
     second.unlink()
     assert pool([load_run(copies[0]), load_run(copies[1])])[0].rounds == 5
+
+
+def test_runs_of_different_benchmark_trainer_callback_or_logger_settings_are_refused(two_runs, tmp_path):
+    # Each of these changes what a round's windows time (the plain loop's workers, the Trainer's
+    # logging, its callbacks and logger), so runs differing in one measured different things.
+    record = OmegaConf.create({
+        "data": {"image_size": 32},
+        "trainer": {"precision": "32-true", "log_every_n_steps": 50, "max_epochs": 10,
+                    "default_root_dir": "${paths.output_dir}"},
+        "logger": {"csv": {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": "${paths.output_dir}"}},
+        "callbacks": {"progress_bar": {"_target_": "lightning.pytorch.callbacks.TQDMProgressBar", "refresh_rate": 20},
+                      "lr_monitor": {"_target_": "lightning.pytorch.callbacks.LearningRateMonitor"}},
+        "benchmark": {"rounds": 3, "steps": 2, "plain_loop": False, "plain_loop_workers": 2, "paired_steps": 0,
+                      "command": None},
+    })
+    copies = []
+    for (path, _), name in zip(two_runs, "ab", strict=True):
+        copies.append(tmp_path / name)
+        shutil.copytree(path, copies[-1])
+        (copies[-1] / ".hydra").mkdir()
+    OmegaConf.save(record, copies[0] / ".hydra" / "config.yaml")
+
+    def pool_with(**changes):
+        changed = record.copy()
+        for key, value in changes.items():
+            OmegaConf.update(changed, key.replace("__", "."), value, merge=False)
+        OmegaConf.save(changed, copies[1] / ".hydra" / "config.yaml")
+        return pool([load_run(copies[0]), load_run(copies[1])])
+
+    def refusal(**changes) -> str:
+        with pytest.raises(ConfigValueError) as refused:
+            pool_with(**changes)
+        return str(refused.value)
+
+    assert (f"{copies[1]} and {copies[0]} ran different setups (benchmark.plain_loop_workers: 0 against 2); pool "
+            f"only runs of one command on one machine") in refusal(benchmark__plain_loop_workers=0)
+    assert "(benchmark.plain_loop: True against False)" in refusal(benchmark__plain_loop=True)
+    assert "(trainer.log_every_n_steps: 10 against 50)" in refusal(trainer__log_every_n_steps=10)
+    tensorboard = {"tensorboard": {"_target_": "lightning.pytorch.loggers.TensorBoardLogger"}}
+    assert ("(logger.csv._target_: not set against 'lightning.pytorch.loggers.CSVLogger'; logger.csv.save_dir: not "
+            "set against '${paths.output_dir}'; logger.tensorboard._target_: "
+            "'lightning.pytorch.loggers.TensorBoardLogger' against not set)") in refusal(logger=tensorboard)
+    assert "logger: None against not set)" in refusal(logger=None)  # logger=null: no logger at all
+    assert ("(callbacks.progress_bar._target_: not set against 'lightning.pytorch.callbacks.TQDMProgressBar'; "
+            "callbacks.progress_bar.refresh_rate: not set against 20)") in refusal(
+        callbacks={"lr_monitor": record.callbacks.lr_monitor})  # ~callbacks.progress_bar
+    # How many rounds, the report's label, the diagnostic run after the rounds, and the Trainer
+    # settings the benchmark replaces may differ: pooling is for adding rounds.
+    pooled = pool_with(benchmark__rounds=48, benchmark__command="python scripts/benchmark.py benchmark.rounds=48",
+                       benchmark__paired_steps=1000, trainer__max_epochs=1, trainer__default_root_dir="/elsewhere")
+    assert pooled[0].rounds == 5

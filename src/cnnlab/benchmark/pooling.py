@@ -4,7 +4,8 @@ A run's median of per-round ratios is known to a few points at best (the host's 
 from round to round), so a target near the line needs more rounds than one run holds. Runs of
 the same setup on the same machine can be pooled round by round: the pooled median and its
 bootstrap interval then rest on every run's rounds. Runs of different setups cannot, so the
-setups are compared first; and a run given twice would count its rounds twice, so it is refused.
+setups (every setting in the runs' Hydra records but how long they measured and where the data
+loads from) are compared first; and a run given twice would count its rounds twice, so it is refused.
 """
 
 from __future__ import annotations
@@ -25,12 +26,23 @@ RESULTS_FILE = "benchmark.json"
 SETUP_KEYS = ("model", "data", "image_size", "batch_size", "device", "host", "torch", "precision", "optimizer",
               "channels_last", "host_malloc", "augmentation")
 # The same from the run's Hydra record, where it has one: the header names the model's class and
-# the data's, not their settings (simple_cnn and simple_cnn_bn are both 'SimpleCNN'). Data
-# settings that only say where or how fast the data loads are left out; data.root is not one
-# of them: another folder is other data.
-RECORD_SECTIONS = ("model", "classifier", "optimizer", "data")
-RECORD_KEYS = ("trainer.precision", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
+# the data's, not their settings (simple_cnn and simple_cnn_bn are both 'SimpleCNN'). The Trainer's
+# settings, callbacks and logger are part of what its windows time, and the benchmark's own settings
+# choose the paths that share each round (and the plain loop's workers), so all of these compare.
+RECORD_SECTIONS = ("model", "classifier", "optimizer", "scheduler", "data", "trainer", "callbacks", "logger",
+                   "benchmark")
+# Settings that may differ between poolable runs. Data settings that only say where or how fast
+# the data loads (data.root is not one of them: another folder is other data).
 LOADING_KEYS = frozenset({"data.num_workers", "data.cache_dir", "data.decode_workers"})
+# How long to measure and what the report is labelled, not what a round measures: the number of
+# rounds (pooling exists to add rounds), the report's command line, and the step-paired
+# diagnostic, which runs after the last round and adds no ratio per round.
+MEASURING_KEYS = frozenset({"benchmark.rounds", "benchmark.command", "benchmark.paired_steps"})
+# Trainer settings the benchmark replaces in every Trainer it builds (tasks/benchmark.py: the
+# whole epoch runs with max_epochs=1, the rounds with max_epochs=-1, each in the run's folder),
+# so they cannot differ between runs' rounds.
+REPLACED_KEYS = frozenset({"trainer.max_epochs", "trainer.default_root_dir"})
+NOT_COMPARED = LOADING_KEYS | MEASURING_KEYS | REPLACED_KEYS
 DIFFERENCES_NAMED = 3
 
 
@@ -72,7 +84,7 @@ class PooledRatio:
 def load_run(path: Path) -> BenchmarkRun:
     """A run from its folder (or its ``benchmark.json``).
 
-    ``benchmark.json`` does not record the image size nor the model's, data's and optimizer's
+    ``benchmark.json`` does not record the image size nor the model's, data's, Trainer's (...)
     settings; they are read from the run's Hydra record (``.hydra/config.yaml``) where there is
     one, and are None otherwise.
     """
@@ -95,8 +107,9 @@ def pool(runs: list[BenchmarkRun]) -> list[PooledRatio]:
 
     Raises ConfigValueError when a run is given twice (the same ``benchmark.json``, or a copy of
     it), or when two runs differ in setup (model, data, image size, precision, machine ...; with
-    Hydra records, any model, classifier, optimizer or data setting) or in their windows' length,
-    naming the difference.
+    Hydra records, any model, classifier, optimizer, scheduler, data, trainer, callback, logger or
+    benchmark setting but those in ``NOT_COMPARED``, such as ``benchmark.rounds``) or in their
+    windows' length, naming the difference.
     """
     if not runs:
         raise ConfigValueError("no benchmark runs to pool")
@@ -172,9 +185,7 @@ def _read_record(folder: Path) -> tuple[int | None, dict[str, Any] | None]:
     written = OmegaConf.to_container(config, resolve=False)
     for section in RECORD_SECTIONS:
         setup.update(_flatten(section, written.get(section, NOT_SET)))
-    for key in RECORD_KEYS:
-        setup[key] = OmegaConf.select(config, key, default=NOT_SET, throw_on_resolution_failure=False)
-    return image_size, {key: value for key, value in setup.items() if key not in LOADING_KEYS}
+    return image_size, {key: value for key, value in setup.items() if key not in NOT_COMPARED}
 
 
 def _flatten(prefix: str, value: Any) -> dict[str, Any]:
