@@ -479,6 +479,38 @@ def test_predict_refuses_bad_settings_by_name(cnn_run, image_inputs, tmp_path, m
         predict(cfg)
 
 
+def test_predict_refuses_bad_decode_workers_before_reading_the_checkpoint(image_inputs, tmp_path):
+    # The checkpoint does not exist: a refusal that came after reading it would be a CheckpointError.
+    base = [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}", f"ckpt_path={tmp_path / 'none.ckpt'}",
+            f"inputs={image_inputs}"]
+    for value, shown in (("two", "'two'"), ("0", "0"), ("1.5", "1.5")):
+        with pytest.raises(ConfigValueError, match=re.escape(
+                f"decode_workers={shown}, but it must be a whole number of at least 1 (e.g. decode_workers=4)")):
+            predict(compose_config("predict", [*base, f"decode_workers={value}"]))
+    assert not (tmp_path / "out").exists()  # no run folder left behind either
+
+
+def test_predict_in_batches_smaller_than_the_files_with_unreadable_files_among_them(cnn_run, image_inputs, tmp_path):
+    # Six files, the 3rd (corrupt.jpg) and the 6th (notes.txt) unreadable: batches of 2 mix good
+    # and bad files, batches of 1 hold a bad file alone; each file must keep its own result.
+    def predictions(batch_size: int) -> list[dict]:
+        out = tmp_path / str(batch_size)
+        predict(compose_config("predict", [f"paths.root_dir={tmp_path}", f"paths.output_dir={out}",
+                                           f"ckpt_path={cnn_run.ckpt}", f"inputs={image_inputs}",
+                                           f"batch_size={batch_size}"]))
+        return json.loads((out / "predictions.json").read_text())
+
+    whole = predictions(256)
+    assert [Path(r["file"]).name for r in whole] == ["a_wide.png", "b_tall.jpg", "corrupt.jpg", "d_rgba.webp",
+                                                     "c_grey.bmp", "notes.txt"]
+    assert [Path(r["file"]).name for r in whole if "error" in r] == ["corrupt.jpg", "notes.txt"]
+    for batch_size in (1, 2, 4):
+        batched = predictions(batch_size)
+        assert [(r["file"], r.get("error"), r.get("predicted_class")) for r in batched] == [
+            (r["file"], r.get("error"), r.get("predicted_class")) for r in whole]
+        assert [r.get("probability") for r in batched] == pytest.approx([r.get("probability") for r in whole], abs=1e-5)
+
+
 def test_visualize_refuses_a_layer_grad_cam_cannot_use_and_no_channels(cnn_run, tmp_path):
     base = [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}", f"ckpt_path={cnn_run.ckpt}", "image=3"]
     with pytest.raises(LayerNotFoundError) as refused:

@@ -79,12 +79,12 @@ def predict_files(model: torch.nn.Module, class_names: list[str], files: list[Pa
     """Classify ``files`` in batches with ``model`` (a trained classifier, as ``load_trained_network`` gives it).
 
     A file that cannot be decoded gets an error instead of classes. At most as many classes
-    as the model has are listed per file.
+    as the model has are listed per file. ``decode_workers`` threads decode the files (at least 1).
     """
     k = min(positive_count(top_k, "top_k"), len(class_names))
     batch_size = positive_count(batch_size, "batch_size")
     results: list[Prediction] = []
-    with ThreadPoolExecutor(max_workers=max(1, decode_workers)) as pool:
+    with ThreadPoolExecutor(max_workers=positive_count(decode_workers, "decode_workers")) as pool:
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
             decoded = list(pool.map(lambda p: _decode(p, image_size), chunk))
@@ -124,6 +124,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     # Before the checkpoint is read and the run folder made, so a typo costs nothing.
     positive_count(cfg.top_k, "top_k")
     positive_count(cfg.batch_size, "batch_size")
+    positive_count(cfg.get("decode_workers", 2), "decode_workers")
     output_dir = run_folder(cfg)
     trained = load_trained_network(cfg.ckpt_path, device=cfg.get("device", "cpu"))
     files = list_input_files(cfg.inputs, recursive=cfg.get("recursive", True))
