@@ -84,7 +84,7 @@ class PooledRatio:
 def load_run(path: Path) -> BenchmarkRun:
     """A run from its folder (or its ``benchmark.json``).
 
-    ``benchmark.json`` does not record the image size nor the model's, data's, Trainer's (...)
+    ``benchmark.json`` does not record the image size nor the model's, data's, Trainer's and other
     settings; they are read from the run's Hydra record (``.hydra/config.yaml``) where there is
     one, and are None otherwise.
     """
