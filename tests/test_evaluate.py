@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from test_scripts import run, script_command
 
@@ -71,6 +72,21 @@ def test_the_training_images_named_with_a_data_group_keep_the_training_split(ima
     trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
     results = evaluate_with(tmp_path, f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", "data=folder",
                             f"data.root={image_folder}")
+    assert results["test/acc"] == trained["test/acc"] and results["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-6)
+
+
+def test_a_checkpoint_naming_a_class_where_it_used_to_be_still_evaluates(trained_run: Path, tmp_path: Path):
+    # Checkpoints written before NormalizeBatch moved to cnnlab.models.normalize name its old module.
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    model = checkpoint[CHECKPOINT_KEY]["config"]["model"]
+    assert model["normalize"]["_target_"] == "cnnlab.models.normalize.NormalizeBatch"
+    model["normalize"]["_target_"] = "cnnlab.data.augment.NormalizeBatch"
+    older = tmp_path / "older.ckpt"
+    torch.save(checkpoint, older)
+    assert read_checkpoint(older)[CHECKPOINT_KEY]["config"]["model"]["normalize"]["_target_"] == (
+        "cnnlab.models.normalize.NormalizeBatch")
+    results = evaluate_with(tmp_path, f"ckpt_path={older}")
+    trained = json.loads((trained_run / "metrics.json").read_text())
     assert results["test/acc"] == trained["test/acc"] and results["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-6)
 
 
