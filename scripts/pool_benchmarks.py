@@ -3,8 +3,9 @@
 One run's median is known to a few points at best; runs of the same command on the same
 machine pooled round by round narrow that. Prints each ratio per run and pooled, each median
 with its 95% bootstrap interval, and writes the table to ``--out`` when given. Runs of
-different setups (model, data, image size, precision, machine, window length) are refused,
-and so is a run given twice.
+different setups (model, data, image size, precision, machine, window length and, where the
+runs keep their Hydra record, every training and benchmark setting but the number of rounds)
+are refused, and so is a run given twice.
 
 A plain argparse script rather than a Hydra app: it reads finished runs and starts none.
 """
