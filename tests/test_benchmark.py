@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import mmap
 import random
 import statistics
 import time
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -16,7 +19,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision
 
-from cnnlab.benchmark.measure import Measurement
+from cnnlab.benchmark.measure import Measurement, PeakMemory
 from cnnlab.benchmark.rounds import median_interval
 from cnnlab.errors import ConfigValueError
 from cnnlab.tasks.benchmark import (
@@ -55,6 +58,9 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
     trainer_row = results["rows"][3]
     assert trainer_row["images_per_s"] == pytest.approx(statistics.median(4 * 16 / s for s in trainer_row["extra"]["window_seconds"]))
     assert results["header"]["optimizer"] == "Adam (fused)"
+    assert results["header"]["windows"] == (
+        "3 rounds; in each, every path runs 4 timed steps in turn, after 1 untimed ones (the Trainer 2: the step that "
+        "closes its window before runs untimed too; 2 before a path's first window)")
     assert results["epoch_seconds"] > 0
     assert set(results["summary"]) == set(results["ratios_fastest_quarter"]) == {
         "data path efficiency, bare loop vs compute-only", "data path efficiency, Trainer vs compute-only",
@@ -215,7 +221,9 @@ def test_the_loop_only_windows_run_without_callbacks_and_loggers_and_put_them_ba
     trainer.fit(BoringModel())
     assert [len(windows.times[name].windows) for name in (TRAINER, TRAINER_LOOP_ONLY)] == [2, 2]
     assert windows.order == [TRAINER, TRAINER_LOOP_ONLY, TRAINER_LOOP_ONLY, TRAINER]  # swapped in round 2
-    # Each loop-only window takes 1 + 1 + 3 steps (untimed, opening, timed) that no other callback sees.
+    # Each loop-only window takes 1 + 1 + 3 steps that no other callback sees: the step that closes
+    # the window before it (it runs after the close, so already without them), its untimed step
+    # and its timed steps.
     assert counter.seen == trainer.global_step - 2 * 5
     assert trainer.callbacks[:2] == [counter, windows] and trainer.loggers == [logger]
 
@@ -290,3 +298,105 @@ def test_the_plain_loop_reads_cifar_that_torchvision_refuses_from_memory(tmp_pat
     (warning,) = [record.getMessage() for record in caplog.records]
     assert warning.startswith(f"torchvision's CIFAR10 refuses {root} (Dataset not found or corrupted")
     assert "reads the same images from memory instead" in warning
+
+
+def test_the_plain_loop_resizes_folder_images_of_any_size_as_the_data_module_does(tmp_path):
+    from PIL import Image
+
+    from cnnlab.benchmark.plain_loop import ResizeUnlessSized, reference_datasets
+    from cnnlab.data.folder import ImageFolderDataModule, decode_image_file
+    from conftest import write_image_folder
+
+    # Larger files, and files smaller than a 32-pixel crop with padding 4 can take (24).
+    write_image_folder(tmp_path / "large", size=(96, 64))
+    write_image_folder(tmp_path / "small", size=(12, 10))
+    for name in ("small", "large"):
+        datamodule = ImageFolderDataModule(root=str(tmp_path / name), image_size=32, val_split=3, test_split=3)
+        datamodule.setup("fit")
+        dataset = reference_datasets(datamodule, 32)["plain loop (ImageFolder, JPEG decode per image)"]
+        images = [dataset[i][0] for i in range(len(dataset))]  # the old loop: "larger than the input image"
+        assert {tuple(image.shape) for image in images} == {(3, 32, 32)}
+        # Before the crop and flip, each image is the data module's view of the file: the same
+        # resize of the shorter side and centre crop (Pillow's filter against torchvision's).
+        resize = dataset.transform.transforms[0]
+        assert isinstance(resize, ResizeUnlessSized)
+        path = dataset.samples[0][0]
+        with Image.open(path) as image:
+            resized = torch.from_numpy(np.array(resize(image.convert("RGB")))).permute(2, 0, 1)
+        assert (resized.float() - decode_image_file(Path(path), 32).float()).abs().mean() < 1
+    # Files already 32 x 32 (CIFAR-10's JPEGs) are passed on as they are, not copied.
+    image = Image.new("RGB", (32, 32))
+    assert ResizeUnlessSized(32)(image) is image
+
+
+def _resident(megabytes: int) -> mmap.mmap:
+    """Anonymous memory with every page written, so resident; closing it hands it back at once."""
+    block = mmap.mmap(-1, megabytes << 20)
+    for offset in range(0, megabytes << 20, mmap.PAGESIZE):
+        block[offset] = 1
+    return block
+
+
+def _rss_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+needs_peak_reset = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(),
+                                      reason="each block's own peak needs Linux's /proc/self/clear_refs")
+
+
+@needs_peak_reset
+def test_nested_peak_memory_blocks_each_cover_exactly_their_span():
+    cpu = torch.device("cpu")
+    with PeakMemory(cpu) as outer:
+        base = _rss_mb()
+        _resident(256).close()  # before the inner blocks, whose resets must not erase it
+        with PeakMemory(cpu) as inner:
+            _resident(64).close()
+        with PeakMemory(cpu) as empty:
+            pass
+    assert outer.host_mb >= base + 250
+    assert base + 60 <= inner.host_mb < base + 200
+    assert empty.host_mb < base + 40
+    assert outer.device_mb is inner.device_mb is None  # no device peak on the CPU
+
+
+class _BigStepper:
+    """A stand-in path that holds 256 MB from the moment it is built."""
+
+    def __init__(self) -> None:
+        self.memory = _resident(256)
+
+    def step(self) -> None:
+        pass
+
+
+@needs_peak_reset
+def test_the_trainers_peak_memory_ends_before_the_other_paths_are_built(tmp_path):
+    windows = InterleavedWindows(lambda trainer: {"big": _BigStepper}, torch.device("cpu"), rounds=2, steps=2,
+                                 warmup_steps=1, window_warmup_steps=1)
+    trainer = L.Trainer(accelerator="cpu", callbacks=[windows], logger=False, max_epochs=-1, max_steps=windows.steps_needed,
+                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path)
+    before = _rss_mb()
+    trainer.fit(BoringModel())
+    # benchmark.epoch=false gives the Trainer rows this peak: the fit's own, not the big path's.
+    assert windows.trainer_memory.host_mb < before + 100
+    assert windows.times["big"].peak_host_mb >= before + 250
+
+
+def test_the_benchmark_refuses_apples_gpu_that_the_trainer_would_pick(make_config, monkeypatch):
+    from lightning.pytorch.accelerators import MPSAccelerator
+
+    from cnnlab.tasks.benchmark import _device
+
+    # A Mac: the Trainer would train on MPS while the other paths ran on the CPU.
+    monkeypatch.setattr(MPSAccelerator, "is_available", staticmethod(lambda: True))
+    with pytest.raises(ConfigValueError, match="trainer.accelerator=auto trains on mps here, but the benchmark times its "
+                                               "paths on a CUDA GPU or the CPU only. Run it with trainer.accelerator=cpu"):
+        benchmark(make_config("benchmark", ["trainer.accelerator=auto"]))
+    for accelerator in ("gpu", "mps"):  # "gpu" was taken for CUDA
+        with pytest.raises(ConfigValueError, match=f"trainer.accelerator={accelerator} trains on mps here"):
+            _device(accelerator)
+    assert _device("cpu") == torch.device("cpu")

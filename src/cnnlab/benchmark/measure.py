@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import lightning as L
 import torch
@@ -81,8 +81,12 @@ class PeakMemory:
     """Peak resident host memory of this process (and device memory on CUDA) over a ``with`` block.
 
     On Linux the peak is reset at the start through ``/proc/self/clear_refs``, so each block
-    reports its own peak; elsewhere it is the process's peak so far.
+    reports its own peak; elsewhere it is the process's peak so far. Blocks may nest: a block
+    that opens inside another first hands the peak so far to every open block around it, whose
+    own peak its reset would otherwise erase, so each block's peak covers exactly its span.
     """
+
+    _open: ClassVar[list[PeakMemory]] = []  # the blocks open now, outermost first
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -90,18 +94,32 @@ class PeakMemory:
         self.device_mb: float | None = None
 
     def __enter__(self) -> PeakMemory:
+        for block in PeakMemory._open:
+            block._fold(*block._peaks())
+        self.host_mb = self.device_mb = None
         try:
             Path("/proc/self/clear_refs").write_text("5")
         except OSError:
             pass
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        PeakMemory._open.append(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.host_mb = _peak_rss_mb()
-        if self.device.type == "cuda":
-            self.device_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        self._fold(*self._peaks())
+        if self in PeakMemory._open:
+            PeakMemory._open.remove(self)
+
+    def _peaks(self) -> tuple[float, float | None]:
+        """The peaks since the last reset: host RSS, and the device's where it keeps one."""
+        device_mb = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
+        return _peak_rss_mb(), device_mb
+
+    def _fold(self, host_mb: float, device_mb: float | None) -> None:
+        self.host_mb = max(host_mb, self.host_mb or 0.0)
+        if device_mb is not None:
+            self.device_mb = max(device_mb, self.device_mb or 0.0)
 
 
 def _peak_rss_mb() -> float:

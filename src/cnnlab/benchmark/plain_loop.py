@@ -1,7 +1,8 @@
 """The reference: the tutorial's plain PyTorch training loop, written out as it is usually taught.
 
-A torchvision dataset yields one PIL image at a time, per-image transforms (random crop with
-padding 4, horizontal flip, ToTensor, Normalize) run in ``num_workers`` DataLoader processes,
+A torchvision dataset yields one PIL image at a time, per-image transforms (on folder data a
+resize to the data module's image size first; random crop with padding 4, horizontal flip,
+ToTensor, Normalize) run in ``num_workers`` DataLoader processes,
 and the loop moves each float batch to the device. Only the timing around it is ours.
 """
 
@@ -24,10 +25,32 @@ from cnnlab.data.folder import ImageFolderDataModule, is_image_file, list_class_
 log = logging.getLogger(__name__)
 
 
-def tutorial_transform(image_size: int) -> T.Compose:
-    """The tutorial's training transforms."""
+class ResizeUnlessSized:
+    """Shorter side resized to ``size``, then a centre crop, as the folder data module decodes
+    each file (:func:`cnnlab.data.folder.decode_image_file`), so the plain loop crops and flips
+    the same view of every image.
+
+    An image already ``size`` x ``size`` passes untouched, as there: torchvision's ``Resize``
+    returns it as it is, but ``CenterCrop`` copies it, work the tutorial's loop on such files
+    (CIFAR-10's JPEGs) does not do and the README's figures were measured without.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.resize = T.Compose([T.Resize(size), T.CenterCrop(size)])
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image if image.size == (self.size, self.size) else self.resize(image)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size})"
+
+
+def tutorial_transform(image_size: int, resize: bool = False) -> T.Compose:
+    """The tutorial's training transforms; with ``resize``, first to ``image_size`` (for files of any size)."""
     return T.Compose(
         [
+            *([ResizeUnlessSized(image_size)] if resize else []),
             T.RandomCrop(image_size, padding=4),
             T.RandomHorizontalFlip(),
             T.ToTensor(),
@@ -72,7 +95,8 @@ def reference_datasets(datamodule: InMemoryImageDataModule, image_size: int) -> 
     transform = tutorial_transform(image_size)
     datasets: dict[str, Dataset] = {}
     if isinstance(datamodule, ImageFolderDataModule):
-        datasets["plain loop (ImageFolder, JPEG decode per image)"] = FolderAsDataModuleReads(str(datamodule.train_dir), transform)
+        datasets["plain loop (ImageFolder, JPEG decode per image)"] = FolderAsDataModuleReads(
+            str(datamodule.train_dir), tutorial_transform(image_size, resize=True))
     if isinstance(datamodule, CIFAR10DataModule):
         # torchvision wants the folder holding cifar-10-batches-py; data.root may be that folder itself.
         holder = datamodule.batch_dir.parent

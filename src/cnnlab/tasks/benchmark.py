@@ -29,6 +29,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.precision import Precision
 from omegaconf import DictConfig, OmegaConf
@@ -57,9 +58,23 @@ TRAINER_LOOP_ONLY = "cnnlab data path, Lightning Trainer without callbacks or lo
 
 
 def _device(accelerator: str) -> torch.device:
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
+    """The device the Trainer picks for ``trainer.accelerator``, where every path runs.
+
+    Refuses anything but CUDA and the CPU: the other paths would run elsewhere than the
+    Trainer's, and the timing waits for queued device work on CUDA only.
+    """
+    chosen = accelerator.lower()
+    if chosen == "auto":  # Lightning's order: a TPU, Apple's GPU, then CUDA
+        chosen = ("tpu" if XLAAccelerator.is_available() else "mps" if MPSAccelerator.is_available()
+                  else "cuda" if CUDAAccelerator.is_available() else "cpu")
+    elif chosen == "gpu":
+        chosen = "mps" if MPSAccelerator.is_available() else "cuda"
+    if chosen not in ("cpu", "cuda"):
+        raise ConfigValueError(
+            f"trainer.accelerator={accelerator} trains on {chosen} here, but the benchmark times its paths on a "
+            f"CUDA GPU or the CPU only. Run it with trainer.accelerator=cpu (or trainer.accelerator=cuda on a CUDA GPU)"
+        )
+    return torch.device(chosen)
 
 
 def _train_step(model: ImageClassifier, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
@@ -136,7 +151,9 @@ class InterleavedWindows(Callback):
 
     Each window follows some untimed steps: ``warmup_steps`` before a path's first window
     (allocator, kernel caches, worker start-up), ``window_warmup_steps`` before later ones (the
-    caches and prefetch queues that the other paths' windows disturbed). The other paths are
+    caches and prefetch queues that the other paths' windows disturbed). A Trainer window is
+    closed at the start of the step after its last, and that step runs untimed too, so the
+    Trainer's later windows follow ``window_warmup_steps + 1`` untimed steps. The other paths are
     built at the Trainer's first window boundary, when the data module is attached to the
     Trainer, so they gather batches exactly as the Trainer does (on the GPU, when the data is
     device-resident) and compute in its precision (its precision plugin). Stops the fit after ``rounds`` rounds.
@@ -146,6 +163,9 @@ class InterleavedWindows(Callback):
     optimizer, so the difference is what the callbacks and logging cost per step. The two
     Trainer windows swap places from one round to the next. ``order`` lists every window's
     path in the order they ran.
+
+    ``trainer_memory`` holds the Trainer's peak memory from the fit's start until the other
+    paths are built, so theirs is not in it (the Trainer rows' peak under ``benchmark.epoch=false``).
     """
 
     def __init__(self, build_paths: Callable[[L.Trainer], dict[str, Callable[[], Stepper]]], device: torch.device,
@@ -163,6 +183,20 @@ class InterleavedWindows(Callback):
         self._untimed = warmup_steps  # Trainer steps still to run before its next window
         self._timed = -1  # Trainer steps run in the open window; -1: no window open
         self._window_start = 0.0
+        self.trainer_memory = PeakMemory(device)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.trainer_memory.__enter__()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._close_trainer_memory()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._close_trainer_memory()
+
+    def _close_trainer_memory(self) -> None:
+        if self.trainer_memory.host_mb is None:  # still open: a closed block has its peak
+            self.trainer_memory.__exit__(None, None, None)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._untimed > 0:
@@ -205,6 +239,7 @@ class InterleavedWindows(Callback):
 
     def _run_other_windows(self, trainer: L.Trainer) -> None:
         if self._paths is None:
+            self._close_trainer_memory()
             self._paths = {}
             for name, build in self.build_paths(trainer).items():
                 times = self.times[name] = _PathTimes()
@@ -222,7 +257,8 @@ class InterleavedWindows(Callback):
     @property
     def steps_needed(self) -> int:
         """Trainer steps that cover every window (a few spare: the fit stops itself after the last round)."""
-        per_window = self.window_warmup_steps + 1 + self.steps  # untimed, opening, timed
+        # The step that closes the window before (untimed), the untimed ones, the timed ones.
+        per_window = 1 + self.window_warmup_steps + self.steps
         return self.warmup_steps + self.rounds * len(self._trainer_paths) * per_window + 2
 
     @property
@@ -395,6 +431,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     ensure_values_set(cfg)
     output_dir = run_folder(cfg)
     ensure_accelerator_available(cfg.trainer.get("accelerator", "auto"))
+    device = _device(str(cfg.trainer.get("accelerator", "auto")))
     bench = cfg.benchmark
     if bench.rounds < 1 or bench.steps < 1:
         raise ConfigValueError(f"benchmark.rounds and benchmark.steps must be at least 1 (got {bench.rounds} and {bench.steps})")
@@ -412,7 +449,6 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     OmegaConf.update(cfg, "model.num_classes", datamodule.num_classes, merge=False)
-    device = _device(str(cfg.trainer.accelerator))
     batch_size = datamodule.batch_size
     image_size = datamodule.train_split.images.shape[-1]
 
@@ -447,12 +483,11 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     windows = InterleavedWindows(build_paths, device, bench.rounds, bench.steps, bench.warmup_steps,
                                  bench.window_warmup_steps, time_loop_only=bench.split_overhead)
     trainer = _trainer(cfg, output_dir, [windows], max_epochs=-1, max_steps=windows.steps_needed, limit_val_batches=0)
-    with PeakMemory(device) as interleaved_memory:
-        trainer.fit(build_classifier(cfg, datamodule.class_names), datamodule=datamodule)
+    trainer.fit(build_classifier(cfg, datamodule.class_names), datamodule=datamodule)
     if windows.rounds_done < bench.rounds:
         raise RuntimeError(f"only {windows.rounds_done} of {bench.rounds} timing rounds ran; is the training split "
                            f"smaller than one batch?")
-    memory = trainer_memory if bench.epoch else interleaved_memory
+    memory = trainer_memory if bench.epoch else windows.trainer_memory
     for name in (TRAINER, TRAINER_LOOP_ONLY):  # one fit runs both Trainer paths: one peak
         if name in windows.times:
             windows.times[name].peak_host_mb, windows.times[name].peak_device_mb = memory.host_mb, memory.device_mb
@@ -534,7 +569,8 @@ def _header(cfg: DictConfig, datamodule: InMemoryImageDataModule, device: torch.
         "channels_last": bool(cfg.get("classifier", {}).get("channels_last", False)),
         "host_malloc": "tuned (freed memory kept for reuse)" if malloc_tuned else "C library default",
         "windows": f"{bench.rounds} rounds; in each, every path runs {bench.steps} timed steps in turn, after "
-                   f"{bench.window_warmup_steps} untimed ones ({bench.warmup_steps} before its first window)",
+                   f"{bench.window_warmup_steps} untimed ones (the Trainer {bench.window_warmup_steps + 1}: the step that "
+                   f"closes its window before runs untimed too; {bench.warmup_steps} before a path's first window)",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
 
