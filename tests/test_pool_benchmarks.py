@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -74,6 +75,18 @@ def test_runs_of_different_setups_or_no_runs_are_refused(two_runs, tmp_path):
     (other / "benchmark.json").write_text(json.dumps(results))
     with pytest.raises(ConfigValueError, match="timed different windows"):
         pool([load_run(path_a), load_run(other)])
+    # The sentence's wording before 45de7a8, with the same numbers: the same windows.
+    first = load_run(path_a)
+    older = re.sub(r"\(the Trainer \d+: .*; (\d+) before a path's first window\)", r"(\1 before its first window)",
+                   first.header["windows"])
+    assert older != first.header["windows"]
+    results["header"]["windows"] = older
+    (other / "benchmark.json").write_text(json.dumps(results))
+    assert load_run(other).window_setup == first.window_setup
+    results["header"]["windows"] = older.replace("after 0 untimed", "after 2 untimed")
+    (other / "benchmark.json").write_text(json.dumps(results))
+    with pytest.raises(ConfigValueError, match="timed different windows"):
+        pool([first, load_run(other)])
 
     with pytest.raises(ConfigValueError, match="no benchmark runs to pool"):
         pool([])

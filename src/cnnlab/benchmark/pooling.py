@@ -11,6 +11,7 @@ loads from) are compared first; and a run given twice would count its rounds twi
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ MEASURING_KEYS = frozenset({"benchmark.rounds", "benchmark.command", "benchmark.
 REPLACED_KEYS = frozenset({"trainer.max_epochs", "trainer.default_root_dir"})
 NOT_COMPARED = LOADING_KEYS | MEASURING_KEYS | REPLACED_KEYS
 DIFFERENCES_NAMED = 3
+# "runs 50 timed steps in turn, after 5 untimed ones (... 30 before its / a path's first window)"
+WINDOW_NUMBERS = re.compile(r"runs (\d+) timed steps in turn, after (\d+) untimed ones \(.*?(\d+) before (?:its|a path's) first window\)")
 
 
 class _NotSet:
@@ -66,8 +69,17 @@ class BenchmarkRun:
 
     @property
     def window_setup(self) -> str:
-        """The timing windows' length and warm-up; the number of rounds may differ between pooled runs."""
-        return self.header.get("windows", "").split("; ", 1)[-1]
+        """The timing windows' length and warm-up; the number of rounds may differ between pooled runs.
+
+        Read as numbers from the report's sentence, whose wording changed over time (45de7a8 on
+        said how many untimed steps the Trainer's windows get) while the timing did not.
+        """
+        text = self.header.get("windows", "").split("; ", 1)[-1]
+        found = WINDOW_NUMBERS.search(text)
+        if found is None:
+            return text
+        steps, untimed, first = found.groups()
+        return f"{steps} timed steps after {untimed} untimed ones, {first} before a path's first window"
 
 
 @dataclass
