@@ -160,8 +160,8 @@ def test_corrupt_image_is_named(tmp_path: Path):
 def test_folder_without_train_dir_is_a_clear_error(tmp_path: Path):
     with pytest.raises(DatasetNotFoundError) as error:
         _ = ImageFolderDataModule(str(tmp_path)).class_names
-    assert str(error.value).endswith("(and optionally DIR/val/, DIR/test/); scripts/eval.py also takes "
-                                     "DIR/test/<class>/<image files> alone")
+    assert str(error.value).endswith("(and optionally DIR/val/, DIR/test/); scripts/eval.py and visualize.py "
+                                     "also take DIR/test/<class>/<image files> alone")
 
 
 def test_a_test_folder_alone_is_labelled_by_the_class_list_it_is_given(tmp_path: Path):

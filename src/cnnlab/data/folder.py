@@ -223,7 +223,7 @@ class ImageFolderDataModule(InMemoryImageDataModule):
                 raise DatasetNotFoundError(
                     f"no training images: {self.train_dir} does not exist. data=folder expects "
                     f"data.root=DIR with DIR/train/<class>/<image files> (and optionally DIR/val/, DIR/test/); "
-                    f"scripts/eval.py also takes DIR/test/<class>/<image files> alone"
+                    f"scripts/eval.py and visualize.py also take DIR/test/<class>/<image files> alone"
                 )
             names = list_class_dirs(self.train_dir)
             # A class without training images would be a class the model never sees, reported as 0% accurate.

@@ -8,7 +8,7 @@ from cnnlab.models.normalize import NormalizeBatch
 
 
 class SimpleCNN(nn.Module):
-    """conv 3->32->64->128 (3x3, padding 1), each + [BatchNorm] + 2x2 max-pool + ReLU,
+    """By default conv 3->32->64->128 (3x3, padding 1), each + [BatchNorm] + 2x2 max-pool + ReLU,
     then fc (128 * (S/8)^2)->512, ReLU, dropout, fc 512->num_classes.
 
     Each block pools before its ReLU. ReLU is monotone, so ReLU then max-pool and max-pool
@@ -18,7 +18,8 @@ class SimpleCNN(nn.Module):
 
     Args:
         num_classes: size of the output layer.
-        input_size: side of the square input images (32 for CIFAR); must be divisible by 8.
+        input_size: side of the square input images (32 for CIFAR); must be divisible by
+            2 ** len(channels) (8 for the default three stages).
         batch_norm: add BatchNorm after every convolution (``simple_cnn_bn``). The conv then
             has no bias of its own, since BatchNorm's shift makes it redundant.
         channels: output channels of the conv stages, one 2x2 pool each (three by default).
