@@ -364,3 +364,90 @@ def test_missing_cifar_batches_are_named_and_the_batch_folder_itself_is_accepted
         cifar(batch_dir, download=True).prepare_data()
     assert str(error.value).startswith(f"{batch_dir} holds CIFAR-10 batch files but lacks data_batch_3.")
     assert f"data.root={root} data.download=true" in str(error.value)
+
+
+def test_a_photo_is_turned_as_its_exif_orientation_says(tmp_path: Path):
+    # Stored 60 wide x 20 high, top half red, bottom half blue; orientation 6 tells viewers to turn it
+    # a quarter clockwise, so they show it 20 wide x 60 high, blue on the left and red on the right.
+    pixels = np.zeros((20, 60, 3), np.uint8)
+    pixels[:10] = (255, 0, 0)
+    pixels[10:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    Image.fromarray(pixels).save(tmp_path / "tagged.jpg", exif=exif, quality=95)
+    Image.fromarray(pixels).save(tmp_path / "untagged.jpg", quality=95)
+    tagged = folder_module.decode_image_file(tmp_path / "tagged.jpg", 8)
+    untagged = folder_module.decode_image_file(tmp_path / "untagged.jpg", 8)
+    red, blue = torch.tensor([255, 0, 0]), torch.tensor([0, 0, 255])
+    assert (tagged[:, :, 0].T.int() - blue).abs().max() < 16 and (tagged[:, :, -1].T.int() - red).abs().max() < 16
+    assert (untagged[:, 0].T.int() - red).abs().max() < 16 and (untagged[:, -1].T.int() - blue).abs().max() < 16
+
+
+def test_a_held_out_class_that_train_lacks_is_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    root = write_image_folder(tmp_path / "imgs", per_class=2, splits=("train", "test"))
+    write_image_folder(root, classes=("wolf",), per_class=1, splits=("test",))
+
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("decoded train/ although test/ is refused")
+
+    monkeypatch.setattr(folder_module, "decode_files", must_not_decode)
+    with pytest.raises(DatasetNotFoundError, match=r"test has class folders \['wolf'\] that train/ does not have"):
+        ImageFolderDataModule(str(root), cache_dir=str(tmp_path / "cache")).setup("fit")
+
+
+def test_linked_folders_are_read_like_real_ones_and_a_dangling_link_is_named(tmp_path: Path):
+    store = write_image_folder(tmp_path / "store", per_class=2)
+    root = write_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=2)
+    (root / "train" / "fox").symlink_to(store / "train" / "fox", target_is_directory=True)
+    (root / "train" / "cat" / "more").symlink_to(store / "train" / "cat", target_is_directory=True)
+    dm = ImageFolderDataModule(str(root), cache_dir=None)
+    samples = folder_module.scan_split(dm.train_dir, dm.class_names)
+    assert [(str(path.relative_to(dm.train_dir)), label) for path, label in samples] == [
+        ("cat/000.jpg", 0), ("cat/001.png", 0), ("cat/more/000.jpg", 0), ("cat/more/001.png", 0),
+        ("dog/000.jpg", 1), ("dog/001.png", 1), ("fox/000.jpg", 2), ("fox/001.png", 2),
+    ]
+    # The same files as torchvision's ImageFolder, which follows linked folders too.
+    reference = FolderAsDataModuleReads(str(dm.train_dir), transform=None)
+    assert [(Path(path), label) for path, label in reference.samples] == samples
+
+    (root / "train" / "dog" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    with pytest.raises(DatasetNotFoundError) as error:
+        folder_module.scan_split(dm.train_dir, dm.class_names)
+    assert str(error.value) == (f"1 link(s) under {root / 'train' / 'dog'} point to files that do not exist: "
+                                f"{root / 'train' / 'dog' / 'gone.jpg'}. Restore their targets or remove the links.")
+
+
+def test_images_in_sub_folders_of_a_class_folder_are_read_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    root = write_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=2)
+    (root / "train" / "cat" / "2023" / "june").mkdir(parents=True)
+    (root / "train" / "cat" / "000.jpg").rename(root / "train" / "cat" / "2023" / "june" / "000.jpg")
+    with caplog.at_level("INFO", logger="cnnlab.data.folder"):
+        samples = folder_module.scan_split(root / "train", ["cat", "dog"])
+    assert len(samples) == 4 and samples[0] == (root / "train" / "cat" / "001.png", 0)
+    assert (f"{root / 'train'}: 1 of the 4 images are in sub-folders of their class folder "
+            f"(e.g. cat/2023/june/000.jpg) and are read with that class folder's label") in caplog.text
+
+
+def test_files_swapped_with_their_times_kept_are_decoded_afresh(tmp_path: Path):
+    # Same-sized BMPs with one modification time, as extracted from an archive: a swap by mv keeps
+    # every path, size and modification time, so only the inodes and change times tell.
+    root = tmp_path / "imgs"
+    for split in ("train", "val", "test"):
+        for name, value in (("cat", 0), ("dog", 255)):
+            (root / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (value,) * 3).save(root / split / name / f"{i}.bmp")
+    for path in root.rglob("*.bmp"):
+        os.utime(path, ns=(1_700_000_000 * 10**9, 1_700_000_000 * 10**9))
+
+    def train_means() -> list[float]:
+        dm = ImageFolderDataModule(str(root), image_size=8, cache_dir=str(tmp_path / "cache"))
+        dm.setup("fit")
+        return dm.train_split.images.float().mean(dim=(1, 2, 3)).tolist()
+
+    assert train_means() == [0, 0, 255, 255]
+    cat, dog = root / "train" / "cat" / "0.bmp", root / "train" / "dog" / "0.bmp"
+    cat.rename(tmp_path / "swap.bmp")
+    dog.rename(cat)
+    (tmp_path / "swap.bmp").rename(dog)
+    assert train_means() == [255, 0, 0, 255]

@@ -3,22 +3,23 @@
 A folder with ``root/test/<class>/*`` alone is a test set for a checkpoint: its labels follow the
 checkpoint's class list (see :meth:`ImageFolderDataModule.label_with`).
 
-Every image is decoded once, resized to ``image_size`` x ``image_size`` and kept as uint8. The
-decoded tensors are cached on disk under a key made of the files' paths, sizes and
-modification times and the decode settings, so an edited folder is decoded afresh and never
-served stale.
+Every image is decoded once, turned as its EXIF orientation says (as image viewers show it),
+resized to ``image_size`` x ``image_size`` and kept as uint8. The decoded tensors are cached on
+disk under a key made of the files' paths, sizes, modification and change times and inode numbers
+and the decode settings, so an edited folder is decoded afresh and never served stale.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 # Bump when the decoded output for the same files would change.
-CACHE_FORMAT_VERSION = 3  # 3: 16-bit and float greyscale scaled to 8 bits, no longer clipped
+CACHE_FORMAT_VERSION = 4  # 3: 16-bit and float greyscale scaled to 8 bits, no longer clipped; 4: EXIF orientation
 
 
 def list_class_dirs(split_dir: Path) -> list[str]:
@@ -39,15 +40,33 @@ def list_class_dirs(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def has_image_name(path: Path) -> bool:
+    """Whether a name is one the data module reads: visible, with an image extension (any case)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
 def is_image_file(path: Path | str) -> bool:
     """Whether a file is one the data module reads: a visible file with an image extension."""
     path = Path(path)
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+    return has_image_name(path) and path.is_file()
 
 
 def image_files(class_dir: Path) -> list[Path]:
-    """The image files under ``class_dir`` (any depth), sorted."""
-    return [path for path in sorted(class_dir.rglob("*")) if is_image_file(path)]
+    """The image files under ``class_dir`` (any depth, through linked folders too), sorted.
+
+    Sub-folders are walked as torchvision's ImageFolder walks them (``os.walk(followlinks=True)``),
+    so a linked sub-folder counts like a real one. Raises :class:`DatasetNotFoundError` naming
+    links to image files that no longer exist, rather than training on fewer images unawares.
+    """
+    paths = sorted(Path(folder) / name for folder, _, names in os.walk(class_dir, followlinks=True) for name in names)
+    dangling = [path for path in paths if has_image_name(path) and path.is_symlink() and not path.exists()]
+    if dangling:
+        raise DatasetNotFoundError(
+            f"{len(dangling)} link(s) under {class_dir} point to files that do not exist: "
+            f"{', '.join(str(path) for path in dangling[:5])}{' ...' if len(dangling) > 5 else ''}. "
+            f"Restore their targets or remove the links."
+        )
+    return [path for path in paths if is_image_file(path)]
 
 
 def scan_split(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]]:
@@ -64,6 +83,13 @@ def scan_split(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]
         if not class_dir.is_dir():
             continue
         samples += [(path, label) for path in image_files(class_dir)]
+    # Said, as it is easy to miss: sub-folders of a class folder are read too, with its label.
+    nested = [path for path, label in samples if path.parent != split_dir / class_names[label]]
+    if nested:
+        log.info(
+            "%s: %d of the %d images are in sub-folders of their class folder (e.g. %s) and are read "
+            "with that class folder's label", split_dir, len(nested), len(samples), nested[0].relative_to(split_dir),
+        )
     return samples
 
 
@@ -95,6 +121,8 @@ def eight_bit(pil_image: Image.Image) -> Image.Image:
 def decode_image_file(path: Path, image_size: int) -> Tensor:
     """Decode one image file as RGB uint8 (3, S, S): shorter side resized to S, centre crop.
 
+    A photo is first turned as its EXIF orientation tag says, as image viewers (and labelling tools)
+    show it; Pillow and torchvision's own loaders leave it as stored, often on its side.
     Pillow reads every common format (and releases the GIL while decoding, so threads help).
     16-bit, 32-bit integer and float greyscale images are scaled to 8 bits (see :func:`eight_bit`).
     Raises ``ValueError`` for a file it cannot decode, including one larger than Pillow's
@@ -102,6 +130,7 @@ def decode_image_file(path: Path, image_size: int) -> Tensor:
     """
     try:
         with Image.open(path) as pil_image:
+            ImageOps.exif_transpose(pil_image, in_place=True)
             pixels = np.array(eight_bit(pil_image).convert("RGB"))
     except Image.DecompressionBombError as error:
         raise ValueError(
@@ -145,11 +174,19 @@ def decode_files(paths: list[Path], image_size: int, workers: int) -> Tensor:
 
 
 def cache_key(samples: list[tuple[Path, int]], root: Path, image_size: int) -> str:
-    """A digest that changes whenever a file, its label, or the decode settings change."""
+    """A digest that changes whenever a file, its label, or the decode settings change.
+
+    Size and modification time alone miss files swapped or copied over with their times kept
+    (``mv``, ``cp -p``, ``rsync -a``) when sizes match, as they do for same-sized BMP or PPM
+    files extracted from one archive; the inode number and change time (which no tool sets
+    back) catch those. A folder copied elsewhere is decoded again.
+    """
     digest = hashlib.sha256(f"v{CACHE_FORMAT_VERSION}|size={image_size}".encode())
     for path, label in samples:
         stat = path.stat()
-        digest.update(f"|{path.relative_to(root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        digest.update(
+            f"|{path.relative_to(root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}".encode()
+        )
     return digest.hexdigest()
 
 
@@ -227,7 +264,7 @@ class ImageFolderDataModule(InMemoryImageDataModule):
                 )
             names = list_class_dirs(self.train_dir)
             # A class without training images would be a class the model never sees, reported as 0% accurate.
-            empty = [name for name in names if not any(is_image_file(p) for p in (self.train_dir / name).rglob("*"))]
+            empty = [name for name in names if not image_files(self.train_dir / name)]
             if empty:
                 raise DatasetNotFoundError(
                     f"{self.train_dir} has class folder(s) with no image files: {', '.join(empty)}. Every class "
@@ -290,13 +327,15 @@ class ImageFolderDataModule(InMemoryImageDataModule):
             return nothing, nothing, test
         train_samples = self._scan_split_dir(self.train_dir)
         val_dir, test_dir = self.root / "val", self.test_dir
+        # Scanned before anything is decoded: a class that train/ lacks fails in seconds, not after the decode.
+        held_samples = {folder: self._scan_split_dir(folder) for folder in (val_dir, test_dir) if folder.is_dir()}
         specs = {"val": ("data.val_split", self.val_split), "test": ("data.test_split", self.test_split)}
         missing = [name for name, folder in (("val", val_dir), ("test", test_dir)) if not folder.is_dir()]
         # Checked before decoding anything: a held-out split too large fails in seconds, not after the decode.
         sizes = held_out_sizes(dict(specs[name] for name in missing), len(train_samples)) if missing else []
         train = self._load_split_dir(self.train_dir, train_samples)
-        val = self._load_split_dir(val_dir) if val_dir.is_dir() else None
-        test = self._load_split_dir(test_dir) if test_dir.is_dir() else None
+        val = self._load_split_dir(val_dir, held_samples[val_dir]) if val_dir in held_samples else None
+        test = self._load_split_dir(test_dir, held_samples[test_dir]) if test_dir in held_samples else None
         if missing:
             parts = seeded_split(len(train), sizes, self.split_seed)
             taken = {name: train.subset(index) for name, index in zip(missing, parts[:-1], strict=True)}
