@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import LambdaCallback
 from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
 from torch.utils.data import DataLoader
 
@@ -140,3 +141,38 @@ def test_label_smoothing_outside_0_to_1_is_refused_naming_the_setting(smoothing)
         ImageClassifier(net, len(CLASSES), scheduler_interval="batch")
     assert ImageClassifier(net, len(CLASSES), label_smoothing=0.2).criterion.label_smoothing == 0.2
 
+
+
+class ScriptedNet(torch.nn.Module):
+    """Classifies the first ``right`` images of a batch correctly and the others wrongly.
+
+    Each image holds its label in every pixel, so the network knows the answer.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))  # something for the optimizer to step
+        self.right = 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        labels = images[:, 0, 0, 0].long()
+        predicted = torch.where(torch.arange(len(labels)) < self.right, labels, (labels + 1) % len(CLASSES))
+        return torch.nn.functional.one_hot(predicted, len(CLASSES)).float() * 10 + self.weight
+
+
+def test_val_acc_best_is_the_best_epochs_accuracy_not_the_last():
+    net = ScriptedNet()
+    model = ImageClassifier(net, len(CLASSES), optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+                            class_names=CLASSES)
+    labels = torch.tensor([0, 1, 2, 0])
+    val = DataLoader([Batch(labels.float().view(-1, 1, 1, 1).expand(-1, 3, 2, 2), labels, torch.arange(4))],
+                     batch_size=None)
+    right_per_epoch = [2, 4, 1]  # val/acc 0.5, 1.0, 0.25
+    seen: list[dict[str, float]] = []
+    script = LambdaCallback(
+        on_validation_epoch_start=lambda trainer, _: setattr(net, "right", right_per_epoch[trainer.current_epoch]),
+        on_validation_end=lambda trainer, _: seen.append(
+            {name: trainer.callback_metrics[name].item() for name in ("val/acc", "val/acc_best")}))
+    trainer(max_epochs=3, callbacks=[script]).fit(model, train_dataloaders=batches(1), val_dataloaders=val)
+    assert [epoch["val/acc"] for epoch in seen] == [0.5, 1.0, 0.25]
+    assert [epoch["val/acc_best"] for epoch in seen] == [0.5, 1.0, 1.0]  # the best so far, kept after a worse epoch

@@ -188,3 +188,25 @@ def test_a_folder_or_a_file_that_is_no_checkpoint_is_named_as_such(trained_run: 
     truncated.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(CheckpointError, match="half.ckpt is not a PyTorch checkpoint file, or it is corrupt or truncated"):
         read_checkpoint(truncated)
+
+
+class Touches:
+    """Unpickling it opens ``path`` for writing, which creates the file: code run from a checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_a_checkpoint_holding_code_is_refused_without_running_it(tmp_path: Path):
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, CHECKPOINT_KEY: {"config": {}, "class_names": ["a"]},
+                "epoch": 0, "global_step": 0, "payload": Touches(marker)}, crafted)
+    with pytest.raises(CheckpointError) as refused:
+        read_checkpoint(crafted)
+    assert str(refused.value).startswith(f"cannot read checkpoint {crafted} safely (weights_only=True): ")
+    assert "Unsupported global: GLOBAL io.open" in str(refused.value)  # torch names what it would not run
+    assert not marker.exists(), "the object's code ran"

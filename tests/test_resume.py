@@ -271,3 +271,17 @@ def test_run_folder_checkpoint_leaves_the_loop_only_when_it_saves_per_epoch(tmp_
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == saved
     assert (inside_fit[0] is None) is not by_steps  # a per-step saver keeps its hook
     assert "on_train_batch_end" not in vars(checkpoint)  # after the fit the callback is as it came
+
+
+def test_a_resumed_run_keeps_the_stopped_runs_best_accuracy(make_config, tmp_path: Path):
+    run_dir = tmp_path / "a"
+    train(make_config(overrides=[*QUICK, "trainer.max_epochs=1"], run_dir=run_dir))
+    last = (run_dir / "checkpoints" / "last.ckpt").resolve()
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["val_acc_best"] == json.loads((run_dir / "metrics.json").read_text())["val/acc_best"]
+    checkpoint["val_acc_best"] = 1.5  # a best no epoch can reach, so only the checkpoint can give it
+    torch.save(checkpoint, last)
+    resumed = train(make_config(overrides=[*QUICK, "trainer.max_epochs=2", "ckpt_path=last"], run_dir=run_dir))
+    assert resumed["epochs"] == 2 and resumed["val/acc"] <= 1.0
+    assert resumed["val/acc_best"] == 1.5
+    assert json.loads((run_dir / "metrics.json").read_text())["val/acc_best"] == 1.5
