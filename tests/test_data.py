@@ -451,3 +451,62 @@ def test_files_swapped_with_their_times_kept_are_decoded_afresh(tmp_path: Path):
     dog.rename(cat)
     (tmp_path / "swap.bmp").rename(dog)
     assert train_means() == [255, 0, 0, 255]
+
+
+def fingerprints(images: torch.Tensor) -> list[bytes]:
+    """Each image's bytes: the fixtures' images are noisy, so distinct images differ."""
+    return [image.numpy().tobytes() for image in images]
+
+
+def assert_a_partition(whole: list[bytes], splits: dict[str, torch.Tensor]) -> None:
+    """The splits share no image, none is repeated, and together they are exactly ``whole``."""
+    assert len(set(whole)) == len(whole)  # the fingerprints tell every image apart
+    parts = {name: fingerprints(images) for name, images in splits.items()}
+    assert sum(len(part) for part in parts.values()) == len(whole)
+    names = list(parts)
+    for i, first in enumerate(names):
+        assert len(set(parts[first])) == len(parts[first]), f"{first} repeats an image"
+        assert len(set(parts[first]) - set(whole)) == 0, f"{first} has images from elsewhere"
+        for second in names[i + 1:]:
+            shared = len(set(parts[first]) & set(parts[second]))
+            assert shared == 0, f"{first} and {second} share {shared} images"
+
+
+def test_cifar_val_is_held_out_of_train_and_test_is_its_own(cifar_root: Path):
+    batch_dir = cifar_root / "cifar-10-batches-py"
+
+    def file_images(*names: str) -> list[bytes]:
+        images = []
+        for name in names:
+            with (batch_dir / name).open("rb") as f:
+                images += [row.tobytes() for row in pickle.load(f)["data"]]  # CHW order, as the module keeps it
+        return images
+
+    dm = cifar(cifar_root, val_split=20, split_seed=5)
+    dm.setup("fit")
+    assert_a_partition(file_images(*(f"data_batch_{i}" for i in range(1, 6))),
+                       {"train": dm.train_split.images, "val": dm.val_split.images})
+    assert fingerprints(dm.test_split.images) == file_images("test_batch")
+
+
+def test_a_train_only_folder_holds_val_and_test_out_of_train(tmp_path: Path):
+    root = write_image_folder(tmp_path / "imgs", per_class=8)
+    dm = ImageFolderDataModule(str(root), image_size=16, val_split=5, test_split=0.25, cache_dir=None)
+    dm.setup("fit")
+    assert (len(dm.train_split), len(dm.val_split), len(dm.test_split)) == (13, 5, 6)
+    whole = [folder_module.decode_image_file(path, 16) for path, _ in folder_module.scan_split(dm.train_dir, dm.class_names)]
+    assert_a_partition(fingerprints(torch.stack(whole)),
+                       {"train": dm.train_split.images, "val": dm.val_split.images, "test": dm.test_split.images})
+
+
+def test_a_train_only_folders_held_out_images_follow_the_split_seed(tmp_path: Path):
+    root = write_image_folder(tmp_path / "imgs", per_class=8)
+
+    def val_images(seed: int) -> list[bytes]:
+        dm = ImageFolderDataModule(str(root), image_size=16, val_split=5, test_split=5, split_seed=seed, cache_dir=None)
+        dm.setup("fit")
+        return fingerprints(dm.val_split.images)
+
+    assert val_images(3) == val_images(3)
+    shared = len(set(val_images(3)) & set(val_images(4)))
+    assert shared < 5  # another seed, other images

@@ -200,3 +200,23 @@ def test_linear_probe_trains_under_bf16_true(make_config, resnet_weights: Path, 
     metrics = train(make_config(overrides=overrides))
     assert 0.0 <= metrics["val/acc"] <= 1.0 and math.isfinite(metrics["train/loss"])
 
+
+
+def test_a_fully_frozen_backbone_gives_the_same_features_twice_in_train_mode_despite_its_dropout():
+    # EfficientNet keeps the dropout before its ImageNet layer in the backbone (and has stochastic
+    # depth in its blocks): a linear probe's features must not be noised by them while training.
+    torch.manual_seed(0)
+    net = TorchvisionFineTuner(num_classes=10, arch="efficientnet_b0", weights=None, input_size=32)
+    assert net.fully_frozen and isinstance(net.backbone.classifier[0], nn.Dropout)
+    net.train()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    features = net.features(images)
+    assert torch.equal(features, net.features(images))
+    logits = net(images)  # head_dropout is 0
+    assert torch.equal(logits, net.head(features))
+    # The feature store's path: each split's store computes the features afresh, the same both times.
+    indices = torch.arange(len(images))
+    for split in ("train", "val"):
+        cached = net.forward_cached(images, indices, split, data_fingerprint="four random images", split_size=4)
+        torch.testing.assert_close(cached, logits, rtol=0, atol=1e-6)
+    assert net.training and not any(m.training for m in net.backbone.modules())
