@@ -510,3 +510,19 @@ def test_a_train_only_folders_held_out_images_follow_the_split_seed(tmp_path: Pa
     assert val_images(3) == val_images(3)
     shared = len(set(val_images(3)) & set(val_images(4)))
     assert shared < 5  # another seed, other images
+
+
+def test_files_of_other_types_are_named_and_jfif_photos_read(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    root = write_image_folder(tmp_path / "d", classes=("cat", "dog"), per_class=2)
+    cat = root / "train" / "cat"
+    (cat / "000.jpg").rename(cat / "000.jfif")  # how some browsers save a JPEG
+    (cat / "IMG_1.heic").write_bytes(b"a phone photo")
+    (cat / "notes.txt").write_text("where these came from")
+    for name in ("Thumbs.db", "desktop.ini", ".DS_Store", "._001.png"):  # left by systems: skipped quietly
+        (cat / name).write_bytes(b"")
+    with caplog.at_level("WARNING", logger="cnnlab.data.folder"):
+        samples = folder_module.scan_split(root / "train", ["cat", "dog"])
+    assert sorted(path.name for path, label in samples if label == 0) == ["000.jfif", "001.png"]
+    assert (f"{root / 'train'}: 2 file(s) skipped, not of the image types read here (.heic: 1, .txt: 1; "
+            f"e.g. cat/IMG_1.heic); convert them to JPEG or PNG to use them") in caplog.text
+    assert tuple(folder_module.decode_image_file(cat / "000.jfif", 32).shape) == (3, 32, 32)

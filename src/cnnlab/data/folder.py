@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,7 +31,10 @@ from cnnlab.utils.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+# Files that systems leave in image folders (besides hidden ones, whose names start with a dot):
+# skipped without a word, unlike other files that are not images this reads.
+SYSTEM_FILES = {"thumbs.db", "desktop.ini"}
 # Bump when the decoded output for the same files would change.
 CACHE_FORMAT_VERSION = 4  # 3: 16-bit and float greyscale scaled to 8 bits, no longer clipped; 4: EXIF orientation
 
@@ -51,12 +55,13 @@ def is_image_file(path: Path | str) -> bool:
     return has_image_name(path) and path.is_file()
 
 
-def image_files(class_dir: Path) -> list[Path]:
+def image_files(class_dir: Path, skipped: list[Path] | None = None) -> list[Path]:
     """The image files under ``class_dir`` (any depth, through linked folders too), sorted.
 
     Sub-folders are walked as torchvision's ImageFolder walks them (``os.walk(followlinks=True)``),
     so a linked sub-folder counts like a real one. Raises :class:`DatasetNotFoundError` naming
     links to image files that no longer exist, rather than training on fewer images unawares.
+    Other visible files (not hidden or system files) are appended to ``skipped`` when given.
     """
     paths = sorted(Path(folder) / name for folder, _, names in os.walk(class_dir, followlinks=True) for name in names)
     dangling = [path for path in paths if has_image_name(path) and path.is_symlink() and not path.exists()]
@@ -66,6 +71,9 @@ def image_files(class_dir: Path) -> list[Path]:
             f"{', '.join(str(path) for path in dangling[:5])}{' ...' if len(dangling) > 5 else ''}. "
             f"Restore their targets or remove the links."
         )
+    if skipped is not None:
+        skipped += [path for path in paths if not has_image_name(path) and not path.name.startswith(".")
+                    and path.name.lower() not in SYSTEM_FILES]
     return [path for path in paths if is_image_file(path)]
 
 
@@ -78,11 +86,20 @@ def scan_split(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]
             f"every class in val/ or test/ needs a folder in train/ too"
         )
     samples = []
+    skipped: list[Path] = []
     for label, name in enumerate(class_names):
         class_dir = split_dir / name
         if not class_dir.is_dir():
             continue
-        samples += [(path, label) for path in image_files(class_dir)]
+        samples += [(path, label) for path in image_files(class_dir, skipped)]
+    if skipped:
+        # Said, not dropped in silence: a phone's .heic photos would otherwise just be missing.
+        kinds = Counter(path.suffix.lower() or "(no extension)" for path in skipped)
+        log.warning(
+            "%s: %d file(s) skipped, not of the image types read here (%s; e.g. %s); convert them to JPEG or PNG "
+            "to use them", split_dir, len(skipped), ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()),
+            skipped[0].relative_to(split_dir),
+        )
     # Said, as it is easy to miss: sub-folders of a class folder are read too, with its label.
     nested = [path for path, label in samples if path.parent != split_dir / class_names[label]]
     if nested:
