@@ -223,3 +223,25 @@ def test_runs_of_different_benchmark_trainer_callback_or_logger_settings_are_ref
     pooled = pool_with(benchmark__rounds=48, benchmark__command="python scripts/benchmark.py benchmark.rounds=48",
                        benchmark__paired_steps=1000, trainer__max_epochs=1, trainer__default_root_dir="/elsewhere")
     assert pooled[0].rounds == 5
+
+
+def test_runs_recorded_before_a_class_moved_or_a_setting_was_added_pool_with_later_ones(two_runs, tmp_path):
+    # The s27 runs' records name cnnlab.data.augment.NormalizeBatch and have no model.channels,
+    # model.hidden or data.drop_last; a run of the same command today has them at these values.
+    earlier = {"model": {"_target_": "cnnlab.models.simple_cnn.SimpleCNN", "dropout": 0.5,
+                         "normalize": {"_target_": "cnnlab.data.augment.NormalizeBatch", "mean": [0.5], "std": [0.5]}},
+               "data": {"image_size": 32, "batch_size": 64}}
+    later = OmegaConf.merge(earlier, {"model": {"normalize": {"_target_": "cnnlab.models.normalize.NormalizeBatch"},
+                                                "channels": [32, 64, 128], "hidden": 512},
+                                      "data": {"drop_last": False}})
+    copies = []
+    for (path, _), name, record in zip(two_runs, "ab", (earlier, later), strict=True):
+        copies.append(tmp_path / name)
+        shutil.copytree(path, copies[-1])
+        (copies[-1] / ".hydra").mkdir()
+        OmegaConf.save(OmegaConf.create(record), copies[-1] / ".hydra" / "config.yaml")
+    assert pool([load_run(copies[0]), load_run(copies[1])])[0].rounds == 5
+    # A value other than the one the earlier run ran with is another setup.
+    OmegaConf.save(OmegaConf.merge(later, {"model": {"hidden": 256}}), copies[1] / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigValueError, match=r"\(model.hidden: 256 against not set\)"):
+        pool([load_run(copies[0]), load_run(copies[1])])

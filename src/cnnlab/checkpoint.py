@@ -15,6 +15,7 @@ from cnnlab.errors import CheckpointError
 from cnnlab.training.callbacks import CHECKPOINT_KEY
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
+from cnnlab.utils.moved_classes import with_current_targets
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -49,22 +50,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     record = checkpoint[CHECKPOINT_KEY]
     if isinstance(record, dict) and "config" in record:
-        record["config"] = _with_current_targets(record["config"])
+        record["config"] = with_current_targets(record["config"])
     return checkpoint
 
 
-# Classes that moved after checkpoints naming them were written: the stored config's old path
-# and where the class is now, so that such a checkpoint still builds, evaluates and resumes.
-MOVED_TARGETS = {"cnnlab.data.augment.NormalizeBatch": "cnnlab.models.normalize.NormalizeBatch"}
-
-
-def _with_current_targets(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {key: MOVED_TARGETS.get(value, value) if key == "_target_" else _with_current_targets(value)
-                for key, value in node.items()}
-    if isinstance(node, list):
-        return [_with_current_targets(item) for item in node]
-    return node
 
 
 def _not_a_checkpoint(path: Path, error: Exception) -> CheckpointError:

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from cnnlab.benchmark.rounds import format_ratio, median_interval
 from cnnlab.errors import ConfigValueError, InputNotFoundError
+from cnnlab.utils.moved_classes import with_current_targets
 
 RESULTS_FILE = "benchmark.json"
 # What must be the same for the rounds of two runs to measure the same thing.
@@ -44,6 +45,9 @@ MEASURING_KEYS = frozenset({"benchmark.rounds", "benchmark.command", "benchmark.
 # so they cannot differ between runs' rounds.
 REPLACED_KEYS = frozenset({"trainer.max_epochs", "trainer.default_root_dir"})
 NOT_COMPARED = LOADING_KEYS | MEASURING_KEYS | REPLACED_KEYS
+# Settings added to conf after benchmark runs were recorded, with the value a run recorded
+# before then ran with: such a run and a later one with that value ran the same setup.
+ADDED_SETTINGS: dict[str, Any] = {"model.channels": [32, 64, 128], "model.hidden": 512, "data.drop_last": False}
 DIFFERENCES_NAMED = 3
 # "runs 50 timed steps in turn, after 5 untimed ones (... 30 before its / a path's first window)"
 WINDOW_NUMBERS = re.compile(r"runs (\d+) timed steps in turn, after (\d+) untimed ones \(.*?(\d+) before (?:its|a path's) first window\)")
@@ -141,7 +145,7 @@ def pool(runs: list[BenchmarkRun]) -> list[PooledRatio]:
                     f"{first.header.get(key)!r}); pool only runs of one command on one machine")
         if run.setup is not None and first.setup is not None:
             keys = dict.fromkeys([*first.setup, *run.setup])
-            differ = [key for key in keys if run.setup.get(key, NOT_SET) != first.setup.get(key, NOT_SET)]
+            differ = [key for key in keys if not _same_setting(key, run.setup.get(key, NOT_SET), first.setup.get(key, NOT_SET))]
             if differ:
                 named = "; ".join(f"{key}: {run.setup.get(key, NOT_SET)!r} against {first.setup.get(key, NOT_SET)!r}"
                                   for key in differ[:DIFFERENCES_NAMED])
@@ -194,10 +198,17 @@ def _read_record(folder: Path) -> tuple[int | None, dict[str, Any] | None]:
     setup: dict[str, Any] = {}
     # Unresolved: interpolations (${data.image_size}, ${paths...}) compare as written, and
     # resolvers that only the training script registers are not needed here.
-    written = OmegaConf.to_container(config, resolve=False)
+    written = with_current_targets(OmegaConf.to_container(config, resolve=False))
     for section in RECORD_SECTIONS:
         setup.update(_flatten(section, written.get(section, NOT_SET)))
     return image_size, {key: value for key, value in setup.items() if key not in NOT_COMPARED}
+
+
+def _same_setting(key: str, one: Any, other: Any) -> bool:
+    """Equal values, or a setting added later (:data:`ADDED_SETTINGS`) not set on one side and its old value on the other."""
+    if one == other:
+        return True
+    return NOT_SET in (one, other) and key in ADDED_SETTINGS and ADDED_SETTINGS[key] in (one, other)
 
 
 def _flatten(prefix: str, value: Any) -> dict[str, Any]:
