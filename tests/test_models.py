@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,14 @@ def test_the_scratch_cnns_widths_and_the_batch_dropping_are_set_from_conf(make_c
     assert count(net) == 448 + 4_640 + 131_136 + 650
     assert instantiate(cfg.data).drop_last is True
     assert make_config().data.drop_last is False
+
+
+def test_widths_that_build_no_usable_network_are_refused():
+    with pytest.raises(ConfigValueError, match=r"^model.hidden=0: the hidden layer needs a width of at least 1"):
+        SimpleCNN(hidden=0)
+    for channels in ([], [16, 0]):
+        with pytest.raises(ConfigValueError, match="^" + re.escape(f"model.channels={channels}: give one width of at least 1")):
+            SimpleCNN(channels=channels)
 
 
 def test_cam_target_layer_is_the_last_conv_block():

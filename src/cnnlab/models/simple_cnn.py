@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from cnnlab.errors import ConfigValueError
 from cnnlab.models.normalize import NormalizeBatch
 
 
@@ -39,6 +40,13 @@ class SimpleCNN(nn.Module):
         normalize: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        # Zero widths build without complaint in torch: a zero-width layer (or no convolution at
+        # all) would train a network that cannot learn the images, or fail later with a shape error.
+        if not channels or any(int(width) < 1 for width in channels):
+            raise ConfigValueError(f"model.channels={list(channels)}: give one width of at least 1 per conv stage, "
+                                   f"e.g. model.channels=[32,64,128]")
+        if hidden < 1:
+            raise ConfigValueError(f"model.hidden={hidden}: the hidden layer needs a width of at least 1, e.g. model.hidden=512")
         self.normalize = normalize or NormalizeBatch([0.0], [1.0])  # at least uint8 -> [0, 1]
         downsample = 2 ** len(channels)
         if input_size % downsample:
