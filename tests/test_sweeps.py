@@ -8,10 +8,12 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from test_scripts import run, script_command, train_overrides
 
@@ -140,12 +142,42 @@ def test_a_slurm_job_needs_a_device_count():
     assert (launcher.tasks_per_node, launcher.nodes, launcher.gpus_per_node) == (2, 1, None)
 
 
-def test_a_requeued_job_continues_from_its_last_checkpoint():
+def requeued_after(tmp_path: Path, monkeypatch, overrides: list[str], last_saved: float | None) -> list[str]:
+    """The overrides a job started at time 1000 is requeued with, its last.ckpt (if any) stamped ``last_saved``."""
+    job_dir = tmp_path / "sweep" / "5"
+    (job_dir / "checkpoints").mkdir(parents=True)
+    if last_saved is not None:
+        (job_dir / "checkpoints" / "last.ckpt").write_bytes(b"checkpoint")
+        os.utime(job_dir / "checkpoints" / "last.ckpt", (last_saved, last_saved))
+    # In a job, Hydra's config names the job's folder when submitit calls checkpoint().
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(
+        runtime=SimpleNamespace(output_dir=str(job_dir)))))
     launcher = ResumingSlurmLauncher()
-    requeued = launcher.checkpoint(["model=simple_cnn_bn", "ckpt_path=/old/run/checkpoints/last.ckpt", "seed=3"],
-                                   "hydra.sweep.dir", 5, "job_id_for_5", {})
+    launcher._job_started = 1000.0
+    requeued = launcher.checkpoint(overrides, "hydra.sweep.dir", 5, "job_id_for_5", {})
     assert requeued.function is launcher
-    assert requeued.args == (["model=simple_cnn_bn", "seed=3", "ckpt_path=last"], "hydra.sweep.dir", 5, "job_id_for_5", {})
+    assert requeued.args[1:] == ("hydra.sweep.dir", 5, "job_id_for_5", {})
+    return requeued.args[0]
+
+
+def test_a_requeued_job_continues_from_the_checkpoint_it_saved(tmp_path: Path, monkeypatch):
+    given = ["model=simple_cnn_bn", "ckpt_path=/old/run/checkpoints/last.ckpt", "seed=3"]
+    assert requeued_after(tmp_path, monkeypatch, given, last_saved=1060.0) == [
+        "model=simple_cnn_bn", "seed=3", "ckpt_path=last"]
+
+
+def test_a_job_requeued_before_its_first_checkpoint_starts_as_it_was_started(tmp_path: Path, monkeypatch):
+    # From another run's checkpoint: again from it, not from scratch.
+    given = ["model=simple_cnn_bn", "ckpt_path=/old/run/checkpoints/last.ckpt", "seed=3"]
+    assert requeued_after(tmp_path, monkeypatch, given, last_saved=None) == given
+
+
+def test_a_folders_older_last_checkpoint_is_not_the_requeued_jobs_own(tmp_path: Path, monkeypatch):
+    # A job sent back to an earlier epoch of its folder goes back there again, not to the
+    # last.ckpt its folder had before the job started.
+    given = ["ckpt_path=logs/run/checkpoints/epoch_003.ckpt"]
+    assert requeued_after(tmp_path, monkeypatch, given, last_saved=990.0) == given
+    assert requeued_after(tmp_path / "again", monkeypatch, [], last_saved=1000.0) == ["ckpt_path=last"]
 
 
 def test_under_slurm_lightning_leaves_requeueing_to_submitit(make_config, monkeypatch):

@@ -1,9 +1,11 @@
 """Hydra's submitit launchers (``hydra/launcher=slurm``, ``hydra/launcher=local``), resuming when requeued.
 
 Requeueing is submitit's job alone: when SLURM warns that a job will hit its time limit (or
-is preempted), submitit calls the launcher's ``checkpoint`` and requeues the job. Here the
-requeued job gets ``ckpt_path=last``, so it continues in its own folder from its last
-checkpoint instead of refusing to overwrite it. Lightning's own SLURM auto-requeue is turned
+is preempted), submitit calls the launcher's ``checkpoint`` and requeues the job. Here a job
+that has saved a checkpoint is requeued with ``ckpt_path=last``, so it continues in its own
+folder from that checkpoint instead of refusing to overwrite it; a job stopped before its
+first checkpoint is requeued as it was started (from scratch, or from the ``ckpt_path`` it
+was given, such as another run's checkpoint). Lightning's own SLURM auto-requeue is turned
 off in the training task (``cnnlab.tasks.train.cluster_plugins``).
 
 Hydra only instantiates launcher classes defined in the ``hydra_plugins`` namespace, hence
@@ -12,12 +14,16 @@ this module's place.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 
-from cnnlab.utils.config import register_resolvers
+from cnnlab.utils.config import CHECKPOINTS_FOLDER, LAST_CHECKPOINT, register_resolvers
 
 # A submitit job unpickles this launcher, and so imports this module, before Hydra resolves the
 # job's folders in the worker process: cnnlab's resolvers must be registered there too.
@@ -32,12 +38,37 @@ def resume_overrides(overrides: Sequence[str]) -> list[str]:
     return [*kept, RESUME_OVERRIDE]
 
 
+def requeue_overrides(overrides: Sequence[str], output_dir: Path, job_started: float) -> list[str]:
+    """The overrides a requeued job runs with: ``ckpt_path=last`` once this job has saved a checkpoint.
+
+    Before its first checkpoint a job is requeued with the overrides it was started with, so a
+    job that began from another run's checkpoint begins from it again instead of from scratch.
+    "Saved by this job" is a ``last.ckpt`` written since ``job_started`` (the job's start, on
+    the clock that also stamps the file). A folder's older ``last.ckpt`` does not count: a job
+    given one of its folder's earlier checkpoints (``ckpt_path=<run>/checkpoints/<epoch>.ckpt``)
+    goes back to that one again.
+    """
+    last = output_dir / CHECKPOINTS_FOLDER / LAST_CHECKPOINT
+    if last.is_file() and last.stat().st_mtime >= job_started:
+        return resume_overrides(overrides)
+    return list(overrides)
+
+
 class _ResumeOnRequeue:
+    _job_started: float = 0.0
+
+    def __call__(self, sweep_overrides: list[str], *args: Any, **kwargs: Any) -> JobReturn:
+        """Run the job, noting when it started (in the job's process)."""
+        self._job_started = time.time()
+        return super().__call__(sweep_overrides, *args, **kwargs)  # type: ignore[misc]
+
     def checkpoint(self, sweep_overrides: list[str], *args: Any, **kwargs: Any) -> Any:
-        """What submitit requeues: this job again, with ``ckpt_path=last``."""
+        """What submitit requeues: this job again, continuing from its own last checkpoint if it saved one."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(self, resume_overrides(sweep_overrides), *args, **kwargs)
+        output_dir = Path(HydraConfig.get().runtime.output_dir)
+        overrides = requeue_overrides(sweep_overrides, output_dir, self._job_started)
+        return submitit.helpers.DelayedSubmission(self, overrides, *args, **kwargs)
 
 
 class ResumingSlurmLauncher(_ResumeOnRequeue, SlurmLauncher):
