@@ -524,5 +524,5 @@ def test_files_of_other_types_are_named_and_jfif_photos_read(tmp_path: Path, cap
         samples = folder_module.scan_split(root / "train", ["cat", "dog"])
     assert sorted(path.name for path, label in samples if label == 0) == ["000.jfif", "001.png"]
     assert (f"{root / 'train'}: 2 file(s) skipped, not of the image types read here (.heic: 1, .txt: 1; "
-            f"e.g. cat/IMG_1.heic); convert them to JPEG or PNG to use them") in caplog.text
+            f"e.g. cat/IMG_1.heic); images among them are used once converted to JPEG or PNG") in caplog.text
     assert tuple(folder_module.decode_image_file(cat / "000.jfif", 32).shape) == (3, 32, 32)

@@ -324,6 +324,19 @@ def test_a_value_the_config_leaves_open_is_named_with_how_to_set_it_before_any_w
     assert not run_dir.exists()
 
 
+def test_an_optimizer_value_torch_refuses_is_named_before_the_data_loads(make_config, tmp_path: Path):
+    with pytest.raises(ConfigValueError, match=r"^torch\.optim\.Adam refuses the optimizer settings \(optimizer\.lr=-1 "
+                                               r"optimizer\.weight_decay=0\.0 optimizer\.fused=True\): Invalid learning "
+                                               r"rate: -1; give a valid value with an override"):
+        build_run(make_config(overrides=["optimizer.lr=-1"]))
+    with pytest.raises(ConfigValueError, match=r"^torch\.optim\.SGD refuses .*optimizer\.momentum=0 optimizer\.nesterov="
+                                               r"True.*: Nesterov momentum requires a momentum"):
+        build_run(make_config(overrides=["optimizer=sgd", "optimizer.momentum=0"]))
+    with pytest.raises(ConfigValueError, match=r"optimizer\.betas=\[0\.9, 1\.5\].*Invalid beta parameter at index 1"):
+        build_run(make_config(overrides=["+optimizer.betas=[0.9,1.5]"]))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_run_without_validation_finishes_and_returns_no_value_to_a_sweeper(make_config, tmp_path, caplog):
     cfg = make_config(overrides=["trainer.max_epochs=1", "trainer.limit_val_batches=0"])
     results = train(cfg)

@@ -96,8 +96,8 @@ def scan_split(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]
         # Said, not dropped in silence: a phone's .heic photos would otherwise just be missing.
         kinds = Counter(path.suffix.lower() or "(no extension)" for path in skipped)
         log.warning(
-            "%s: %d file(s) skipped, not of the image types read here (%s; e.g. %s); convert them to JPEG or PNG "
-            "to use them", split_dir, len(skipped), ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()),
+            "%s: %d file(s) skipped, not of the image types read here (%s; e.g. %s); images among them are used once "
+            "converted to JPEG or PNG", split_dir, len(skipped), ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()),
             skipped[0].relative_to(split_dir),
         )
     # Said, as it is easy to miss: sub-folders of a class folder are read too, with its label.

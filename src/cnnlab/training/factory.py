@@ -4,12 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cnnlab.errors import ConfigValueError
 from cnnlab.models.simple_cnn import SimpleCNN
-from cnnlab.training.classifier import ImageClassifier
+from cnnlab.training.classifier import ImageClassifier, OptimizerFactory
+
+
+def checked_optimizer(optimizer_cfg: DictConfig) -> OptimizerFactory:
+    """The optimizer factory ``optimizer_cfg`` describes, its values checked now.
+
+    torch checks an optimizer's values (a negative learning rate, a beta above 1) only when the
+    optimizer is built, after the data is loaded, and names no config key; building it once
+    here for a stand-in parameter turns a bad value into an error naming the settings.
+    """
+    factory = instantiate(optimizer_cfg)
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as error:
+        settings = " ".join(f"optimizer.{key}={value}" for key, value in optimizer_cfg.items()
+                            if not str(key).startswith("_"))
+        raise ConfigValueError(
+            f"{optimizer_cfg.get('_target_', 'the optimizer')} refuses the optimizer settings ({settings}): {error}; "
+            f"give a valid value with an override such as optimizer.lr=0.001"
+        ) from error
+    return factory
 
 
 def build_classifier(cfg: DictConfig, class_names: Sequence[str], train: bool = True) -> ImageClassifier:
@@ -32,7 +53,7 @@ def build_classifier(cfg: DictConfig, class_names: Sequence[str], train: bool = 
     return ImageClassifier(
         net=net,
         num_classes=len(class_names),
-        optimizer=instantiate(cfg.optimizer) if train else None,
+        optimizer=checked_optimizer(cfg.optimizer) if train else None,
         scheduler=instantiate(schedule.get("scheduler")) if train and schedule.get("scheduler") else None,
         scheduler_interval=schedule.get("interval", "epoch"),
         class_names=class_names,
