@@ -107,7 +107,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         self.root = Path(root).expanduser()
         self.download = download
         self.image_size = image_size
-        self.val_split = val_split
+        self.val_held_out = val_split  # self.val_split is the loaded split (InMemoryImageDataModule)
         self.split_seed = split_seed
 
     @property
@@ -179,6 +179,6 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         test = read_cifar_batches(self.batch_dir, [TEST_BATCH])
         if self.image_size != 32:
             full_train, test = (resize_split(s, self.image_size) for s in (full_train, test))
-        n_val = held_out_sizes({"data.val_split": self.val_split}, len(full_train))
+        n_val = held_out_sizes({"data.val_split": self.val_held_out}, len(full_train))
         val_index, train_index = seeded_split(len(full_train), n_val, self.split_seed)
         return full_train.subset(train_index), full_train.subset(val_index), test

@@ -17,6 +17,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -123,6 +124,7 @@ def eight_bit(pil_image: Image.Image) -> Image.Image:
     - ``F`` (32-bit float): values in [0, 1] when the image's largest value is at most 1 (the
       usual float convention), times 255; otherwise taken as 0..255. Clipped, then rounded.
     """
+    values: np.ndarray
     if pil_image.mode.startswith("I;16") or pil_image.mode == "I":
         values = np.clip(np.asarray(pil_image, dtype=np.int64), 0, 65535) >> 8
     elif pil_image.mode == "F":
@@ -187,7 +189,7 @@ def decode_files(paths: list[Path], image_size: int, workers: int) -> Tensor:
         )
     if not decoded:
         return torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
-    return torch.stack(decoded)
+    return torch.stack(cast(list[Tensor], decoded))  # no failures: every entry is a Tensor
 
 
 def cache_key(samples: list[tuple[Path, int]], root: Path, image_size: int) -> str:
@@ -239,8 +241,8 @@ class ImageFolderDataModule(InMemoryImageDataModule):
             raise DatasetNotFoundError("data=folder needs data.root=DIR, a folder with DIR/train/<class>/*.jpg")
         self.root = Path(root).expanduser()
         self.image_size = image_size
-        self.val_split = val_split
-        self.test_split = test_split
+        self.val_held_out = val_split  # self.val_split is the loaded split (InMemoryImageDataModule)
+        self.test_held_out = test_split
         self.split_seed = split_seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.decode_workers = decode_workers
@@ -338,15 +340,15 @@ class ImageFolderDataModule(InMemoryImageDataModule):
 
     def load_splits(self) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
         if self.is_test_set:
-            test = self._load_split_dir(self.test_dir)
-            log.info("testing on the %d images of %s (%s has no train/)", len(test), self.test_dir, self.root)
-            nothing = test.subset(torch.arange(0))
-            return nothing, nothing, test
+            test_only = self._load_split_dir(self.test_dir)
+            log.info("testing on the %d images of %s (%s has no train/)", len(test_only), self.test_dir, self.root)
+            nothing = test_only.subset(torch.arange(0))
+            return nothing, nothing, test_only
         train_samples = self._scan_split_dir(self.train_dir)
         val_dir, test_dir = self.root / "val", self.test_dir
         # Scanned before anything is decoded: a class that train/ lacks fails in seconds, not after the decode.
         held_samples = {folder: self._scan_split_dir(folder) for folder in (val_dir, test_dir) if folder.is_dir()}
-        specs = {"val": ("data.val_split", self.val_split), "test": ("data.test_split", self.test_split)}
+        specs = {"val": ("data.val_split", self.val_held_out), "test": ("data.test_split", self.test_held_out)}
         missing = [name for name, folder in (("val", val_dir), ("test", test_dir)) if not folder.is_dir()]
         # Checked before decoding anything: a held-out split too large fails in seconds, not after the decode.
         sizes = held_out_sizes(dict(specs[name] for name in missing), len(train_samples)) if missing else []

@@ -35,8 +35,8 @@ class SyntheticDataModule(InMemoryImageDataModule):
         self.num_images = num_images
         self.image_size = image_size
         self._num_classes = num_classes
-        self.val_split = val_split
-        self.test_split = test_split
+        self.val_held_out = val_split  # self.val_split is the loaded split (InMemoryImageDataModule)
+        self.test_held_out = test_split
         self.seed = seed
 
     @property
@@ -44,7 +44,7 @@ class SyntheticDataModule(InMemoryImageDataModule):
         return [f"class_{i}" for i in range(self._num_classes)]
 
     def load_splits(self) -> tuple[ImageSplit, ImageSplit, ImageSplit]:
-        sizes = held_out_sizes({"data.val_split": self.val_split, "data.test_split": self.test_split}, self.num_images)
+        sizes = held_out_sizes({"data.val_split": self.val_held_out, "data.test_split": self.test_held_out}, self.num_images)
         generator = torch.Generator().manual_seed(self.seed)
         shape = (self.num_images, 3, self.image_size, self.image_size)
         images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -47,13 +47,12 @@ class RunFolderCheckpoint(ModelCheckpoint):
     would redo epochs. At such an epoch ``last.ckpt`` is written as a file of its own instead.
     """
 
-    def __init__(self, *args: Any, every_n_train_steps: int | None = None,
-                 train_time_interval: timedelta | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, every_n_train_steps=every_n_train_steps, train_time_interval=train_time_interval,
-                         **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         # ModelCheckpoint saves from its per-batch hook only every n training steps or every time
         # interval; without either, Lightning's call of that hook on every step only checks and returns.
-        self._saves_within_epoch = bool(every_n_train_steps) or train_time_interval is not None
+        # Read from the settings ModelCheckpoint kept, which were given by keyword or by position.
+        self._saves_within_epoch = bool(self._every_n_train_steps) or self._train_time_interval is not None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Take the per-batch hook out of Lightning's loop where it would only check and return."""
@@ -72,7 +71,7 @@ class RunFolderCheckpoint(ModelCheckpoint):
         """Lightning's final ``last.ckpt``, except under ``fast_dev_run``, which saves no checkpoints."""
         # Lightning 2.6 checks fast_dev_run everywhere it saves but here, so a smoke test left a
         # one-step last.ckpt that a later `ckpt_path=last` in the same folder would resume from.
-        if not trainer.fast_dev_run:
+        if not trainer.fast_dev_run:  # type: ignore[attr-defined]  # set outside Trainer.__init__, unseen by mypy
             super().on_train_end(trainer, pl_module)
 
     @property
@@ -97,7 +96,7 @@ class RunFolderCheckpoint(ModelCheckpoint):
         super()._save_last_checkpoint(trainer, monitor_candidates)
 
 
-def _reroot(state: dict[str, Any], old: str, new: str) -> dict[str, Any] | None:
+def _reroot(state: dict[str, Any], old: str | Path, new: str | Path) -> dict[str, Any] | None:
     """``state`` with its checkpoint paths under ``old`` moved to ``new``, or None unless all of them exist there."""
     keys = [key for key in ("best_model_path", "kth_best_model_path", "last_model_path") if state.get(key)]
     best_k = state.get("best_k_models") or {}
@@ -181,7 +180,7 @@ class SkipUnusedBatchHooks(Callback):
         self._shadowed: list[tuple[Callback, str]] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for callback in trainer.callbacks:
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]  # set outside Trainer.__init__, unseen by mypy
             for hook in PER_BATCH_HOOKS:
                 # Lightning's is_overridden would also do, but it fails on a hook that is a
                 # callable object (no __code__); identity with the base method cannot misjudge.
