@@ -15,6 +15,7 @@ from cnnlab.errors import CheckpointError
 from cnnlab.training.callbacks import CHECKPOINT_KEY
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
+from cnnlab.utils.config import config_dict
 from cnnlab.utils.moved_classes import with_current_targets
 
 
@@ -121,8 +122,8 @@ def model_differences(stored: DictConfig, model_cfg: DictConfig) -> list[tuple[s
     ``_target_`` alone when the classes differ; otherwise the differing settings, except
     :data:`NOT_THE_NETWORK` and values ``model_cfg`` takes from other sections by interpolation.
     """
-    before = OmegaConf.to_container(stored, resolve=True)
-    now = OmegaConf.to_container(model_cfg, resolve=False)
+    before = config_dict(stored, resolve=True)
+    now = config_dict(model_cfg, resolve=False)
     if before.get("_target_") != now.get("_target_"):
         return [("_target_", before.get("_target_"), now.get("_target_"))]
     found: list[tuple[str, Any, Any]] = []

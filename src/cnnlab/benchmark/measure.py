@@ -66,14 +66,16 @@ class CallbacksAside:
     def __init__(self) -> None:
         self._taken_off: tuple[list[Callback], list[Logger]] | None = None
 
+    # Lightning sets trainer.callbacks outside Trainer.__init__ (in its callback connector), where
+    # mypy does not see it: hence the ignores below.
     def take_off(self, trainer: L.Trainer, keep: Callback) -> None:
         if self._taken_off is None:
-            self._taken_off = (trainer.callbacks, trainer.loggers)
-            trainer.callbacks, trainer.loggers = [keep], []
+            self._taken_off = (trainer.callbacks, trainer.loggers)  # type: ignore[attr-defined]
+            trainer.callbacks, trainer.loggers = [keep], []  # type: ignore[attr-defined]
 
     def put_back(self, trainer: L.Trainer) -> None:
         if self._taken_off is not None:
-            trainer.callbacks, trainer.loggers = self._taken_off
+            trainer.callbacks, trainer.loggers = self._taken_off  # type: ignore[attr-defined]
             self._taken_off = None
 
 

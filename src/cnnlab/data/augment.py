@@ -42,6 +42,8 @@ class RandomBatchAugment(nn.Module):
     Input: uint8 (N, C, H, W). Output: float32 (N, C, H, W) in [0, 1].
     """
 
+    luma: Tensor  # a buffer, registered in __init__ (declared so type checkers see a Tensor)
+
     def __init__(
         self,
         crop_padding: int = 0,

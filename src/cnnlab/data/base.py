@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import lightning as L
 import torch
@@ -233,9 +234,10 @@ class InMemoryImageDataModule(L.LightningDataModule):
     def _loader(self, split: ImageSplit | None, train: bool) -> DataLoader:
         if split is None:
             raise RuntimeError("the data module is not set up; call setup() first")
-        on_gpu = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
-        if on_gpu and self.device_resident:
-            device = self.trainer.strategy.root_device
+        trainer = self.trainer
+        on_gpu = trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
+        if trainer is not None and on_gpu and self.device_resident:
+            device = trainer.strategy.root_device
             if split.images.device != device:
                 split.images, split.labels = split.images.to(device), split.labels.to(device)
             if self.num_workers:
@@ -249,7 +251,9 @@ class InMemoryImageDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=self.drop_last and train,
             num_workers=self.num_workers,
-            collate_fn=keep_batch,
+            # DataLoader hands collate_fn what __getitems__ returns (a Batch), not the list of
+            # items its type hint expects.
+            collate_fn=cast(Callable[[list[Any]], Any], keep_batch),
             pin_memory=on_gpu and not self.device_resident,
             persistent_workers=self.num_workers > 0,
         )

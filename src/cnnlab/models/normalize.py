@@ -23,6 +23,11 @@ class NormalizeBatch(nn.Module):
     (``trainer.precision=bf16-true``). It keeps the input's memory format.
     """
 
+    # Buffers, registered in __init__ (declared so type checkers see Tensors, not Tensor | Module).
+    scale: Tensor
+    shift: Tensor
+    uint8_scale: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std):

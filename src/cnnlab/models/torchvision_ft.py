@@ -9,6 +9,7 @@ without autograd while training. ``resnet18_ft`` is a preset of this class.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -296,7 +297,8 @@ class TorchvisionFineTuner(nn.Module):
             self._feature_cache = FeatureCache(self._fixed_features, self.feature_dim, model_key, self.feature_cache_dir)
         features = self._feature_cache.lookup(x, indices, split, data_fingerprint, split_size)
         # The store is float32; a head converted to bfloat16 (trainer.precision=bf16-true) takes its own dtype.
-        return self.head(features.to(self.head[-1].weight.dtype))
+        linear = cast(nn.Linear, self.head[-1])  # the head is (Dropout, Linear), built in __init__
+        return self.head(features.to(linear.weight.dtype))
 
     @torch.no_grad()
     def _fixed_features(self, x: Tensor) -> Tensor:

@@ -23,8 +23,9 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -34,6 +35,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.precision import Precision
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.data import Dataset
 
 from cnnlab.benchmark.measure import CallbacksAside, Measurement, PeakMemory, Stepper, synchronize, time_steps
 from cnnlab.benchmark.paired import PairedSteps
@@ -132,7 +134,9 @@ def _fresh_model(cfg: DictConfig, datamodule: InMemoryImageDataModule, device: t
                  precision: Precision) -> tuple[ImageClassifier, torch.optim.Optimizer]:
     """A new classifier and optimizer, the weights converted as the Trainer's precision converts
     its own (bf16 weights under ``bf16-true``; unchanged under ``*-mixed``)."""
-    model = precision.convert_module(build_classifier(cfg, datamodule.class_names)).to(device).train()
+    # Lightning's precisions convert the module in place and hand it back: still the ImageClassifier.
+    converted = precision.convert_module(build_classifier(cfg, datamodule.class_names))
+    model = cast(ImageClassifier, converted).to(device).train()
     optimizer = instantiate(cfg.optimizer)([p for p in model.parameters() if p.requires_grad])
     return model, optimizer
 
@@ -450,7 +454,9 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     OmegaConf.update(cfg, "model.num_classes", datamodule.num_classes, merge=False)
     batch_size = datamodule.batch_size
-    image_size = datamodule.train_split.images.shape[-1]
+    train_split, val_split = datamodule.train_split, datamodule.val_split
+    assert train_split is not None and val_split is not None, "setup() loads the splits"
+    image_size = train_split.images.shape[-1]
 
     # Process-wide settings apply to every path, the tutorial's loop included (they can only
     # help it): the allocator setting, and no NVML probe on every optimizer step where there is
@@ -471,10 +477,14 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         # worker processes are idle again before the paths compared with the Trainer; the bare
         # loop last, so it and the Trainer's next window lie closest in time.
         builders: dict[str, Callable[[], Stepper]] = {}
+
+        def plain_loop(dataset: Dataset) -> Stepper:
+            return PlainLoop(_tutorial_net(cfg), dataset, device, batch_size, bench.plain_loop_workers,
+                             float(cfg.optimizer.get("lr", 1e-3)))
+
         if bench.plain_loop:
             for name, dataset in reference_datasets(datamodule, image_size).items():
-                builders[name] = lambda dataset=dataset: PlainLoop(
-                    _tutorial_net(cfg), dataset, device, batch_size, bench.plain_loop_workers, float(cfg.optimizer.get("lr", 1e-3)))
+                builders[name] = partial(plain_loop, dataset)
         builders[CEILING] = lambda: ComputeOnly(cfg, datamodule, device, precision)
         builders[BARE] = lambda: BareDataPath(cfg, datamodule, device, precision)
         return builders
@@ -522,7 +532,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
                          format_ratio(name, undisturbed[name][0]))
     epoch = None
     if epoch_seconds is not None:
-        n_train, n_val = len(datamodule.train_split), len(datamodule.val_split)
+        n_train, n_val = len(train_split), len(val_split)
         epoch = (f"one epoch through the Trainer ({n_train:,} train + {n_val:,} val images)", f"{epoch_seconds:.1f} s")
     header = _header(cfg, datamodule, device, malloc_tuned)
     report = _format_report(rows, summary, header, epoch, paired)

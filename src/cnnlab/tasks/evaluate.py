@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -120,11 +120,11 @@ def with_data_settings(trained_data: DictConfig, settings: DictConfig) -> DictCo
     unknown = [key for key in settings if key not in trained_data]
     if unknown:
         raise ConfigValueError(
-            f"data.{unknown[0]} is not a setting of the data this checkpoint was trained on "
+            f"data.{unknown[0]!s} is not a setting of the data this checkpoint was trained on "
             f"({trained_data.get('_target_')}); set one of {', '.join(sorted(str(k) for k in trained_data if k != '_target_'))}, "
             f"or choose the data with data=NAME (e.g. data=folder data.root=DIR)"
         )
-    return OmegaConf.merge(trained_data, settings)
+    return cast(DictConfig, OmegaConf.merge(trained_data, settings))  # merged mappings make a mapping
 
 
 def data_labelled_as_trained(data_cfg: DictConfig, trained_classes: list[str], ckpt_path: str | Path) -> InMemoryImageDataModule:

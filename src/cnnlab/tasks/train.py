@@ -33,6 +33,7 @@ from cnnlab.utils.config import (
     CHECKPOINTS_FOLDER,
     LAST_CHECKPOINT,
     RESULTS_FILE,
+    config_dict,
     continues_in,
     ensure_values_set,
     instantiate_all,
@@ -129,7 +130,7 @@ def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier, 
     # Recorded in the config (and so in checkpoints): the network's size follows the data.
     OmegaConf.update(cfg, "model.num_classes", datamodule.num_classes, merge=False)
     model = build_classifier(cfg, datamodule.class_names)
-    record = RunRecordInCheckpoint(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True), datamodule.class_names)
+    record = RunRecordInCheckpoint(config_dict(cfg, resolve=True, throw_on_missing=True), datamodule.class_names)
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = [*without_logging_callbacks(instantiate_all(cfg.get("callbacks")), loggers), record]
     extra: dict[str, Any] = {"plugins": plugins} if (plugins := cluster_plugins(cfg.trainer)) else {}
@@ -176,7 +177,8 @@ def epoch_times(trainer: L.Trainer) -> list[float] | None:
     Read from the fit's ``callback_metrics`` (gone after ``trainer.test``): with ``ddp_spawn``
     the timer ran in worker processes, and those metrics are what came back from them.
     """
-    if not any(isinstance(callback, EpochTimer) for callback in trainer.callbacks):
+    # trainer.callbacks is set outside Trainer.__init__, where mypy does not see it.
+    if not any(isinstance(callback, EpochTimer) for callback in trainer.callbacks):  # type: ignore[attr-defined]
         return None
     times = trainer.callback_metrics.get(EPOCH_SECONDS)
     return times.tolist() if times is not None else []
@@ -290,7 +292,7 @@ def failure_reason(error: BaseException) -> str:
     "input_size 31 must be divisible by 8" into "Error in call to target ..."), so the outer
     error's first line alone would not say what to fix.
     """
-    shown = user_error(error)
+    shown: BaseException | None = user_error(error)
     if shown is None:
         shown = error
         while shown.__cause__ is not None:
@@ -329,14 +331,14 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     with no_empty_logger_run(trainer):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
-    results = metric_values(trainer.callback_metrics, prefixes=("val/", "train/"))
+    results: dict[str, Any] = metric_values(trainer.callback_metrics, prefixes=("val/", "train/"))
     epochs, global_step = fit_progress(trainer)
     epoch_seconds = epoch_times(trainer)
     warn_if_last_checkpoint_lags(trainer, global_step)
 
     if cfg.get("test", True):
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+        checkpoint_callback = trainer.checkpoint_callback
+        best = checkpoint_callback.best_model_path if isinstance(checkpoint_callback, ModelCheckpoint) else ""
         if not best:
             log_once(logging.WARNING, "no best checkpoint was saved; testing the weights as they are after training")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
@@ -352,6 +354,6 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     keep_previous_results(output_dir, cfg.get("session") or "")
     write_metrics(output_dir / RESULTS_FILE, results)
     # Nested: TensorBoard's logger flattens it to model/arch, ...; the CSV logger's hparams.yaml keeps the shape.
-    log_hparams_with_metrics(trainer, OmegaConf.to_container(cfg, resolve=True), results)
+    log_hparams_with_metrics(trainer, config_dict(cfg, resolve=True), results)
     log_once(logging.INFO, "%s%s", FINISHED_LOG_MARK, output_dir)
     return results

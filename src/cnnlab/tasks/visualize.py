@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig
-from torch import Tensor
+from torch import Tensor, nn
 
 from cnnlab.errors import InputNotFoundError, LayerNotFoundError
 from cnnlab.tasks.evaluate import data_labelled_as_trained, preprocess_as_trained, wrong_size_error
@@ -51,6 +52,12 @@ def dataset_image(cfg: DictConfig, trained: TrainedNetwork, index: int) -> tuple
                                  f"(0..{len(split) - 1})")
     label = trained.class_names[int(split.labels[index])]
     return split.images[index], f"{split_name} image {index} (true class: {label})"
+
+
+def _default_cam_layer(net: nn.Module) -> nn.Module:
+    """The layer the network names for Grad-CAM (every cnnlab network has ``cam_target_layer()``)."""
+    # nn.Module types an attribute it does not know as Tensor | Module; this one is a method.
+    return cast(Callable[[], nn.Module], net.cam_target_layer)()
 
 
 def _predict_one(trained: TrainedNetwork, batch: Tensor) -> Tensor:
@@ -112,7 +119,7 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("cam_layer"):
         cam_name, cam_layer = find_layer(net, cfg.cam_layer)
     else:
-        cam_layer = net.cam_target_layer()
+        cam_layer = _default_cam_layer(net)
         cam_name = module_name(net, cam_layer)
     explained = trained.class_index(cfg.target_class) if cfg.get("target_class") is not None else predicted
     # The heat map explains the prediction as the classifier makes it, flip TTA included.
@@ -120,7 +127,7 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     try:
         cam = grad_cam(net, batch, cam_layer, explained, flip_tta=flip_tta)
     except LayerNotFoundError as error:
-        default = module_name(net, net.cam_target_layer())
+        default = module_name(net, _default_cam_layer(net))
         raise LayerNotFoundError(f"cam_layer={cam_name}: {error}; or leave cam_layer out for the network's "
                                  f"default, {default}") from error
     if cam.cam_size == (1, 1):
@@ -136,7 +143,7 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     gradcam_png = save_png(gradcam_figure(image, cam.heatmaps[0], title=title, alpha=cfg.cam_alpha),
                            output_dir / "gradcam.png")
 
-    result = {
+    result: dict[str, Any] = {
         "image": source,
         "predicted_class": names[predicted],
         "probability": float(probabilities[predicted]),

@@ -7,12 +7,13 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -59,6 +60,9 @@ class ImageClassifier(L.LightningModule):
         compile: run the network through ``torch.compile`` (the checkpoint keeps the plain
             network's parameter names).
     """
+
+    # Set in __init__ with object.__setattr__ (outside the module tree): the network, or its compiled form.
+    _run_net: Callable[[Tensor], Tensor]
 
     def __init__(
         self,
@@ -141,8 +145,11 @@ class ImageClassifier(L.LightningModule):
     # --- steps ------------------------------------------------------------------------------
     def _loss_and_logits(self, batch: Batch, split: str) -> tuple[Tensor, Tensor, Tensor]:
         if getattr(self.net, "cache_features", False):
-            fingerprint, size = self.trainer.datamodule.split_identity(split)
-            logits = self.net.forward_cached(batch.images, batch.indices, split, fingerprint, size)
+            # Lightning sets trainer.datamodule outside Trainer.__init__, where mypy does not see it.
+            fingerprint, size = self.trainer.datamodule.split_identity(split)  # type: ignore[attr-defined]
+            # A method of the networks that cache features (nn.Module's attribute type is Tensor | Module).
+            forward_cached = cast(Callable[..., Tensor], self.net.forward_cached)
+            logits = forward_cached(batch.images, batch.indices, split, fingerprint, size)
         else:
             logits = self(batch.images)
         criterion = self.criterion if split == "train" else self.eval_criterion
@@ -150,7 +157,7 @@ class ImageClassifier(L.LightningModule):
 
     def on_fit_start(self) -> None:
         if getattr(self.net, "cache_features", False):
-            datamodule = self.trainer.datamodule
+            datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set outside Trainer.__init__
             if not hasattr(datamodule, "split_identity"):
                 raise ConfigValueError("model.cache_features=true needs one of cnnlab's in-memory data modules")
             if getattr(datamodule, "augment", None) is not None:
@@ -241,7 +248,7 @@ class ImageClassifier(L.LightningModule):
         self.test_per_class.reset()
 
     # --- optimisation ---------------------------------------------------------------------------
-    def configure_optimizers(self) -> Optimizer | dict[str, Any]:
+    def configure_optimizers(self) -> Optimizer | OptimizerLRSchedulerConfig:
         # Frozen parameters are not handed to the optimizer at all (no weight decay, no state).
         if self.optimizer_factory is None:
             raise ValueError("this classifier was built without an optimizer; it can be evaluated, not trained")
@@ -260,10 +267,11 @@ class ImageClassifier(L.LightningModule):
         """
         factory = self.optimizer_factory
         assert factory is not None
-        trainer = self._trainer  # None when the optimizer is built outside a run (no clipping then)
-        clipping = trainer is not None and bool(trainer.gradient_clip_val) and isinstance(trainer.precision_plugin,
-                                                                                          MixedPrecision)
-        if clipping and getattr(factory, "keywords", {}).get("fused"):
+        trainer = self._trainer
+        if trainer is None:  # the optimizer is built outside a run: no clipping then
+            return factory
+        clipping = bool(trainer.gradient_clip_val) and isinstance(trainer.precision_plugin, MixedPrecision)
+        if clipping and isinstance(factory, partial) and factory.keywords.get("fused"):
             if trainer.is_global_zero:
                 log.info(
                     "optimizer.fused=false for this run: trainer.gradient_clip_val=%s with "
@@ -329,8 +337,9 @@ class ImageClassifier(L.LightningModule):
         ``lr_scale`` times the optimizer's ``lr``.
         """
         base_lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
-        if hasattr(self.net, "parameter_groups"):
-            groups = [dict(group) for group in self.net.parameter_groups()]
+        net_groups: Callable[[], Iterable[dict[str, Any]]] | None = getattr(self.net, "parameter_groups", None)
+        if net_groups is not None:
+            groups = [dict(group) for group in net_groups()]
         else:
             groups = [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
         for group in groups:
@@ -343,6 +352,7 @@ class ImageClassifier(L.LightningModule):
     def _scheduler_kwargs(self, groups: list[dict[str, Any]], name: str) -> dict[str, Any]:
         """Fill a scheduler's length (and per-group peak rates) from the trainer and the groups."""
         factory = self.scheduler_factory
+        assert factory is not None
         given = getattr(factory, "keywords", {})
         accepted = inspect.signature(getattr(factory, "func", factory)).parameters
         unset = [key for key in ("total_steps", "T_max") if key in accepted and key not in given]

@@ -24,7 +24,7 @@ def checked_optimizer(optimizer_cfg: DictConfig) -> OptimizerFactory:
     try:
         factory([torch.nn.Parameter(torch.zeros(1))])
     except (ValueError, TypeError) as error:
-        settings = " ".join(f"optimizer.{key}={value}" for key, value in optimizer_cfg.items()
+        settings = " ".join(f"optimizer.{key!s}={value}" for key, value in optimizer_cfg.items()
                             if not str(key).startswith("_"))
         raise ConfigValueError(
             f"{optimizer_cfg.get('_target_', 'the optimizer')} refuses the optimizer settings ({settings}): {error}; "

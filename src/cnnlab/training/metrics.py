@@ -27,6 +27,9 @@ class TopKAccuracy(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    # States, made by add_state in __init__ (declared so type checkers see Tensors).
+    correct: Tensor
+    total: Tensor
 
     def __init__(self, num_classes: int, top_k: Sequence[int] = (1, 5), prefix: str = "") -> None:
         super().__init__()

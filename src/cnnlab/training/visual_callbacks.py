@@ -11,7 +11,7 @@ metrics that need every process's data (the confusion matrix) are synchronised f
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -80,7 +80,8 @@ def epoch_is_due(trainer: L.Trainer, every_n_epochs: int) -> bool:
 
 def _warn_without_tensorboard(trainer: L.Trainer, what: str) -> None:
     # fast_dev_run swaps every logger for a dummy on purpose: nothing to warn about there.
-    if trainer.is_global_zero and not trainer.fast_dev_run and not any(
+    # (Lightning sets trainer.fast_dev_run outside Trainer.__init__, where mypy does not see it.)
+    if trainer.is_global_zero and not trainer.fast_dev_run and not any(  # type: ignore[attr-defined]
             isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
         rank_zero_warn(f"{what}: no TensorBoard logger is configured (logger=tensorboard), so nothing is drawn")
 
@@ -113,7 +114,8 @@ class ConfusionMatrixLogger(Callback):
         _warn_without_tensorboard(trainer, "ConfusionMatrixLogger")
 
     def _start(self, pl_module: L.LightningModule) -> None:
-        num_classes = int(pl_module.num_classes)
+        # nn.Module types an attribute it does not know as Tensor | Module; a classifier's num_classes is an int.
+        num_classes = int(cast(int, pl_module.num_classes))
         if self._matrix is None or self._matrix.num_classes != num_classes:
             self._matrix = MulticlassConfusionMatrix(num_classes)
         self._matrix = self._matrix.to(pl_module.device)

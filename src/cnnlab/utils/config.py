@@ -7,9 +7,9 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
@@ -34,7 +34,7 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("start_dir"):
         # Cached, and so carried with the config into every job of a sweep (Hydra copies the cache).
         OmegaConf.register_new_resolver("start_dir", start_dir, use_cache=True)
-    resolvers = {
+    resolvers: dict[str, Callable[..., Any]] = {
         "run_dir_of_checkpoint": run_dir_of_checkpoint,
         "resume_session": resume_session,
         "on_rank_zero": on_rank_zero,
@@ -192,11 +192,20 @@ def instantiate_all(section: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in section.values() if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
+def config_dict(cfg: DictConfig, resolve: bool, throw_on_missing: bool = False) -> dict[str, Any]:
+    """``OmegaConf.to_container`` of a mapping config, typed as the plain dict it gives."""
+    container = OmegaConf.to_container(cfg, resolve=resolve, throw_on_missing=throw_on_missing)
+    if not isinstance(container, dict):  # a DictConfig set to None gives None
+        raise TypeError(f"expected a mapping config, got {type(container).__name__}")
+    # Config keys from YAML and the command line are strings; OmegaConf types them more widely.
+    return cast(dict[str, Any], container)
+
+
 @rank_zero_only
 def print_config(cfg: DictConfig, sections: Iterable[str] | None = None) -> None:
     """Print the composed config (or some of its top-level sections) as YAML."""
     keys = list(sections) if sections is not None else [k for k in cfg if k != "hydra"]
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = config_dict(cfg, resolve=True)
     shown = {key: resolved[key] for key in keys if key in resolved}
     print("-" * 30 + " config " + "-" * 30)
     print(OmegaConf.to_yaml(shown), end="")

@@ -13,8 +13,10 @@ from typing import IO, Any
 import torch
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> Path:
     """Write a file through ``write(fileobj)`` into a temporary file, then rename it into place.
+
+    ``write``'s return value is ignored (so ``lambda f: f.write(data)`` will do).
 
     The file gets the permissions a plain ``open(path, "w")`` would give it: those of the file
     it replaces, else the process's umask applied to 0o666. (``tempfile.mkstemp`` would make

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,7 +27,9 @@ DPI = 100
 MAX_ANNOTATED_CLASSES = 20
 
 
-def new_figure(width: float, height: float, layout: str = "constrained") -> Figure:
+def new_figure(
+    width: float, height: float, layout: Literal["constrained", "compressed", "tight"] = "constrained"
+) -> Figure:
     """A figure of ``width`` x ``height`` inches on its own Agg canvas.
 
     ``layout="compressed"`` suits a single image-like axes with a fixed aspect ratio.
