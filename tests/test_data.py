@@ -526,3 +526,12 @@ def test_files_of_other_types_are_named_and_jfif_photos_read(tmp_path: Path, cap
     assert (f"{root / 'train'}: 2 file(s) skipped, not of the image types read here (.heic: 1, .txt: 1; "
             f"e.g. cat/IMG_1.heic); images among them are used once converted to JPEG or PNG") in caplog.text
     assert tuple(folder_module.decode_image_file(cat / "000.jfif", 32).shape) == (3, 32, 32)
+
+
+def test_a_data_module_not_set_up_says_so():
+    # data.val_split and data.test_split once shared their attribute names with the loaded
+    # splits, and these calls failed with "'int' object has no attribute 'images'".
+    datamodule = SyntheticDataModule(num_images=20, val_split=4, test_split=4)
+    for call in (datamodule.val_dataloader, datamodule.test_dataloader, lambda: datamodule.split_identity("val")):
+        with pytest.raises(RuntimeError, match=r"not set up; call setup\(\) first"):
+            call()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,13 @@ class RunFolderCheckpoint(ModelCheckpoint):
     would redo epochs. At such an epoch ``last.ckpt`` is written as a file of its own instead.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, every_n_train_steps: int | None = None, train_time_interval: timedelta | None = None,
+                 **kwargs: Any) -> None:
+        """Takes ModelCheckpoint's arguments, by keyword (as Hydra passes them)."""
+        super().__init__(every_n_train_steps=every_n_train_steps, train_time_interval=train_time_interval, **kwargs)
         # ModelCheckpoint saves from its per-batch hook only every n training steps or every time
         # interval; without either, Lightning's call of that hook on every step only checks and returns.
-        # Read from the settings ModelCheckpoint kept, which were given by keyword or by position.
-        self._saves_within_epoch = bool(self._every_n_train_steps) or self._train_time_interval is not None
+        self._saves_within_epoch = bool(every_n_train_steps) or train_time_interval is not None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Take the per-batch hook out of Lightning's loop where it would only check and return."""
