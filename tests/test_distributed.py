@@ -55,6 +55,8 @@ def test_ddp_on_two_cpu_processes_shares_each_epoch_syncs_metrics_and_writes_onc
     # scripts/summarize.py looks (the other process logs to train_ddp_process_1.log).
     output = trained.stdout + trained.stderr
     assert output.count(FINISHED_LOG_MARK) == 1 and output.count(" parameters, ") == 1
+    # Both processes load the data; its lines show once (conf/hydra/default.yaml's log filter).
+    assert output.count("][INFO] - data: 99 train, 21 val, 30 test images") == 1
     assert f"{FINISHED_LOG_MARK}{run}" in (run / "train.log").read_text()
     assert FINISHED_LOG_MARK not in (run / "train_ddp_process_1.log").read_text()
     # Epoch-level values are logged synchronised: Lightning recommends nothing.
@@ -115,3 +117,23 @@ def test_ddp_strategy_of_a_single_run_is_ddp(monkeypatch):
     for variable in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(variable, raising=False)
     assert ddp_strategy() == "ddp"  # Lightning re-runs the command for the other processes
+
+
+def test_cnnlab_lines_below_errors_are_shown_from_rank_zero_only(monkeypatch, capsys):
+    import logging.config
+
+    from omegaconf import OmegaConf
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra.job_logging.handlers.file.filename=/dev/null"], return_hydra_config=True)
+    logging.config.dictConfig(OmegaConf.to_container(cfg.hydra.job_logging, resolve=True))
+    try:
+        for rank in ("1", "0"):
+            monkeypatch.setenv("RANK", rank)
+            for name in ("cnnlab.data.base", "another.library"):
+                logging.getLogger(name).info("info from rank %s", rank)
+                logging.getLogger(name).error("error from rank %s", rank)
+        shown = [line.split(" - ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+        assert shown == ["error from rank 1", "info from rank 1", "error from rank 1",  # another library's: all
+                         "info from rank 0", "error from rank 0", "info from rank 0", "error from rank 0"]
+    finally:
+        logging.getLogger().handlers.clear()
