@@ -13,7 +13,7 @@ import yaml
 from omegaconf import OmegaConf
 from test_scripts import run, script_command, train_overrides
 
-from cnnlab.checkpoint import ensure_training_left
+from cnnlab.checkpoint import ensure_training_left, read_checkpoint
 from cnnlab.errors import CheckpointError, RunDirectoryInUseError
 from cnnlab.tasks.train import train
 from cnnlab.utils.config import resume_session
@@ -285,3 +285,22 @@ def test_a_resumed_run_keeps_the_stopped_runs_best_accuracy(make_config, tmp_pat
     assert resumed["epochs"] == 2 and resumed["val/acc"] <= 1.0
     assert resumed["val/acc_best"] == 1.5
     assert json.loads((run_dir / "metrics.json").read_text())["val/acc_best"] == 1.5
+
+
+def test_a_fine_tuner_resumes_without_its_pretrained_weights_file(make_config, tmp_path: Path, resnet_weights: Path):
+    # The checkpoint holds every weight: the file the run started from may be gone (or the
+    # ImageNet download unreachable) when it is resumed.
+    weights = tmp_path / "resnet18.pth"
+    shutil.copy(resnet_weights, weights)
+    overrides = ["model=resnet18_ft", f"model.weights_path={weights}"]
+    run = tmp_path / "run"
+    first = train(make_config(overrides=[*overrides, "trainer.max_epochs=1"], run_dir=run))
+    stopped = read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+    weights.unlink()
+    resumed = train(make_config(overrides=[*overrides, "trainer.max_epochs=2", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"],
+                                run_dir=run))
+    assert resumed["global_step"] == 2 * first["global_step"]
+    after = read_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+    # The frozen backbone goes on as the checkpoint had it; only the head trained.
+    assert torch.equal(after["net.backbone.conv1.weight"], stopped["net.backbone.conv1.weight"])
+    assert not torch.equal(after["net.head.1.weight"], stopped["net.head.1.weight"])

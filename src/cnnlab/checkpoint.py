@@ -253,8 +253,6 @@ def build_model_from_checkpoint(checkpoint: dict[str, Any]) -> ImageClassifier:
     rebuilding works offline.
     """
     cfg = checkpoint_config(checkpoint)
-    if "load_weights" in cfg.model:
-        cfg.model.load_weights = False
-    model = build_classifier(cfg, checkpoint[CHECKPOINT_KEY]["class_names"], train=False)
+    model = build_classifier(cfg, checkpoint[CHECKPOINT_KEY]["class_names"], train=False, pretrained=False)
     model.load_state_dict(checkpoint["state_dict"])
     return model

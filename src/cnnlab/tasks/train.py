@@ -119,8 +119,12 @@ def ensure_launchable(trainer_cfg: DictConfig) -> None:
     )
 
 
-def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier, L.Trainer]:
-    """Instantiate the data module, the model (sized to the data's classes) and the trainer."""
+def build_run(cfg: DictConfig, resuming: bool = False) -> tuple[L.LightningDataModule, ImageClassifier, L.Trainer]:
+    """Instantiate the data module, the model (sized to the data's classes) and the trainer.
+
+    ``resuming``: the fit starts from a checkpoint, which holds every weight, so a fine-tuner's
+    pretrained weights are not read (neither downloaded nor needed as a file again).
+    """
     ensure_launchable(cfg.trainer)
     root = cfg.data.get("root")
     if isinstance(root, str) and not Path(root).expanduser().is_absolute():
@@ -129,7 +133,7 @@ def build_run(cfg: DictConfig) -> tuple[L.LightningDataModule, ImageClassifier, 
     datamodule = instantiate(cfg.data)
     # Recorded in the config (and so in checkpoints): the network's size follows the data.
     OmegaConf.update(cfg, "model.num_classes", datamodule.num_classes, merge=False)
-    model = build_classifier(cfg, datamodule.class_names)
+    model = build_classifier(cfg, datamodule.class_names, pretrained=not resuming)
     record = RunRecordInCheckpoint(config_dict(cfg, resolve=True, throw_on_missing=True), datamodule.class_names)
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = [*without_logging_callbacks(instantiate_all(cfg.get("callbacks")), loggers), record]
@@ -321,7 +325,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    datamodule, model, trainer = build_run(cfg)
+    datamodule, model, trainer = build_run(cfg, resuming=bool(ckpt_path))
     print_config(cfg)
     counts = model.parameter_counts()
     log_once(logging.INFO, "model: %s parameters, %s trainable", f"{counts['params_total']:,}",

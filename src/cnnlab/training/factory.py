@@ -33,12 +33,17 @@ def checked_optimizer(optimizer_cfg: DictConfig) -> OptimizerFactory:
     return factory
 
 
-def build_classifier(cfg: DictConfig, class_names: Sequence[str], train: bool = True) -> ImageClassifier:
+def build_classifier(cfg: DictConfig, class_names: Sequence[str], train: bool = True,
+                     pretrained: bool = True) -> ImageClassifier:
     """The classifier for ``cfg.model`` (the network) with ``cfg.optimizer``, ``cfg.scheduler`` and ``cfg.classifier``.
 
     ``train=False`` builds it for evaluation only: no optimizer or schedule is needed.
+    ``pretrained=False`` leaves a fine-tuner's pretrained weights unread (``model.load_weights``),
+    for a network whose every weight then comes from a checkpoint: it needs neither the
+    download nor the weights file it was first built from.
     """
-    net = instantiate(cfg.model, num_classes=len(class_names))
+    unread = {"load_weights": False} if not pretrained and "load_weights" in cfg.model else {}
+    net = instantiate(cfg.model, num_classes=len(class_names), **unread)
     image_size = (cfg.get("data") or {}).get("image_size")
     # SimpleCNN's first fully connected layer is sized for model.input_size; other images would
     # fail there, at the first batch, with only a matrix-shape message.
