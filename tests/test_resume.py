@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import lightning as L
@@ -18,7 +19,7 @@ from cnnlab.errors import CheckpointError, RunDirectoryInUseError
 from cnnlab.tasks.train import train
 from cnnlab.utils.config import resume_session
 from cnnlab.utils.hydra_callbacks import RefuseUsedRunFolder
-from conftest import scalar_events, scalar_steps
+from conftest import ROOT, scalar_events, scalar_steps
 
 
 def test_one_command_resumes_a_stopped_run_in_its_own_folder(tmp_path: Path, cifar_root: Path):
@@ -30,6 +31,16 @@ def test_one_command_resumes_a_stopped_run_in_its_own_folder(tmp_path: Path, cif
     first_overrides = (first / ".hydra" / "overrides.yaml").read_text()
 
     last = first / "checkpoints" / "last.ckpt"
+    # A resume refused before it trains (here: another learning rate) leaves the run's folder as it was:
+    # no record of the refused session, no error at the end of the finished run's log.
+    files_before = {path: path.read_bytes() for path in first.rglob("*") if path.is_file()}
+    refused = subprocess.run(script_command("train.py", tmp_path, *train_overrides(cifar_root), "trainer.max_epochs=2",
+                                            f"ckpt_path={last}", "optimizer.lr=0.5"),
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert refused.returncode != 0 and "optimizer.lr: 0.001 in the run, 0.5 in this command" in refused.stdout + refused.stderr
+    assert {path: path.read_bytes() for path in first.rglob("*") if path.is_file()} == files_before
+    assert not [path for path in first.rglob("*") if path.is_dir() and path.name.startswith("resumed_")]
+
     run(script_command("train.py", tmp_path, *train_overrides(cifar_root), "trainer.max_epochs=2", f"ckpt_path={last}"))
 
     assert list((tmp_path / "logs" / "train" / "runs").iterdir()) == [first], "no new run folder"

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -281,12 +282,51 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     continues from that checkpoint's epoch and step; in its own folder when the checkpoint is
     one of that folder's. Under DDP every process runs this; only rank zero writes files.
     """
+    session = ResumedSession(Path(cfg.paths.output_dir), cfg.get("session") or "")
     try:
-        return _train(cfg)
+        return _train(cfg, session)
     except Exception as error:
         # In a multirun the job log is where `scripts/summarize.py` finds why a job failed.
         log.error("%s%s", FAILED_LOG_MARK, failure_reason(error))
+        session.discard_unless_trained()
         raise
+
+
+class ResumedSession:
+    """What a resumed session has added to its run's folder before it trains: Hydra's record of
+    the session (``.hydra/<session>/``) and its lines in the job log.
+
+    A resume refused before training (another setup, limits already reached, a mistyped
+    override) leaves the run's folder as it was: a finished run's log would otherwise end with
+    the refusal, and ``scripts/summarize.py`` would report that run as having failed later.
+    The console still shows the error.
+    """
+
+    def __init__(self, output_dir: Path, session: str) -> None:
+        self.record = output_dir / ".hydra" / session if session else None
+        folder = output_dir.resolve()
+        # Hydra's job log (and under DDP each process's own) is open for appending: its size now is where the session's lines begin.
+        self.log_sizes = {
+            handler: Path(handler.baseFilename).stat().st_size
+            for handler in logging.getLogger().handlers
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent.resolve() == folder
+            and Path(handler.baseFilename).is_file()
+        } if session else {}
+        self.training = False
+
+    def discard_unless_trained(self) -> None:
+        """Take the session's record and log lines back out of the folder if it never started training."""
+        if self.record is None or self.training:
+            return
+        for handler, size in self.log_sizes.items():
+            handler.flush()
+            os.truncate(handler.baseFilename, size)
+        _remove_session_record(self.record)
+
+
+@rank_zero_only
+def _remove_session_record(record: Path) -> None:
+    shutil.rmtree(record, ignore_errors=True)
 
 
 def failure_reason(error: BaseException) -> str:
@@ -304,7 +344,7 @@ def failure_reason(error: BaseException) -> str:
     return f"{type(shown).__name__}: {(str(shown).strip().splitlines() or [''])[0]}"
 
 
-def _train(cfg: DictConfig) -> dict[str, Any]:
+def _train(cfg: DictConfig, session: ResumedSession) -> dict[str, Any]:
     ensure_values_set(cfg)
     output_dir = run_folder(cfg)
     ensure_accelerator_available(cfg.trainer.get("accelerator", "auto"))
@@ -332,6 +372,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
              f"{counts['params_trainable']:,}")
 
     started = time.perf_counter()
+    session.training = True
     with no_empty_logger_run(trainer):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
