@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import io
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cnnlab.errors import ConfigValueError
-from cnnlab.tasks.summarize import summarize, to_csv, to_markdown, write_summary
+from cnnlab.errors import ConfigValueError, CorruptImageError
+from cnnlab.tasks.summarize import FAILED_LOG_MARK, summarize, to_csv, to_markdown, write_summary
+from cnnlab.tasks.train import failure_reason
 
 
 def make_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None, log: str = "",
@@ -194,3 +196,19 @@ def test_a_run_that_failed_after_writing_its_metrics_is_a_failed_row(tmp_path: P
     table = list(csv.DictReader(io.StringIO(to_csv(summary))))
     assert (table[-1]["status"], table[-1]["rank"], table[-1]["val/acc_best"]) == ("failed", "", "0.9")
     assert (table[0]["status"], table[0]["error"]) == ("ok", "OSError: disk full")
+
+
+def test_an_error_of_several_lines_is_kept_whole_in_the_log_and_in_one_row(tmp_path: Path):
+    error = CorruptImageError("2 image file(s) could not be decoded:\n  /d/a.jpg: truncated\n  /d/b.jpg: not an image\n"
+                              "Remove or replace these files, then run again.")
+    # As the training task logs its failure into Hydra's job log, followed by another record.
+    hydra_format = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    records = [logging.LogRecord("cnnlab.tasks.train", logging.ERROR, __file__, 1, "%s%s",
+                                 (FAILED_LOG_MARK, failure_reason(error)), None),
+               logging.LogRecord("cnnlab.data.folder", logging.INFO, __file__, 1, "cache written", None, None)]
+    log = "".join(hydra_format.format(record) + "\n" for record in records)
+    assert "  /d/b.jpg: not an image\nRemove or replace these files" in log
+    make_job(tmp_path / "sweep", 0, ["optimizer.lr=0.1"], None, log=log)
+    (job,) = summarize(tmp_path / "sweep", metric="val/acc_best").jobs
+    assert job.status == ("failed: CorruptImageError: 2 image file(s) could not be decoded: /d/a.jpg: truncated "
+                          "/d/b.jpg: not an image Remove or replace these files, then run again.")

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ TABLE_METRICS = ("val/acc_best", "val/acc", "val/acc_top5", "val/loss", "test/ac
 FAILED_LOG_MARK = "training failed: "
 FINISHED_LOG_MARK = "results in "  # the last line, after metrics.json is written
 FINISHED_MARK = f"] - {FINISHED_LOG_MARK}"  # as the whole message of a log record
+LOG_RECORD_START = re.compile(r"\[[^\]]*\]\[[^\]]*\]\[[A-Z]+\] - ")  # Hydra's "[<time>][<logger>][<LEVEL>] - "
 
 
 @dataclass
@@ -93,13 +95,18 @@ def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
 def logged_outcome(job_dir: Path) -> tuple[str, bool]:
     """What the job's log (the training task's) records: the error of a run that failed after the
     last finished one ("" if none did), and whether any run finished."""
-    failure, finished = "", False
+    failure, finished, in_failure = "", False, False
     for log_file in sorted(job_dir.glob("*.log")):
         for line in log_file.read_text(errors="replace").splitlines():
             if FINISHED_MARK in line:
-                failure, finished = "", True
+                failure, finished, in_failure = "", True, False
             elif FAILED_LOG_MARK in line:
-                failure = line.split(FAILED_LOG_MARK, 1)[1].strip()
+                failure, in_failure = line.split(FAILED_LOG_MARK, 1)[1].strip(), True
+            elif in_failure and not LOG_RECORD_START.match(line):
+                if line.strip():  # the error's further lines (the files it names, its fix), joined into one row
+                    failure += " " + line.strip()
+            else:
+                in_failure = False
     return failure, finished
 
 

@@ -330,18 +330,19 @@ def _remove_session_record(record: Path) -> None:
 
 
 def failure_reason(error: BaseException) -> str:
-    """``"<type>: <first line>"`` of the error a user can act on: ours, else the innermost cause.
+    """``"<type>: <message>"`` of the error a user can act on: ours, else the innermost cause.
 
     Libraries wrap the error that explains a failure (``hydra.utils.instantiate`` turns
     "input_size 31 must be divisible by 8" into "Error in call to target ..."), so the outer
-    error's first line alone would not say what to fix.
+    error's message would not say what to fix. The whole message, all its lines: the job log
+    keeps it (the files a CorruptImageError names, the fix a WeightsUnavailableError gives).
     """
     shown: BaseException | None = user_error(error)
     if shown is None:
         shown = error
         while shown.__cause__ is not None:
             shown = shown.__cause__
-    return f"{type(shown).__name__}: {(str(shown).strip().splitlines() or [''])[0]}"
+    return f"{type(shown).__name__}: {str(shown).strip()}"
 
 
 def _train(cfg: DictConfig, session: ResumedSession) -> dict[str, Any]:
