@@ -212,3 +212,17 @@ def test_an_error_of_several_lines_is_kept_whole_in_the_log_and_in_one_row(tmp_p
     (job,) = summarize(tmp_path / "sweep", metric="val/acc_best").jobs
     assert job.status == ("failed: CorruptImageError: 2 image file(s) could not be decoded: /d/a.jpg: truncated "
                           "/d/b.jpg: not an image Remove or replace these files, then run again.")
+
+
+def test_a_searched_parameter_every_trial_drew_alike_is_swept_not_shared(tmp_path: Path):
+    sweep = tmp_path / "search"
+    for num, lr in enumerate([0.001, 0.003]):
+        job = make_job(sweep, num, [f"optimizer.lr={lr}", "data.batch_size=32", "trainer.max_epochs=5"],
+                       {"val/acc_best": 0.5 + num / 10}, direction="maximize")
+        sweeper = {"direction": "maximize", "params": {"optimizer.lr": "tag(log, interval(1e-4, 1e-2))",
+                                                       "data.batch_size": "choice(32, 64)"}}
+        (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": sweeper}}))
+    summary = summarize(sweep)
+    assert summary.swept == ["optimizer.lr", "data.batch_size"]
+    assert summary.common == {"trainer.max_epochs": "5"}
+    assert "Shared overrides: `trainer.max_epochs=5`" in to_markdown(summary)

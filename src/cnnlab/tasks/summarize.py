@@ -152,16 +152,18 @@ def read_job(job_dir: Path) -> Job:
     return job
 
 
-def sweep_settings(jobs: Sequence[Job]) -> tuple[str | None, str | None]:
-    """The optimised metric the jobs ran with and the sweeper's direction (Optuna's), where recorded."""
+def sweep_settings(jobs: Sequence[Job]) -> tuple[str | None, str | None, list[str]]:
+    """The optimised metric the jobs ran with, the sweeper's direction (Optuna's) and the
+    parameters it searched (Optuna's ``hydra.sweeper.params``), where recorded."""
     for job in jobs:
         config_file, hydra_file = job.path / ".hydra" / "config.yaml", job.path / ".hydra" / "hydra.yaml"
         if config_file.is_file() and hydra_file.is_file():
             metric = (yaml.safe_load(config_file.read_text()) or {}).get("optimized_metric")
             sweeper = ((yaml.safe_load(hydra_file.read_text()) or {}).get("hydra") or {}).get("sweeper") or {}
-            direction = sweeper.get("direction")
-            return metric, direction if isinstance(direction, str) else None
-    return None, None
+            direction, params = sweeper.get("direction"), sweeper.get("params")
+            return (metric, direction if isinstance(direction, str) else None,
+                    [str(key) for key in params] if isinstance(params, dict) else [])
+    return None, None, []
 
 
 def _sort_key(job: Job, metric: str, direction: str) -> tuple[int, float]:
@@ -187,7 +189,7 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str |
     if not jobs:
         raise ConfigValueError(f"{sweep_dir} holds no job folders (sub-folders with .hydra/ or {RESULTS_FILE}); "
                                f"pass a sweep folder like logs/train/multiruns/<sweep>")
-    recorded_metric, recorded_direction = sweep_settings(jobs)
+    recorded_metric, recorded_direction, searched = sweep_settings(jobs)
     ranked_by = metric or recorded_metric or DEFAULT_METRIC
     # The sweeper's direction belongs to the metric it optimised; any other metric (a loss
     # passed with --metric, val/loss as optimized_metric of a basic sweep) goes by its kind.
@@ -203,7 +205,8 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str |
                                f"pass --metric with one of: {', '.join(known)}")
 
     keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
-    swept = [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1]
+    # A searched parameter is swept even where every trial drew the same value: the user did not set it.
+    swept = [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1 or key in searched]
     common = {key: jobs[0].overrides[key] for key in keys if key not in swept}
     ranked = sorted(jobs, key=lambda job: _sort_key(job, ranked_by, direction))  # stable: ties keep job order
 
