@@ -19,7 +19,7 @@ from test_scripts import run, script_command, train_overrides
 
 from cnnlab.errors import ConfigValueError
 from cnnlab.tasks.train import build_run
-from cnnlab.utils.hydra_callbacks import refuse_wrong_direction
+from cnnlab.utils.hydra_callbacks import refuse_wrong_direction, sqlite_database_file
 from conftest import CONF_DIR, ROOT
 from hydra_plugins.cnnlab_launchers.resuming_submitit import ResumingSlurmLauncher
 
@@ -61,6 +61,40 @@ def test_a_search_that_would_maximise_the_loss_is_refused_before_any_trial(tmp_p
         "(hydra.sweeper.direction), so the search would look for the largest val/loss. Add "
         "hydra.sweeper.direction=minimize to the command (or optimize another metric); no trial was started.")
     assert list(tmp_path.iterdir()) == []  # no sweep folder, no multirun.yaml, no Optuna study
+
+
+def test_a_stored_study_continued_draws_new_trials_and_its_missing_folder_is_made(tmp_path: Path, cifar_root: Path):
+    # The README's storage, relative to the start folder, whose db/ does not exist yet: SQLite
+    # creates the file, not its folder. Run twice, the study holds both sessions' trials; the
+    # sampler's fixed seed (1234) made the second session repeat the first's random draws.
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), "hparams_search=simple_cnn_optuna",
+               "hydra.sweeper.n_trials=1", "hydra.sweeper.storage=sqlite:///db/optuna.db", *train_overrides(cifar_root)]
+    results = [subprocess.run([*command, f"hydra.sweep.dir={tmp_path / f'sweep{session}'}"], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=300) for session in (1, 2)]
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "db" / "optuna.db").is_file()
+    configs = [yaml.safe_load((tmp_path / f"sweep{session}" / "0" / ".hydra" / "config.yaml").read_text())
+               for session in (1, 2)]
+    drawn = [(c["optimizer"]["lr"], c["optimizer"]["weight_decay"], c["model"]["dropout"]) for c in configs]
+    assert drawn[0] != drawn[1]
+    assert ("Optuna study simple_cnn in sqlite:///db/optuna.db already holds 1 trial: the sampler's seed is 1235 "
+            "(hydra.sweeper.sampler.seed=1234 plus the trials held)") in results[1].stdout + results[1].stderr
+    # The trial's own record names the seed that drew it.
+    hydra_record = yaml.safe_load((tmp_path / "sweep2" / "0" / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert hydra_record["sweeper"]["sampler"]["seed"] == 1235
+    assert "hydra.sweeper.sampler.seed=1235" in hydra_record["overrides"]["hydra"]
+
+
+@pytest.mark.parametrize(("storage", "database"), [
+    ("sqlite:///logs/optuna.db", Path("logs/optuna.db")),
+    ("sqlite:////abs/optuna.db?timeout=5", Path("/abs/optuna.db")),
+    ("sqlite:///:memory:", None),
+    ("sqlite://", None),
+    ("postgresql://host/db", None),
+])
+def test_the_database_file_of_a_storage_url(storage: str, database: Path | None):
+    assert sqlite_database_file(storage) == database
 
 
 @pytest.mark.parametrize(("metric", "direction", "refused"), [

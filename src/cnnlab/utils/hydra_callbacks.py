@@ -1,29 +1,42 @@
-"""Hydra callbacks: checks that must run before Hydra writes anything into a run or sweep folder."""
+"""Hydra callbacks: checks and preparations that must come before Hydra writes into a run or sweep folder (or a sweeper starts)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, read_write
 
 from cnnlab.errors import CnnlabError, ConfigValueError, RunDirectoryInUseError
 from cnnlab.utils.config import CHECKPOINTS_FOLDER, LAST_CHECKPOINT, RESULTS_FILE, continues_in, process_rank
+
+log = logging.getLogger(__name__)
 
 
 def run_leftovers(output_dir: Path, any_content: bool = False) -> list[Path]:
     """What in ``output_dir`` shows that a run already used it.
 
     For training, its results and checkpoints (a folder where a run failed before writing
-    either may be reused); with ``any_content``, anything at all (evaluation, prediction and
-    the drawing tasks have no resume, and their outputs have many names).
+    either may be reused); with ``any_content``, everything in it, unless all it holds is
+    Hydra's ``.hydra/`` record and logs (evaluation, prediction, the drawing tasks and the
+    benchmark have no resume and their outputs have many names, but each writes at least one
+    output when it succeeds, so such a folder is an attempt that failed before writing any,
+    and may be reused as a failed training run's is).
     """
-    if any_content:
-        return sorted(output_dir.iterdir()) if output_dir.is_dir() else []
-    return [p for p in (output_dir / RESULTS_FILE, output_dir / CHECKPOINTS_FOLDER) if p.exists()]
+    if not any_content:
+        return [p for p in (output_dir / RESULTS_FILE, output_dir / CHECKPOINTS_FOLDER) if p.exists()]
+    content = sorted(output_dir.iterdir()) if output_dir.is_dir() else []
+    return [] if all(_is_record_or_log(p) for p in content) else content
+
+
+def _is_record_or_log(path: Path) -> bool:
+    # What Hydra writes before the task starts: the config record and the job's log files
+    # (Hydra's file handler appends, so a failed attempt's log is kept when the folder is reused).
+    return (path.name == ".hydra" and path.is_dir()) or (path.suffix == ".log" and path.is_file())
 
 
 def refuse_used_run_dir(output_dir: Path, any_content: bool = False) -> None:
@@ -50,8 +63,9 @@ class RefuseUsedRunFolder(Callback):
     ends the process itself (``SystemExit``, exit status 1, the message on stderr).
 
     Args:
-        any_content: count any file in the folder as another run's (tasks without a resume);
-            else only a training run's results and checkpoints.
+        any_content: count any file in the folder as another run's (tasks without a resume),
+            except a failed attempt's ``.hydra/`` and log; else only a training run's results
+            and checkpoints.
     """
 
     def __init__(self, any_content: bool = False) -> None:
@@ -134,6 +148,83 @@ class RefuseWrongSweepDirection(Callback):
         direction = config.hydra.sweeper.get("direction")
         if metric and direction is not None:
             _exit_on_refusal(lambda: refuse_wrong_direction(str(metric), direction))
+
+
+def sqlite_database_file(storage: str) -> Path | None:
+    """The database file of an Optuna storage URL ``sqlite:///<path>`` (relative to the start folder), else None."""
+    prefix = "sqlite:///"
+    if not storage.startswith(prefix):
+        return None
+    database = storage[len(prefix):].split("?", 1)[0]
+    return Path(database) if database and database != ":memory:" and not database.startswith("file:") else None
+
+
+def make_storage_folder(storage: str) -> None:
+    """Create the missing folder of a ``sqlite:///`` storage's database file (SQLite creates the file, not its folder)."""
+    database = sqlite_database_file(storage)
+    if database is None or database.parent.is_dir():
+        return
+    try:
+        database.parent.mkdir(parents=True)
+    except OSError as error:
+        raise ConfigValueError(f"hydra.sweeper.storage={storage}: cannot create the folder {database.parent} for the "
+                               f"study's database ({error}); give a path in a folder you can write to. No trial was "
+                               f"started.") from None
+    log.info("Created %s for the Optuna study's database %s", database.parent, database.name)
+
+
+def trials_in_study(storage: str, study_name: str) -> int:
+    """How many trials (of any state) the study ``study_name`` in ``storage`` holds; 0 if there is no such study."""
+    import optuna  # only sweeps need it, and it takes a second to import
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # Optuna's answer for a study name the storage does not hold
+        return 0
+    return len(study.get_trials(deepcopy=False))
+
+
+def continued_study_seed(seed: int, trials_held: int) -> int:
+    """The sampler's seed for a session that continues a study already holding ``trials_held`` trials.
+
+    A seeded sampler in a new process starts its random draws over, so a continued study would
+    repeat its first trials. Each session's seed is ``seed`` plus the trials the study held when
+    it began: distinct within the study, and the same sessions run again draw the same trials.
+    """
+    return seed + trials_held
+
+
+class ContinueOptunaStudy(Callback):
+    """Prepare an Optuna search that keeps its study in a database (``hydra.sweeper.storage``), before any trial.
+
+    Creates the missing folder of a ``sqlite:///`` database file. When the study (by
+    ``hydra.sweeper.study_name``) already holds trials and the sampler is seeded, sets the
+    sampler's seed to :func:`continued_study_seed` in the config the sweeper is then built from,
+    logs it, and adds it to the overrides each trial's config is composed from (so the trial's
+    ``.hydra/hydra.yaml`` records the seed that drew it). Other sweepers are left alone. Exits as
+    :class:`RefuseUsedRunFolder` does.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.sweeper
+        storage, study_name = sweeper.get("storage"), sweeper.get("study_name")
+        if not isinstance(storage, str):
+            return  # a study in memory (or no Optuna sweeper): it starts afresh with every command
+        _exit_on_refusal(lambda: make_storage_folder(storage))
+        sampler = sweeper.get("sampler")
+        seed = sampler.get("seed") if isinstance(sampler, DictConfig) else None
+        if not isinstance(seed, int) or not study_name:
+            return  # an unseeded sampler draws afresh; without a name every command makes a new study
+        trials_held = trials_in_study(storage, str(study_name))
+        if trials_held:
+            new_seed = continued_study_seed(seed, trials_held)
+            with read_write(config.hydra):
+                sampler.seed = new_seed  # for the sweeper, built from this config
+                # Each trial's config is composed again from these overrides: its .hydra/hydra.yaml records the seed.
+                config.hydra.overrides.hydra.append(f"hydra.sweeper.sampler.seed={new_seed}")
+            log.info("Optuna study %s in %s already holds %d trial%s: the sampler's seed is %d (hydra.sweeper.sampler."
+                     "seed=%d plus the trials held), so this session draws new trials", study_name, storage,
+                     trials_held, "" if trials_held == 1 else "s", new_seed, seed)
 
 
 def _exit_on_refusal(check: Callable[[], None]) -> None:
