@@ -164,6 +164,24 @@ def test_folder_without_train_dir_is_a_clear_error(tmp_path: Path):
                                      "also take DIR/test/<class>/<image files> alone")
 
 
+def test_a_root_that_is_itself_a_split_folder_is_said_with_the_root_to_pass(tmp_path: Path):
+    def error_for(root: Path) -> str:
+        with pytest.raises(DatasetNotFoundError) as error:
+            _ = ImageFolderDataModule(str(root)).class_names
+        return str(error.value)
+
+    dataset = write_image_folder(tmp_path / "pets", splits=("train", "val"))
+    for split in ("train", "val"):  # data.root=.../train, as a user pointing at the images might
+        assert error_for(dataset / split).endswith(
+            f"alone. {dataset / split} looks like a split folder itself (it is named {split}/): "
+            f"pass data.root={dataset}, the folder that holds train/ (and val/, test/)")
+    # Class folders directly in data.root, no train/ anywhere: where they must go.
+    (dataset / "train").rename(tmp_path / "photos")
+    assert error_for(tmp_path / "photos").endswith(
+        f"alone. {tmp_path / 'photos'} looks like a split folder itself (it holds class folders of images): "
+        f"data.root is the folder that holds train/<class>/: move the class folders into {tmp_path / 'photos' / 'train'}/")
+
+
 def test_a_test_folder_alone_is_labelled_by_the_class_list_it_is_given(tmp_path: Path):
     root = write_image_folder(tmp_path / "imgs", classes=("dog", "fox"), per_class=3, splits=("test",))
     dm = ImageFolderDataModule(str(root), cache_dir=None)

@@ -90,6 +90,9 @@ def test_offline_without_weights_names_the_file_and_both_fixes(arch, tmp_path: P
     expected_file = {"resnet18": "resnet18-f37072fd.pth", "inception_v3": "inception_v3_google-0cc3c7bd.pth"}[arch]
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / expected_file) in message
     assert "model.weights_path=" in message and "model.weights=null model.trainable_stages=-1" in message
+    # The cache is what works in a sweep with the scratch CNNs, whose configs refuse model.* overrides.
+    assert f"set TORCH_HOME=DIR and put the file at DIR/hub/checkpoints/{expected_file}" in message
+    assert "not in a sweep that also has the scratch CNNs, such as experiment=compare_models" in message
 
 
 def test_random_weights_with_a_frozen_backbone_warn_that_only_the_head_trains(caplog: pytest.LogCaptureFixture):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,9 +89,41 @@ def test_a_user_error_prints_as_written_not_as_a_repr(tmp_path: Path, cifar_root
     result = subprocess.run(script_command("train.py", tmp_path, *train_overrides(cifar_root), "model=resnet18_ft",
                                            f"model.weights_path={missing}"),
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert result.returncode != 0
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
     assert f"WeightsUnavailableError: model weights file {missing} does not exist (model.weights_path)" in result.stderr
     assert not list((tmp_path / "logs" / "train" / "runs").glob("*/checkpoints"))
+
+
+def test_a_user_error_ends_a_single_run_with_its_message_alone_unless_hydra_full_error_is_set(tmp_path: Path):
+    missing = tmp_path / "missing.ckpt"
+    message = (f"CheckpointError: checkpoint {missing} does not exist; "
+               f"pass ckpt_path=<a .ckpt file from a run's checkpoints/ folder>")
+    command = script_command("eval.py", tmp_path, f"ckpt_path={missing}")
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
+    assert result.returncode == 1
+    assert message in result.stderr.splitlines()
+    assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr, result.stderr
+
+    # Asked for, the full traceback.
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr and f"cnnlab.errors.{message}" in result.stderr
+
+
+def test_a_user_error_fails_its_sweep_job_and_the_sweep_goes_on(tmp_path: Path, cifar_root: Path):
+    # Hydra's basic launcher runs the jobs in this process: a SystemExit from job 0 would end the sweep.
+    missing = tmp_path / "no_cifar"
+    result = subprocess.run(script_command("train.py", tmp_path, *FAST, "trainer.max_epochs=1", "data.val_split=20",
+                                           "data.download=false", f"data.root={missing},{cifar_root}", multirun=True),
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 1  # as a sweep with a failed job ends, after the other jobs
+    assert f"DatasetNotFoundError: CIFAR-10 is not in {missing}" in result.stderr
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    assert "training failed: DatasetNotFoundError" in (sweep / "0" / "train.log").read_text()
+    assert (sweep / "1" / "metrics.json").is_file()
 
 
 def test_moving_only_paths_output_dir_is_refused_with_the_override_that_moves_the_run(tmp_path: Path, cifar_root: Path):

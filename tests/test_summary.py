@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,11 @@ def test_a_checkpoint_is_not_resized_and_another_input_size_is_a_clear_error(tmp
 def test_an_override_fixing_the_size_against_input_size_is_a_clear_error():
     with pytest.raises(ConfigValueError, match=r"fixed by an override \(e\.g\. model\.input_size\) and cannot take 64x64 images"):
         summary(summary_config(["model=simple_cnn", "model.input_size=32", "input_size=64"]))
+
+
+def test_the_summary_of_a_fine_tuner_builds_it_as_trained_without_warning_about_training(caplog):
+    # Nothing trains: the warning that a random frozen backbone leaves only the head to train is for training.
+    with caplog.at_level(logging.WARNING):
+        counts = summary(summary_config(["model=resnet18_ft", "model.input_size=64"]))
+    assert "frozen backbone" not in caplog.text
+    assert counts == {"params_total": 11_181_642, "params_trainable": 5_130}

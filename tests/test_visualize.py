@@ -33,9 +33,11 @@ from cnnlab.tasks.predict import predict
 from cnnlab.tasks.summary import summary
 from cnnlab.tasks.train import train
 from cnnlab.tasks.visualize import visualize
+from cnnlab.training import visual_callbacks
 from cnnlab.training.callbacks import CHECKPOINT_KEY
-from cnnlab.training.visual_callbacks import ConfusionMatrixLogger, epoch_is_due
+from cnnlab.training.visual_callbacks import ConfusionMatrixLogger, epoch_is_due, figure_title
 from cnnlab.visualize.feature_maps import capture_activations, find_layer
+from cnnlab.visualize.figures import confusion_matrix_figure
 from cnnlab.visualize.gradcam import grad_cam
 from conftest import CIFAR_CLASSES, CONF_DIR, FAST, ROOT, write_image_folder
 
@@ -101,8 +103,17 @@ def cnn_run(tmp_path_factory: pytest.TempPathFactory, cifar_root: Path) -> Simpl
         "callbacks.feature_maps.every_n_epochs=2", "callbacks.conv_filters.every_n_epochs=2",
         "callbacks.misclassified.max_images=5",
     ])
-    results = train(cfg)
-    return SimpleNamespace(dir=root / "run", results=results, ckpt=results["best_checkpoint"], cfg=cfg)
+    titles: list[str] = []
+
+    def recording_figure(*args, title: str, **kwargs):
+        titles.append(title)
+        return confusion_matrix_figure(*args, title=title, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(visual_callbacks, "confusion_matrix_figure", recording_figure)
+        results = train(cfg)
+    return SimpleNamespace(dir=root / "run", results=results, ckpt=results["best_checkpoint"], cfg=cfg,
+                           confusion_titles=titles)
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +211,18 @@ def test_images_sit_at_the_step_of_the_same_epochs_scalars(cnn_run, tmp_path):
     ]))
     images, scalars = image_and_scalar_steps(tmp_path / "eval" / "tensorboard")
     assert scalars["test/acc"] == images["test/confusion_matrix"] == images["test/misclassified"] == [0]
+
+
+def test_confusion_matrix_titles_count_epochs_from_0_as_checkpoint_names_do(cnn_run):
+    # Validation draws epochs 0..2 (the progress bar's "Epoch 2" is the last); the test ran on the
+    # best checkpoint, epoch_<n>.ckpt, whose epoch the test figure names (not one past the last epoch).
+    best_epoch = int(re.fullmatch(r"epoch_(\d+)\.ckpt", Path(cnn_run.ckpt).name).group(1))
+    assert cnn_run.confusion_titles == [*(f"val epoch {e}" for e in range(EPOCHS)), f"test epoch {best_epoch}"]
+    # Without a checkpoint: the weights fit left (its last epoch), or, for a trainer that never fit
+    # (eval's, testing a checkpoint's weights it loaded itself), no epoch.
+    after_fit = SimpleNamespace(ckpt_path=None, current_epoch=EPOCHS)
+    assert figure_title(after_fit, "test") == f"test epoch {EPOCHS - 1}"
+    assert figure_title(SimpleNamespace(ckpt_path=None, current_epoch=0), "test") == "test"
 
 
 def test_per_class_validation_accuracy_matches_overall_accuracy(cnn_run):
@@ -362,6 +385,14 @@ def test_visualize_script_writes_feature_maps_and_grad_cam_for_an_image_file(cnn
     with torch.no_grad():
         probabilities = trained.model(decode_image_file(photo, 32)[None]).softmax(dim=1)[0]
     assert record["probability"] == pytest.approx(float(probabilities.max()), abs=1e-6)
+
+
+def test_visualize_script_names_a_corrupt_image_in_one_line(cnn_run, image_inputs, tmp_path):
+    # Not three chained tracebacks (Pillow's OSError, the decoder's ValueError, cnnlab's CorruptImageError).
+    corrupt = image_inputs / "corrupt.jpg"
+    result = run_script("visualize.py", tmp_path, f"ckpt_path={cnn_run.ckpt}", f"image={corrupt}", expect=1)
+    assert f"CorruptImageError: {corrupt} could not be decoded as an image" in result.stderr
+    assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr, result.stderr
 
 
 def test_visualize_a_test_image_by_index_with_a_chosen_layer_and_class(cnn_run, tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterator
 
 
@@ -52,18 +54,34 @@ def user_error(error: BaseException) -> CnnlabError | None:
 
 @contextlib.contextmanager
 def plain_user_errors() -> Iterator[None]:
-    """Re-raise a :class:`CnnlabError` as itself when a library wrapped it.
+    """Show a :class:`CnnlabError` (also one a library wrapped) as its message, without a traceback.
 
+    Our messages are written to be read, and say what to fix. In a single Hydra run the error
+    is printed as ``<ErrorType>: <message>`` on stderr and the process exits with status 1
+    (``SystemExit``; Hydra's ``on_job_end`` callbacks then do not run, and cnnlab has none). Everywhere else it is re-raised: in a multirun, Hydra's launchers catch a
+    job's ``Exception`` to record the job as failed, but a ``SystemExit`` would end the whole
+    sweep (the basic launcher runs the jobs in this process). ``HYDRA_FULL_ERROR=1`` keeps the
+    traceback, as it does for Hydra's own errors. A wrapped error is re-raised as itself:
     ``hydra.utils.instantiate`` wraps whatever a constructor raises in an
-    ``InstantiationException`` whose text is the error's repr, newlines escaped. Our messages
-    are written to be read, so the scripts show them as they are.
+    ``InstantiationException`` whose text is the error's repr, newlines escaped. Other errors
+    keep their tracebacks.
     """
     try:
         yield
-    except CnnlabError:
-        raise
     except Exception as error:
         cause = user_error(error)
         if cause is None:
             raise
+        if _single_hydra_run() and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            print(f"{type(cause).__name__}: {cause}", file=sys.stderr)
+            raise SystemExit(1) from None
+        if cause is error:
+            raise
         raise cause.with_traceback(None) from None
+
+
+def _single_hydra_run() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN

@@ -33,6 +33,7 @@ from cnnlab.utils.io import atomic_torch_save
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+SPLIT_NAMES = ("train", "val", "test")
 # Files that systems leave in image folders (besides hidden ones, whose names start with a dot):
 # skipped without a word, unlike other files that are not images this reads.
 SYSTEM_FILES = {"thumbs.db", "desktop.ini"}
@@ -43,6 +44,24 @@ CACHE_FORMAT_VERSION = 4  # 3: 16-bit and float greyscale scaled to 8 bits, no l
 def list_class_dirs(split_dir: Path) -> list[str]:
     """Class names of a split folder: its visible sub-folders, sorted."""
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def split_folder_advice(root: Path) -> str:
+    """A sentence for when ``root`` (``data.root``) looks like one split folder rather than the
+    folder that holds them: it is named train/val/test, or holds class folders of images itself."""
+    if not root.is_dir():
+        return ""
+    if root.name.lower() in SPLIT_NAMES:
+        reason = f"it is named {root.name}/"
+    elif any(any(has_image_name(f) for f in (root / name).iterdir()) for name in list_class_dirs(root)):
+        reason = "it holds class folders of images"
+    else:
+        return ""
+    if (root.parent / "train").is_dir():
+        fix = f"pass data.root={root.parent}, the folder that holds train/ (and val/, test/)"
+    else:
+        fix = f"data.root is the folder that holds train/<class>/: move the class folders into {root / 'train'}/"
+    return f". {root} looks like a split folder itself ({reason}): {fix}"
 
 
 def has_image_name(path: Path) -> bool:
@@ -280,6 +299,7 @@ class ImageFolderDataModule(InMemoryImageDataModule):
                     f"no training images: {self.train_dir} does not exist. data=folder expects "
                     f"data.root=DIR with DIR/train/<class>/<image files> (and optionally DIR/val/, DIR/test/); "
                     f"scripts/eval.py and visualize.py also take DIR/test/<class>/<image files> alone"
+                    f"{split_folder_advice(self.root)}"
                 )
             names = list_class_dirs(self.train_dir)
             # A class without training images would be a class the model never sees, reported as 0% accurate.

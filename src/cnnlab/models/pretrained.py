@@ -58,12 +58,15 @@ def _download_weights(arch: str, weights: Weights) -> dict[str, Any]:
         raise WeightsUnavailableError(
             f"pretrained weights {type(weights).__name__}.{weights.name} for {arch} are not in torchvision's "
             f"cache and could not be downloaded ({type(error).__name__}: {error}).\n"
-            f"Supply them one of two ways:\n"
-            f"  1. copy the file {cache_file.name} (from {weights.url}) to {cache_file}\n"
-            f"     (torchvision's cache; set TORCH_HOME to move it), or\n"
-            f"  2. pass model.weights_path=/path/to/{cache_file.name}\n"
-            f"To train from random initialisation instead, pass model.weights=null model.trainable_stages=-1\n"
-            f"(model.weights=null alone keeps the backbone frozen at its random weights: only the head would train)."
+            f"Put the file {cache_file.name} (from {weights.url}) at\n"
+            f"  {cache_file}\n"
+            f"(torchvision's cache, read by every run and every job of a sweep; to use another folder, set "
+            f"TORCH_HOME=DIR and put the file at DIR/hub/checkpoints/{cache_file.name}).\n"
+            f"Where every job of the command has this model's options (not in a sweep that also has the scratch "
+            f"CNNs, such as experiment=compare_models: Hydra refuses the override there), you may instead:\n"
+            f"  - pass model.weights_path=/path/to/{cache_file.name}, or\n"
+            f"  - train from random initialisation: model.weights=null model.trainable_stages=-1\n"
+            f"    (model.weights=null alone keeps the backbone frozen at its random weights: only the head would train)."
         ) from error
 
 

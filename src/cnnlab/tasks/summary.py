@@ -38,9 +38,14 @@ def build_network(cfg: DictConfig) -> tuple[nn.Module, int]:
     model_cfg = OmegaConf.to_container(sized.model, resolve=True)
     assert isinstance(model_cfg, dict)
     model_cfg["num_classes"] = cfg.num_classes
-    for key in ("weights", "weights_path"):
-        if key in model_cfg:
-            model_cfg[key] = None
+    if "load_weights" in model_cfg:
+        # Built as for its weights but without reading them: nulling model.weights instead would
+        # make a fine-tuner warn that a random frozen backbone trains only its head.
+        model_cfg["load_weights"] = False
+    else:
+        for key in ("weights", "weights_path"):
+            if key in model_cfg:
+                model_cfg[key] = None
     return instantiate(OmegaConf.create(model_cfg)), image_size
 
 

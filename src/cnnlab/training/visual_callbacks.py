@@ -11,6 +11,7 @@ metrics that need every process's data (the confusion matrix) are synchronised f
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import Any, cast
 
 import lightning as L
@@ -76,6 +77,32 @@ def epoch_is_due(trainer: L.Trainer, every_n_epochs: int) -> bool:
         return False
     epoch = trainer.current_epoch
     return epoch % every_n_epochs == 0 or epoch == (trainer.max_epochs or 0) - 1
+
+
+def trained_epoch(trainer: L.Trainer, stage: str) -> int | None:
+    """The training epoch whose weights ``stage`` (val or test) runs on, counted from 0 as checkpoint
+    names (epoch_002.ckpt) and Lightning's progress bar count; None when unknown.
+
+    At test, Lightning leaves ``current_epoch`` at the number of epochs fit ran (one past the
+    last), and a test of a checkpoint (``ckpt_path=best``) runs on that checkpoint's epoch.
+    """
+    if stage != "test":
+        return trainer.current_epoch
+    if trainer.ckpt_path:
+        try:  # mmap: the weights are not read
+            checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", mmap=True, weights_only=True)
+        except pickle.UnpicklingError:  # a checkpoint tested with weights_only=False: a title is no reason to fail
+            return None
+        epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
+        return int(epoch) if epoch is not None else None
+    # The weights as fit left them; a trainer that never fit (eval) tests weights from elsewhere.
+    return trainer.current_epoch - 1 if trainer.current_epoch > 0 else None
+
+
+def figure_title(trainer: L.Trainer, stage: str) -> str:
+    """``<stage> epoch <n>`` for a figure of the weights of training epoch n (see :func:`trained_epoch`), else ``<stage>``."""
+    epoch = trained_epoch(trainer, stage)
+    return stage if epoch is None else f"{stage} epoch {epoch}"
 
 
 def _warn_without_tensorboard(trainer: L.Trainer, what: str) -> None:
@@ -146,7 +173,7 @@ class ConfusionMatrixLogger(Callback):
             pl_module.log_dict(accuracies, sync_dist=True)
         writer = tensorboard_writer(trainer)
         if writer is not None:
-            figure = confusion_matrix_figure(matrix, names, title=f"{stage} epoch {trainer.current_epoch}")
+            figure = confusion_matrix_figure(matrix, names, title=figure_title(trainer, stage))
             writer.add_image(f"{stage}/confusion_matrix", figure_to_array(figure), logger_step(trainer), dataformats="HWC")
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
