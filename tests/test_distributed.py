@@ -118,22 +118,3 @@ def test_ddp_strategy_of_a_single_run_is_ddp(monkeypatch):
         monkeypatch.delenv(variable, raising=False)
     assert ddp_strategy() == "ddp"  # Lightning re-runs the command for the other processes
 
-
-def test_cnnlab_lines_below_errors_are_shown_from_rank_zero_only(monkeypatch, capsys):
-    import logging.config
-
-    from omegaconf import OmegaConf
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra.job_logging.handlers.file.filename=/dev/null"], return_hydra_config=True)
-    logging.config.dictConfig(OmegaConf.to_container(cfg.hydra.job_logging, resolve=True))
-    try:
-        for rank in ("1", "0"):
-            monkeypatch.setenv("RANK", rank)
-            for name in ("cnnlab.data.base", "another.library"):
-                logging.getLogger(name).info("info from rank %s", rank)
-                logging.getLogger(name).error("error from rank %s", rank)
-        shown = [line.split(" - ", 1)[1] for line in capsys.readouterr().out.splitlines()]
-        assert shown == ["error from rank 1", "info from rank 1", "error from rank 1",  # another library's: all
-                         "info from rank 0", "error from rank 0", "info from rank 0", "error from rank 0"]
-    finally:
-        logging.getLogger().handlers.clear()

@@ -72,7 +72,7 @@ def plain_user_errors() -> Iterator[None]:
         cause = user_error(error)
         if cause is None:
             raise
-        if _single_hydra_run() and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        if single_hydra_run() and os.environ.get("HYDRA_FULL_ERROR") != "1":
             print(f"{type(cause).__name__}: {cause}", file=sys.stderr)
             raise SystemExit(1) from None
         if cause is error:
@@ -80,7 +80,8 @@ def plain_user_errors() -> Iterator[None]:
         raise cause.with_traceback(None) from None
 
 
-def _single_hydra_run() -> bool:
+def single_hydra_run() -> bool:
+    """Whether this is a single Hydra run (not a multirun job, not outside Hydra), where the error ends the process."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

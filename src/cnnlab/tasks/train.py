@@ -24,7 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from cnnlab.checkpoint import ensure_same_model, ensure_same_setup, ensure_training_left, read_checkpoint
-from cnnlab.errors import ConfigValueError, user_error
+from cnnlab.errors import ConfigValueError, single_hydra_run, user_error
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
 from cnnlab.tasks.summarize import FAILED_LOG_MARK, FINISHED_LOG_MARK
 from cnnlab.training.callbacks import EPOCH_SECONDS, EpochTimer, RunRecordInCheckpoint
@@ -44,6 +44,7 @@ from cnnlab.utils.config import (
 from cnnlab.utils.cuda_check import ensure_accelerator_available, skip_unloadable_nvml_check
 from cnnlab.utils.host_memory import keep_freed_memory
 from cnnlab.utils.hydra_callbacks import refuse_used_run_dir
+from cnnlab.utils.log_filters import JOB_LOG_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +287,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         return _train(cfg, session)
     except Exception as error:
-        # In a multirun the job log is where `scripts/summarize.py` finds why a job failed.
-        log.error("%s%s", FAILED_LOG_MARK, failure_reason(error))
+        # In a multirun the job log is where `scripts/summarize.py` finds why a job failed. A
+        # single run's console shows the error itself as the script ends: the line goes to the log file only.
+        log.error("%s%s", FAILED_LOG_MARK, failure_reason(error), extra=JOB_LOG_ONLY if single_hydra_run() else None)
         session.discard_unless_trained()
         raise
 

@@ -20,3 +20,19 @@ class CnnlabLinesFromRankZero(logging.Filter):
         if record.levelno >= logging.ERROR or not record.name.startswith("cnnlab"):
             return True
         return process_rank() == 0
+
+
+JOB_LOG_ONLY = {"job_log_only": True}  # ``extra=`` of a record meant for the job's log file, not the console
+
+
+class JobLogOnly(logging.Filter):
+    """Keep records logged with ``extra=JOB_LOG_ONLY`` off the handler it is attached to (the console).
+
+    The training task records a single run's failure in the job log, where
+    ``scripts/summarize.py`` reads it; on the console the error itself follows as the script
+    ends, so the record would say it twice.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` is shown."""
+        return not getattr(record, "job_log_only", False)

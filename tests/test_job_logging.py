@@ -1,0 +1,64 @@
+"""The job logging config that conf/hydra/default.yaml gives every task (console and log file)."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from cnnlab.tasks.summarize import FAILED_LOG_MARK
+from cnnlab.tasks.train import train
+from conftest import CONF_DIR
+
+
+def configure_job_logging(log_file: Path) -> None:
+    """Configure logging as Hydra does for a training job, its log file at ``log_file``."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra.job_logging.handlers.file.filename={log_file}"], return_hydra_config=True)
+    logging.config.dictConfig(OmegaConf.to_container(cfg.hydra.job_logging, resolve=True))
+
+
+def close_job_logging() -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+
+
+def test_cnnlab_lines_below_errors_are_shown_from_rank_zero_only(monkeypatch, capsys, tmp_path: Path):
+    configure_job_logging(tmp_path / "train.log")
+    try:
+        for rank in ("1", "0"):
+            monkeypatch.setenv("RANK", rank)
+            for name in ("cnnlab.data.base", "another.library"):
+                logging.getLogger(name).info("info from rank %s", rank)
+                logging.getLogger(name).error("error from rank %s", rank)
+        shown = [line.split(" - ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+        assert shown == ["error from rank 1", "info from rank 1", "error from rank 1",  # another library's: all
+                         "info from rank 0", "error from rank 0", "info from rank 0", "error from rank 0"]
+    finally:
+        close_job_logging()
+
+
+@pytest.mark.parametrize("mode", ["RUN", "MULTIRUN"])
+def test_a_failed_runs_record_goes_to_the_job_log_and_the_console_shows_the_error_once(make_config, capsys,
+                                                                                        tmp_path: Path, mode: str):
+    configure_job_logging(tmp_path / "train.log")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        hydra_cfg = compose("train", overrides=[f"hydra.mode={mode}"], return_hydra_config=True)
+    hydra_cfg.hydra.runtime.output_dir = str(tmp_path / "run")  # make_config's run folder
+    HydraConfig.instance().set_config(hydra_cfg)
+    try:
+        with pytest.raises(ValueError) as refused:
+            train(make_config(overrides=["optimizer.lr=-1"]))
+        assert f"{FAILED_LOG_MARK}ConfigValueError: {refused.value}" in (tmp_path / "train.log").read_text()
+        # A single run's script prints the error as it ends; a multirun's job says it when it fails.
+        assert (FAILED_LOG_MARK in capsys.readouterr().out) == (mode == "MULTIRUN")
+    finally:
+        HydraConfig.instance().cfg = None
+        close_job_logging()
