@@ -55,7 +55,7 @@ def test_ddp_on_two_cpu_processes_shares_each_epoch_syncs_metrics_and_writes_onc
     # scripts/summarize.py looks (the other process logs to train_ddp_process_1.log).
     output = trained.stdout + trained.stderr
     assert output.count(FINISHED_LOG_MARK) == 1 and output.count(" parameters, ") == 1
-    # Both processes load the data; its lines show once (conf/hydra/default.yaml's log filter).
+    # Both processes load the data; its lines show once (conf/hydra/job_logging/cnnlab.yaml's log filter).
     assert output.count("][INFO] - data: 99 train, 21 val, 30 test images") == 1
     assert f"{FINISHED_LOG_MARK}{run}" in (run / "train.log").read_text()
     assert FINISHED_LOG_MARK not in (run / "train_ddp_process_1.log").read_text()

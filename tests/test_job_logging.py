@@ -1,4 +1,4 @@
-"""The job logging config that conf/hydra/default.yaml gives every task (console and log file)."""
+"""The job logging config (conf/hydra/job_logging/cnnlab.yaml) that conf/hydra/default.yaml gives every task."""
 
 from __future__ import annotations
 
@@ -61,4 +61,16 @@ def test_a_failed_runs_record_goes_to_the_job_log_and_the_console_shows_the_erro
         assert (FAILED_LOG_MARK in capsys.readouterr().out) == (mode == "MULTIRUN")
     finally:
         HydraConfig.instance().cfg = None
+        close_job_logging()
+
+
+@pytest.mark.parametrize("choice", ["disabled", "stdout", "default"])
+def test_another_job_logging_choice_replaces_cnnlabs_whole(choice: str, tmp_path: Path):
+    # Hydra's own choices lack cnnlab's handlers' filters; merged into them, the filters alone
+    # made a handler without a class, and every task failed before it started.
+    for task in ("train", "eval"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(task, overrides=[f"hydra/job_logging={choice}"], return_hydra_config=True)
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+        logging.config.dictConfig(OmegaConf.to_container(cfg.hydra.job_logging, resolve=True))
         close_job_logging()

@@ -1,4 +1,4 @@
-"""Logging filters that Hydra's job logging config (``conf/hydra/default.yaml``) attaches to its handlers."""
+"""Logging filters that cnnlab's job logging config (``conf/hydra/job_logging/cnnlab.yaml``) attaches to its handlers."""
 
 from __future__ import annotations
 
