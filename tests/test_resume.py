@@ -16,6 +16,7 @@ from test_scripts import run, script_command, train_overrides
 
 from cnnlab.checkpoint import ensure_training_left, read_checkpoint
 from cnnlab.errors import CheckpointError, RunDirectoryInUseError
+from cnnlab.tasks.summarize import RESUME_REFUSED_LOG_MARK, summarize
 from cnnlab.tasks.train import train
 from cnnlab.utils.config import resume_session
 from cnnlab.utils.hydra_callbacks import RefuseUsedRunFolder
@@ -31,15 +32,18 @@ def test_one_command_resumes_a_stopped_run_in_its_own_folder(tmp_path: Path, cif
     first_overrides = (first / ".hydra" / "overrides.yaml").read_text()
 
     last = first / "checkpoints" / "last.ckpt"
-    # A resume refused before it trains (here: another learning rate) leaves the run's folder as it was:
-    # no record of the refused session, no error at the end of the finished run's log.
-    files_before = {path: path.read_bytes() for path in first.rglob("*") if path.is_file()}
+    # A resume refused before it trains (here: another learning rate) leaves the run as it was: its
+    # files but the log are untouched, and the log says the resume was refused, not that the run failed.
+    files_before = {path: path.read_bytes() for path in first.rglob("*") if path.is_file() and path.suffix != ".log"}
     refused = subprocess.run(script_command("train.py", tmp_path, *train_overrides(cifar_root), "trainer.max_epochs=2",
                                             f"ckpt_path={last}", "optimizer.lr=0.5"),
                              capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert refused.returncode != 0 and "optimizer.lr: 0.001 in the run, 0.5 in this command" in refused.stdout + refused.stderr
-    assert {path: path.read_bytes() for path in first.rglob("*") if path.is_file()} == files_before
-    assert not [path for path in first.rglob("*") if path.is_dir() and path.name.startswith("resumed_")]
+    assert refused.returncode != 0 and "optimizer.lr: 0.001 in the run, 0.5 in this command" in refused.stderr
+    assert {path: path.read_bytes() for path in first.rglob("*")
+            if path.is_file() and path.suffix != ".log" and "resumed_" not in str(path)} == files_before
+    assert f"{RESUME_REFUSED_LOG_MARK}CheckpointError: ckpt_path={last}" in (first / "train.log").read_text()
+    (summarized,) = summarize(first.parent).jobs
+    assert summarized.status == "ok"
 
     run(script_command("train.py", tmp_path, *train_overrides(cifar_root), "trainer.max_epochs=2", f"ckpt_path={last}"))
 
@@ -50,8 +54,9 @@ def test_one_command_resumes_a_stopped_run_in_its_own_folder(tmp_path: Path, cif
     assert resumed["val/acc_best"] >= stopped["val/acc_best"]  # the best so far carries over
     # The first session's record is kept: its config, its overrides and its results.
     assert (first / ".hydra" / "overrides.yaml").read_text() == first_overrides
-    (session,) = [p.name for p in (first / ".hydra").iterdir() if p.is_dir()]
-    assert session.startswith("resumed_")
+    # Each session's record: the refused one's, then this one's.
+    refused_session, session = sorted(p.name for p in (first / ".hydra").iterdir() if p.is_dir())
+    assert session.startswith("resumed_") and "optimizer.lr=0.5" in (first / ".hydra" / refused_session / "overrides.yaml").read_text()
     assert f"ckpt_path={last}" in yaml.safe_load((first / ".hydra" / session / "overrides.yaml").read_text())
     assert json.loads((first / f"metrics.before_{session}.json").read_text()) == stopped
     # Its own TensorBoard run, under the same folder, continuing the step count.

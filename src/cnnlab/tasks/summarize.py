@@ -34,6 +34,7 @@ TABLE_METRICS = ("val/acc_best", "val/acc", "val/acc_top5", "val/loss", "test/ac
 # What the training task logs when a run ends (it logs these very strings): a job's outcome is
 # read from these lines, since a run can fail after writing metrics.json.
 FAILED_LOG_MARK = "training failed: "
+RESUME_REFUSED_LOG_MARK = "resume refused: "  # a resumed session stopped before training: the run is as it was
 FINISHED_LOG_MARK = "results in "  # the last line, after metrics.json is written
 FINISHED_MARK = f"] - {FINISHED_LOG_MARK}"  # as the whole message of a log record
 LOG_RECORD_START = re.compile(r"\[[^\]]*\]\[[^\]]*\]\[[A-Z]+\] - ")  # Hydra's "[<time>][<logger>][<LEVEL>] - "
@@ -95,8 +96,9 @@ def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
 def logged_outcome(job_dir: Path) -> tuple[str, bool]:
     """What the job's log (the training task's) records: the error of a run that failed after the
     last finished one ("" if none did), and whether any run finished."""
-    failure, finished, in_failure = "", False, False
+    failure, finished = "", False
     for log_file in sorted(job_dir.glob("*.log")):
+        in_failure = False
         for line in log_file.read_text(errors="replace").splitlines():
             if FINISHED_MARK in line:
                 failure, finished, in_failure = "", True, False

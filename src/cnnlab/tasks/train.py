@@ -6,11 +6,10 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -26,7 +25,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from cnnlab.checkpoint import ensure_same_model, ensure_same_setup, ensure_training_left, read_checkpoint
 from cnnlab.errors import ConfigValueError, single_hydra_run, user_error
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
-from cnnlab.tasks.summarize import FAILED_LOG_MARK, FINISHED_LOG_MARK
+from cnnlab.tasks.summarize import FAILED_LOG_MARK, FINISHED_LOG_MARK, RESUME_REFUSED_LOG_MARK
 from cnnlab.training.callbacks import EPOCH_SECONDS, EpochTimer, RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
@@ -283,52 +282,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     continues from that checkpoint's epoch and step; in its own folder when the checkpoint is
     one of that folder's. Under DDP every process runs this; only rank zero writes files.
     """
-    session = ResumedSession(Path(cfg.paths.output_dir), cfg.get("session") or "")
     try:
-        return _train(cfg, session)
+        run = _prepare(cfg)
     except Exception as error:
-        # In a multirun the job log is where `scripts/summarize.py` finds why a job failed. A
-        # single run's console shows the error itself as the script ends: the line goes to the log file only.
-        log.error("%s%s", FAILED_LOG_MARK, failure_reason(error), extra=JOB_LOG_ONLY if single_hydra_run() else None)
-        session.discard_unless_trained()
+        # A resumed session that never trained leaves its run as it was: summarize.py must not
+        # read this as the run failing after it finished.
+        _log_failure(RESUME_REFUSED_LOG_MARK if cfg.get("session") else FAILED_LOG_MARK, error)
+        raise
+    try:
+        return _fit_and_test(cfg, run)
+    except Exception as error:
+        _log_failure(FAILED_LOG_MARK, error)
         raise
 
 
-class ResumedSession:
-    """What a resumed session has added to its run's folder before it trains: Hydra's record of
-    the session (``.hydra/<session>/``) and its lines in the job log.
-
-    A resume refused before training (another setup, limits already reached, a mistyped
-    override) leaves the run's folder as it was: a finished run's log would otherwise end with
-    the refusal, and ``scripts/summarize.py`` would report that run as having failed later.
-    The console still shows the error.
-    """
-
-    def __init__(self, output_dir: Path, session: str) -> None:
-        self.record = output_dir / ".hydra" / session if session else None
-        folder = output_dir.resolve()
-        # Hydra's job log (and under DDP each process's own) is open for appending: its size now is where the session's lines begin.
-        self.log_sizes = {
-            handler: Path(handler.baseFilename).stat().st_size
-            for handler in logging.getLogger().handlers
-            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent.resolve() == folder
-            and Path(handler.baseFilename).is_file()
-        } if session else {}
-        self.training = False
-
-    def discard_unless_trained(self) -> None:
-        """Take the session's record and log lines back out of the folder if it never started training."""
-        if self.record is None or self.training:
-            return
-        for handler, size in self.log_sizes.items():
-            handler.flush()
-            os.truncate(handler.baseFilename, size)
-        _remove_session_record(self.record)
-
-
-@rank_zero_only
-def _remove_session_record(record: Path) -> None:
-    shutil.rmtree(record, ignore_errors=True)
+def _log_failure(mark: str, error: BaseException) -> None:
+    # In a multirun the job log is where `scripts/summarize.py` finds why a job failed. A single
+    # run's console shows the error itself as the script ends: the line goes to the log file only.
+    log.error("%s%s", mark, failure_reason(error), extra=JOB_LOG_ONLY if single_hydra_run() else None)
 
 
 def failure_reason(error: BaseException) -> str:
@@ -347,7 +318,19 @@ def failure_reason(error: BaseException) -> str:
     return f"{type(shown).__name__}: {str(shown).strip()}"
 
 
-def _train(cfg: DictConfig, session: ResumedSession) -> dict[str, Any]:
+class PreparedRun(NamedTuple):
+    """A run checked and built, ready to fit."""
+
+    output_dir: Path
+    ckpt_path: str | None
+    datamodule: L.LightningDataModule
+    model: ImageClassifier
+    trainer: L.Trainer
+    counts: dict[str, int]
+
+
+def _prepare(cfg: DictConfig) -> PreparedRun:
+    """Check the run (its folder, the checkpoint it resumes) and build it; nothing is trained yet."""
     ensure_values_set(cfg)
     output_dir = run_folder(cfg)
     ensure_accelerator_available(cfg.trainer.get("accelerator", "auto"))
@@ -373,9 +356,13 @@ def _train(cfg: DictConfig, session: ResumedSession) -> dict[str, Any]:
     counts = model.parameter_counts()
     log_once(logging.INFO, "model: %s parameters, %s trainable", f"{counts['params_total']:,}",
              f"{counts['params_trainable']:,}")
+    return PreparedRun(output_dir, ckpt_path, datamodule, model, trainer, counts)
 
+
+def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
+    """Fit, test the best checkpoint, and record the results in the run's folder."""
+    output_dir, ckpt_path, datamodule, model, trainer, counts = run
     started = time.perf_counter()
-    session.training = True
     with no_empty_logger_run(trainer):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
