@@ -156,7 +156,8 @@ def read_job(job_dir: Path) -> Job:
 
 def sweep_settings(jobs: Sequence[Job]) -> tuple[str | None, str | None, list[str]]:
     """The optimised metric the jobs ran with, the sweeper's direction (Optuna's) and the
-    parameters it searched (Optuna's ``hydra.sweeper.params``), where recorded."""
+    parameters it may search (Optuna's ``hydra.sweeper.params``; a value fixed on the command
+    line is still among them), where recorded."""
     for job in jobs:
         config_file, hydra_file = job.path / ".hydra" / "config.yaml", job.path / ".hydra" / "hydra.yaml"
         if config_file.is_file() and hydra_file.is_file():
@@ -206,16 +207,19 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str |
         raise ConfigValueError(f"no job in {sweep_dir} recorded the metric {ranked_by!r}{origin}; "
                                f"pass --metric with one of: {', '.join(known)}")
 
+    best_found = None
+    optuna_results = sweep_dir / "optimization_results.yaml"
+    if optuna_results.is_file():
+        best_found = yaml.safe_load(optuna_results.read_text())
+        # The parameters the sampler drew: hydra.sweeper.params less those the command fixed.
+        if isinstance(best_found, dict) and isinstance(best_found.get("best_params"), dict):
+            searched = [str(key) for key in best_found["best_params"]]
+
     keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
     # A searched parameter is swept even where every trial drew the same value: the user did not set it.
     swept = [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1 or key in searched]
     common = {key: jobs[0].overrides[key] for key in keys if key not in swept}
     ranked = sorted(jobs, key=lambda job: _sort_key(job, ranked_by, direction))  # stable: ties keep job order
-
-    best_found = None
-    optuna_results = sweep_dir / "optimization_results.yaml"
-    if optuna_results.is_file():
-        best_found = yaml.safe_load(optuna_results.read_text())
     return SweepSummary(sweep_dir, ranked_by, direction, ranked, swept, common, best_found)
 
 
