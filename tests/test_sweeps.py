@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -176,16 +177,24 @@ def test_a_slurm_job_needs_a_device_count():
     assert (launcher.tasks_per_node, launcher.nodes, launcher.gpus_per_node) == (2, 1, None)
 
 
-def requeued_after(tmp_path: Path, monkeypatch, overrides: list[str], last_saved: float | None) -> list[str]:
-    """The overrides a job started at time 1000 is requeued with, its last.ckpt (if any) stamped ``last_saved``."""
+def requeued_after(tmp_path: Path, monkeypatch, overrides: list[str], last_saved: float | None,
+                   record_written: float | None = None) -> list[str]:
+    """The overrides a job started at time 1000 is requeued with, its last.ckpt (if any) stamped ``last_saved``.
+
+    ``record_written``: the job wrote its Hydra record (.hydra/hydra.yaml), stamped so, as it began.
+    """
     job_dir = tmp_path / "sweep" / "5"
     (job_dir / "checkpoints").mkdir(parents=True)
     if last_saved is not None:
         (job_dir / "checkpoints" / "last.ckpt").write_bytes(b"checkpoint")
         os.utime(job_dir / "checkpoints" / "last.ckpt", (last_saved, last_saved))
-    # In a job, Hydra's config names the job's folder when submitit calls checkpoint().
+    if record_written is not None:
+        (job_dir / ".hydra").mkdir()
+        (job_dir / ".hydra" / "hydra.yaml").write_text("hydra: {}")
+        os.utime(job_dir / ".hydra" / "hydra.yaml", (record_written, record_written))
+    # In a job, Hydra's config names the job's folder (and its record's) when submitit calls checkpoint().
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(
-        runtime=SimpleNamespace(output_dir=str(job_dir)))))
+        runtime=SimpleNamespace(output_dir=str(job_dir)), output_subdir=".hydra" if record_written else None)))
     launcher = ResumingSlurmLauncher()
     launcher._job_started = 1000.0
     requeued = launcher.checkpoint(overrides, "hydra.sweep.dir", 5, "job_id_for_5", {})
@@ -212,6 +221,24 @@ def test_a_folders_older_last_checkpoint_is_not_the_requeued_jobs_own(tmp_path: 
     given = ["ckpt_path=logs/run/checkpoints/epoch_003.ckpt"]
     assert requeued_after(tmp_path, monkeypatch, given, last_saved=990.0) == given
     assert requeued_after(tmp_path / "again", monkeypatch, [], last_saved=1000.0) == ["ckpt_path=last"]
+
+
+def test_a_checkpoint_is_the_jobs_own_by_the_file_servers_clock(tmp_path: Path, monkeypatch):
+    # The node's clock (1000 at the job's start) runs ahead of the file server's, which stamped the
+    # job's Hydra record at 400 and its last.ckpt at 460: the checkpoint is still the job's own.
+    given = ["ckpt_path=/old/run/checkpoints/last.ckpt"]
+    assert requeued_after(tmp_path, monkeypatch, given, last_saved=460.0, record_written=400.0) == ["ckpt_path=last"]
+    assert requeued_after(tmp_path / "b", monkeypatch, given, last_saved=390.0, record_written=400.0) == given
+
+
+def test_a_job_notes_when_it_started(monkeypatch):
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+    monkeypatch.setattr(BaseSubmititLauncher, "__call__", lambda self, *args, **kwargs: "job ran")
+    launcher = ResumingSlurmLauncher()
+    before = time.time()
+    assert launcher(["seed=1"], "hydra.sweep.dir", 0, "job_id", {}) == "job ran"
+    assert before <= launcher._job_started <= time.time()
 
 
 def test_under_slurm_lightning_leaves_requeueing_to_submitit(make_config, monkeypatch):

@@ -43,15 +43,27 @@ def requeue_overrides(overrides: Sequence[str], output_dir: Path, job_started: f
 
     Before its first checkpoint a job is requeued with the overrides it was started with, so a
     job that began from another run's checkpoint begins from it again instead of from scratch.
-    "Saved by this job" is a ``last.ckpt`` written since ``job_started`` (the job's start, on
-    the clock that also stamps the file). A folder's older ``last.ckpt`` does not count: a job
-    given one of its folder's earlier checkpoints (``ckpt_path=<run>/checkpoints/<epoch>.ckpt``)
-    goes back to that one again.
+    "Saved by this job" is a ``last.ckpt`` written since ``job_started`` (see
+    :func:`attempt_started`). A folder's older ``last.ckpt`` does not count: a job given one of
+    its folder's earlier checkpoints (``ckpt_path=<run>/checkpoints/<epoch>.ckpt``) goes back to
+    that one again.
     """
     last = output_dir / CHECKPOINTS_FOLDER / LAST_CHECKPOINT
     if last.is_file() and last.stat().st_mtime >= job_started:
         return resume_overrides(overrides)
     return list(overrides)
+
+
+def attempt_started(output_dir: Path, output_subdir: str | None, fallback: float) -> float:
+    """When this attempt of the job began, on the clock that stamps the files in its folder.
+
+    That is the time of the Hydra record (``<output_subdir>/hydra.yaml``) the attempt wrote as it
+    began: on a shared filesystem the file server stamps both it and ``last.ckpt``, and the
+    compute node's own clock may differ. ``fallback`` (the node's time at the start) where the
+    attempt wrote no record.
+    """
+    record = output_dir / output_subdir / "hydra.yaml" if output_subdir else None
+    return record.stat().st_mtime if record is not None and record.is_file() else fallback
 
 
 class _ResumeOnRequeue:
@@ -66,8 +78,10 @@ class _ResumeOnRequeue:
         """What submitit requeues: this job again, continuing from its own last checkpoint if it saved one."""
         import submitit
 
-        output_dir = Path(HydraConfig.get().runtime.output_dir)
-        overrides = requeue_overrides(sweep_overrides, output_dir, self._job_started)
+        hydra_cfg = HydraConfig.get()
+        output_dir = Path(hydra_cfg.runtime.output_dir)
+        started = attempt_started(output_dir, hydra_cfg.output_subdir, self._job_started)
+        overrides = requeue_overrides(sweep_overrides, output_dir, started)
         return submitit.helpers.DelayedSubmission(self, overrides, *args, **kwargs)
 
 
