@@ -334,6 +334,8 @@ def test_an_optimizer_value_torch_refuses_is_named_before_the_data_loads(make_co
         build_run(make_config(overrides=["optimizer=sgd", "optimizer.momentum=0"]))
     with pytest.raises(ConfigValueError, match=r"optimizer\.betas=\[0\.9, 1\.5\].*Invalid beta parameter at index 1"):
         build_run(make_config(overrides=["+optimizer.betas=[0.9,1.5]"]))
+    with pytest.raises(ConfigValueError, match=r"optimizer\.fused=True optimizer\.foreach=True\): .*cannot be `True` together"):
+        build_run(make_config(overrides=["+optimizer.foreach=true"]))
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

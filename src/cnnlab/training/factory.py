@@ -18,12 +18,13 @@ def checked_optimizer(optimizer_cfg: DictConfig) -> OptimizerFactory:
 
     torch checks an optimizer's values (a negative learning rate, a beta above 1) only when the
     optimizer is built, after the data is loaded, and names no config key; building it once
-    here for a stand-in parameter turns a bad value into an error naming the settings.
+    here for a stand-in parameter turns a bad value into an error naming the settings. (The
+    stand-in lives on the CPU: whether an option suits the run's device is not checked here.)
     """
     factory = instantiate(optimizer_cfg)
     try:
         factory([torch.nn.Parameter(torch.zeros(1))])
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, RuntimeError) as error:  # RuntimeError: e.g. fused and foreach together
         settings = " ".join(f"optimizer.{key!s}={value}" for key, value in optimizer_cfg.items()
                             if not str(key).startswith("_"))
         raise ConfigValueError(
