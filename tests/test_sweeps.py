@@ -16,11 +16,12 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from omegaconf import OmegaConf
 from test_scripts import run, script_command, train_overrides
 
 from cnnlab.errors import ConfigValueError
 from cnnlab.tasks.train import build_run
-from cnnlab.utils.hydra_callbacks import refuse_wrong_direction, sqlite_database_file
+from cnnlab.utils.hydra_callbacks import RefuseUsedRunFolder, refuse_wrong_direction, sqlite_database_file
 from conftest import CONF_DIR, ROOT
 from hydra_plugins.cnnlab_launchers.resuming_submitit import ResumingSlurmLauncher
 
@@ -259,3 +260,15 @@ def test_the_example_sweep_compares_the_three_models():
         cfg = compose("train", overrides=["experiment=compare_models"], return_hydra_config=True)
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert cfg.hydra.sweeper.params == {"model": "simple_cnn,simple_cnn_bn,resnet18_ft"}
+
+
+def test_a_continued_sweep_keeps_the_earlier_sweeps_record(tmp_path: Path):
+    # `-m ... ckpt_path=last hydra.sweep.dir=<sweep>` continues each job in its folder; Hydra's
+    # sweeper then writes the new command's multirun.yaml, the only record of the first command.
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("the first command\n")
+    config = OmegaConf.create({"ckpt_path": "last", "hydra": {"sweep": {"dir": str(sweep)}}})
+    RefuseUsedRunFolder().on_multirun_start(config)
+    (kept,) = sweep.glob("multirun.before_*.yaml")
+    assert kept.read_text() == "the first command\n" and not (sweep / "multirun.yaml").exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -85,9 +87,21 @@ class RefuseUsedRunFolder(Callback):
         if ckpt_path and not self.any_content and (
                 ckpt_path == "last"
                 or Path(str(ckpt_path)).expanduser().absolute().parent.resolve().is_relative_to(sweep_dir.resolve())):
+            keep_earlier_sweep_record(sweep_dir)
             return  # each job resumes its own folder; the training task checks them one by one
         # A checkpoint from elsewhere starts every job's first session: Hydra would write over a job's record.
         _exit_on_refusal(lambda: refuse_used_sweep_dir(sweep_dir, self.any_content))
+
+
+def keep_earlier_sweep_record(sweep_dir: Path) -> None:
+    """Keep a continued sweep's earlier ``multirun.yaml`` as ``multirun.before_<date>_<time>.yaml``.
+
+    Hydra's sweeper writes the continuing command's record over it, and it is the only record
+    of how the sweep was first run (the jobs' own records stay in their ``.hydra/``).
+    """
+    record = sweep_dir / "multirun.yaml"
+    if record.is_file():
+        os.replace(record, sweep_dir / time.strftime("multirun.before_%Y-%m-%d_%H-%M-%S.yaml"))
 
 
 def refuse_used_sweep_dir(sweep_dir: Path, any_content: bool = False) -> None:
@@ -152,11 +166,17 @@ class RefuseWrongSweepDirection(Callback):
 
 def sqlite_database_file(storage: str) -> Path | None:
     """The database file of an Optuna storage URL ``sqlite:///<path>`` (relative to the start folder), else None."""
-    prefix = "sqlite:///"
-    if not storage.startswith(prefix):
+    from sqlalchemy.engine import make_url  # Optuna's storage layer; only sweeps with a storage get here
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(storage)
+    except ArgumentError:
+        return None  # not a database URL: Optuna names it
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
         return None
-    database = storage[len(prefix):].split("?", 1)[0]
-    return Path(database) if database and database != ":memory:" and not database.startswith("file:") else None
+    return Path(database)
 
 
 def make_storage_folder(storage: str) -> None:
