@@ -15,7 +15,14 @@ import pytest
 import yaml
 
 from cnnlab.errors import ConfigValueError, CorruptImageError
-from cnnlab.tasks.summarize import FAILED_LOG_MARK, summarize, to_csv, to_markdown, write_summary
+from cnnlab.tasks.summarize import (
+    FAILED_LOG_MARK,
+    RESUME_REFUSED_LOG_MARK,
+    summarize,
+    to_csv,
+    to_markdown,
+    write_summary,
+)
 from cnnlab.tasks.train import failure_reason
 
 
@@ -233,3 +240,15 @@ def test_a_searched_parameter_every_trial_drew_alike_is_swept_not_shared(tmp_pat
     summary = summarize(sweep)
     assert summary.swept == ["optimizer.lr"]
     assert summary.common == {"data.batch_size": "32", "trainer.max_epochs": "5"}
+
+
+def test_a_resumed_session_that_failed_before_training_is_news_only_without_results(tmp_path: Path):
+    sweep = tmp_path / "resumed"
+    finished = "[t][cnnlab.tasks.train][INFO] - results in /x\n"
+    early = (f"[t][cnnlab.tasks.train][ERROR] - {RESUME_REFUSED_LOG_MARK}ConfigValueError: trainer.accelerator=gpu, "
+             f"but this machine has no GPU\n  use trainer=cpu\n")
+    make_job(sweep, 0, ["optimizer.lr=0.1"], {"val/acc_best": 0.9}, log=finished + early)  # the run stands as it was
+    make_job(sweep, 1, ["optimizer.lr=0.2"], None, log=early)  # e.g. a requeued job that could not start again
+    jobs = {job.name: job.status for job in summarize(sweep).jobs}
+    assert jobs == {"0": "ok", "1": "failed: a resumed session failed before training: ConfigValueError: "
+                                    "trainer.accelerator=gpu, but this machine has no GPU use trainer=cpu"}

@@ -34,7 +34,8 @@ TABLE_METRICS = ("val/acc_best", "val/acc", "val/acc_top5", "val/loss", "test/ac
 # What the training task logs when a run ends (it logs these very strings): a job's outcome is
 # read from these lines, since a run can fail after writing metrics.json.
 FAILED_LOG_MARK = "training failed: "
-RESUME_REFUSED_LOG_MARK = "resume refused: "  # a resumed session stopped before training: the run is as it was
+# A resumed session that failed before training (refused, or no device, no data): the run is as it was.
+RESUME_REFUSED_LOG_MARK = "resumed session failed before training: "
 FINISHED_LOG_MARK = "results in "  # the last line, after metrics.json is written
 FINISHED_MARK = f"] - {FINISHED_LOG_MARK}"  # as the whole message of a log record
 LOG_RECORD_START = re.compile(r"\[[^\]]*\]\[[^\]]*\]\[[A-Z]+\] - ")  # Hydra's "[<time>][<logger>][<LEVEL>] - "
@@ -93,23 +94,25 @@ def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
     return parsed
 
 
-def logged_outcome(job_dir: Path) -> tuple[str, bool]:
+def logged_outcome(job_dir: Path) -> tuple[str, bool, str]:
     """What the job's log (the training task's) records: the error of a run that failed after the
-    last finished one ("" if none did), and whether any run finished."""
-    failure, finished = "", False
+    last finished one ("" if none did), whether any run finished, and the error of the last
+    resumed session that failed before training ("" if none did)."""
+    errors = {FAILED_LOG_MARK: "", RESUME_REFUSED_LOG_MARK: ""}
+    finished = False
     for log_file in sorted(job_dir.glob("*.log")):
-        in_failure = False
+        current = None  # the mark whose error the following lines continue
         for line in log_file.read_text(errors="replace").splitlines():
             if FINISHED_MARK in line:
-                failure, finished, in_failure = "", True, False
-            elif FAILED_LOG_MARK in line:
-                failure, in_failure = line.split(FAILED_LOG_MARK, 1)[1].strip(), True
-            elif in_failure and not LOG_RECORD_START.match(line):
+                errors[FAILED_LOG_MARK], finished, current = "", True, None
+            elif mark := next((m for m in errors if m in line), None):
+                errors[mark], current = line.split(mark, 1)[1].strip(), mark
+            elif current and not LOG_RECORD_START.match(line):
                 if line.strip():  # the error's further lines (the files it names, its fix), joined into one row
-                    failure += " " + line.strip()
+                    errors[current] += " " + line.strip()
             else:
-                in_failure = False
-    return failure, finished
+                current = None
+    return errors[FAILED_LOG_MARK], finished, errors[RESUME_REFUSED_LOG_MARK]
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
@@ -137,10 +140,12 @@ def read_job(job_dir: Path) -> Job:
     overrides_file = session_overrides_file(job_dir)
     overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
     job = Job(job_dir.name, job_dir, overrides)
-    failure, finished = logged_outcome(job_dir)
+    failure, finished, resume_failure = logged_outcome(job_dir)
     results = job_dir / RESULTS_FILE
     if not results.is_file():
-        job.error = failure or f"no {RESULTS_FILE} (the job crashed, was killed, or is still running)"
+        # A resumed session's early failure leaves a finished run as it was; without results it is the news.
+        job.error = (failure or (resume_failure and f"a resumed session failed before training: {resume_failure}")
+                     or f"no {RESULTS_FILE} (the job crashed, was killed, or is still running)")
         return job
     try:
         job.metrics = json.loads(results.read_text())
