@@ -271,5 +271,8 @@ def test_a_continued_sweep_keeps_the_earlier_sweeps_record(tmp_path: Path):
     (sweep / "multirun.yaml").write_text("the first command\n")
     config = OmegaConf.create({"ckpt_path": "last", "hydra": {"sweep": {"dir": str(sweep)}}})
     RefuseUsedRunFolder().on_multirun_start(config)
-    (kept,) = sweep.glob("multirun.before_*.yaml")
-    assert kept.read_text() == "the first command\n" and not (sweep / "multirun.yaml").exists()
+    RefuseUsedRunFolder().on_multirun_start(config)  # continued twice within a second: two copies
+    kept = sorted(sweep.glob("multirun.before_*.yaml"))
+    assert [path.read_text() for path in kept] == ["the first command\n"] * 2
+    # A copy: a command refused later (its sweep direction, say) leaves the record in place.
+    assert (sweep / "multirun.yaml").read_text() == "the first command\n"

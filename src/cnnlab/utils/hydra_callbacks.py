@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from enum import Enum
@@ -87,21 +86,33 @@ class RefuseUsedRunFolder(Callback):
         if ckpt_path and not self.any_content and (
                 ckpt_path == "last"
                 or Path(str(ckpt_path)).expanduser().absolute().parent.resolve().is_relative_to(sweep_dir.resolve())):
-            keep_earlier_sweep_record(sweep_dir)
+            if process_rank() == 0:
+                keep_earlier_sweep_record(sweep_dir)
             return  # each job resumes its own folder; the training task checks them one by one
         # A checkpoint from elsewhere starts every job's first session: Hydra would write over a job's record.
         _exit_on_refusal(lambda: refuse_used_sweep_dir(sweep_dir, self.any_content))
 
 
 def keep_earlier_sweep_record(sweep_dir: Path) -> None:
-    """Keep a continued sweep's earlier ``multirun.yaml`` as ``multirun.before_<date>_<time>.yaml``.
+    """Keep a copy of a continued sweep's earlier ``multirun.yaml`` as ``multirun.before_<date>_<time>.yaml``.
 
-    Hydra's sweeper writes the continuing command's record over it, and it is the only record
-    of how the sweep was first run (the jobs' own records stay in their ``.hydra/``).
+    Hydra's basic sweeper writes the continuing command's record over it, and it is the only
+    record of how the sweep was first run (the jobs' own records stay in their ``.hydra/``). A
+    copy, not a move: a command refused after this, or a sweeper that writes no record
+    (Optuna's), leaves the original where it was.
     """
     record = sweep_dir / "multirun.yaml"
-    if record.is_file():
-        os.replace(record, sweep_dir / time.strftime("multirun.before_%Y-%m-%d_%H-%M-%S.yaml"))
+    if not record.is_file():
+        return
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    for attempt in range(100):
+        kept = sweep_dir / f"multirun.before_{stamp}{f'_{attempt}' if attempt else ''}.yaml"
+        try:
+            with open(kept, "xb") as copy:  # never over an earlier kept record
+                copy.write(record.read_bytes())
+            return
+        except FileExistsError:
+            continue
 
 
 def refuse_used_sweep_dir(sweep_dir: Path, any_content: bool = False) -> None:
