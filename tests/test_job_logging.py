@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from cnnlab.tasks.summarize import FAILED_LOG_MARK
 from cnnlab.tasks.train import train
+from cnnlab.utils.log_filters import CnnlabLinesFromRankZero, JobLogOnly
 from conftest import CONF_DIR
 
 
@@ -73,4 +74,13 @@ def test_another_job_logging_choice_replaces_cnnlabs_whole(choice: str, tmp_path
             cfg = compose(task, overrides=[f"hydra/job_logging={choice}"], return_hydra_config=True)
         cfg.hydra.runtime.output_dir = str(tmp_path)
         logging.config.dictConfig(OmegaConf.to_container(cfg.hydra.job_logging, resolve=True))
+        filters = [type(f) for handler in logging.getLogger().handlers for f in handler.filters]
         close_job_logging()
+        assert not set(filters) & {CnnlabLinesFromRankZero, JobLogOnly}  # the choice replaced cnnlab's config
+
+
+def test_cnnlabs_job_logging_filters_both_handlers(tmp_path: Path):
+    configure_job_logging(tmp_path / "train.log")
+    handlers = {type(handler).__name__: [type(f) for f in handler.filters] for handler in logging.getLogger().handlers}
+    close_job_logging()
+    assert handlers == {"StreamHandler": [CnnlabLinesFromRankZero, JobLogOnly], "FileHandler": [CnnlabLinesFromRankZero]}

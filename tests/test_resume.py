@@ -16,8 +16,9 @@ from test_scripts import run, script_command, train_overrides
 
 from cnnlab.checkpoint import ensure_training_left, read_checkpoint
 from cnnlab.errors import CheckpointError, RunDirectoryInUseError
-from cnnlab.tasks.summarize import RESUME_REFUSED_LOG_MARK, summarize
+from cnnlab.tasks.summarize import FAILED_LOG_MARK, RESUME_REFUSED_LOG_MARK, summarize
 from cnnlab.tasks.train import train
+from cnnlab.training.classifier import ImageClassifier
 from cnnlab.utils.config import resume_session
 from cnnlab.utils.hydra_callbacks import RefuseUsedRunFolder
 from conftest import ROOT, scalar_events, scalar_steps
@@ -71,6 +72,10 @@ def test_ckpt_path_last_continues_this_folder_or_starts_afresh(make_config, tmp_
     assert fresh["global_step"] == 7 and "resumed_from" not in fresh  # nothing to continue yet
     continued = train(make_config(overrides=["ckpt_path=last", "trainer.max_epochs=2"], run_dir=job))
     assert continued["global_step"] == 14 and continued["resumed_from"] == str(job / "checkpoints" / "last.ckpt")
+    # The second session in this process is a resumed one too (its name is not the first's, cached):
+    # the first session's results are kept beside the new ones.
+    (kept,) = job.glob("metrics.before_resumed_*.json")
+    assert json.loads(kept.read_text())["global_step"] == 7
 
 
 def test_resuming_into_another_runs_folder_is_refused(make_config, tmp_path: Path):
@@ -320,3 +325,24 @@ def test_a_fine_tuner_resumes_without_its_pretrained_weights_file(make_config, t
     # The frozen backbone goes on as the checkpoint had it; only the head trained.
     assert torch.equal(after["net.backbone.conv1.weight"], stopped["net.backbone.conv1.weight"])
     assert not torch.equal(after["net.head.1.weight"], stopped["net.head.1.weight"])
+
+
+def test_only_a_resumed_sessions_failure_before_training_leaves_the_run_standing(make_config, tmp_path: Path,
+                                                                                caplog, monkeypatch):
+    run_dir = tmp_path / "run"
+    # A first session (ckpt_path=last with nothing to continue yet) failing before training: the run failed.
+    with pytest.raises(ValueError):
+        train(make_config(overrides=["ckpt_path=last", "optimizer.lr=-1"], run_dir=run_dir))
+    assert f"{FAILED_LOG_MARK}ConfigValueError" in caplog.text
+    train(make_config(overrides=["ckpt_path=last", "trainer.max_epochs=1"], run_dir=run_dir))
+    # A resumed session failing before training: the run stands as it was.
+    caplog.clear()
+    with pytest.raises(ValueError):
+        train(make_config(overrides=["ckpt_path=last", "trainer.max_epochs=2", "optimizer.lr=0.5"], run_dir=run_dir))
+    assert RESUME_REFUSED_LOG_MARK in caplog.text and FAILED_LOG_MARK not in caplog.text
+    # A resumed session failing while it trains: the run failed.
+    caplog.clear()
+    monkeypatch.setattr(ImageClassifier, "training_step", lambda self, batch, batch_idx: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train(make_config(overrides=["ckpt_path=last", "trainer.max_epochs=2"], run_dir=run_dir))
+    assert f"{FAILED_LOG_MARK}ZeroDivisionError" in caplog.text and RESUME_REFUSED_LOG_MARK not in caplog.text

@@ -38,6 +38,7 @@ from cnnlab.utils.config import (
     ensure_values_set,
     instantiate_all,
     print_config,
+    resume_session,
     run_folder,
 )
 from cnnlab.utils.cuda_check import ensure_accelerator_available, skip_unloadable_nvml_check
@@ -282,6 +283,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     continues from that checkpoint's epoch and step; in its own folder when the checkpoint is
     one of that folder's. Under DDP every process runs this; only rank zero writes files.
     """
+    try:
+        return _train_session(cfg)
+    finally:
+        # The session's name is decided once per process, so that every part of it agrees; a
+        # later session in this process (train() called again, as a notebook might) decides anew.
+        resume_session.cache_clear()
+
+
+def _train_session(cfg: DictConfig) -> dict[str, Any]:
     try:
         run = _prepare(cfg)
     except Exception as error:
