@@ -233,10 +233,9 @@ def test_a_searched_parameter_every_trial_drew_alike_is_swept_not_shared(tmp_pat
     assert summary.swept == ["optimizer.lr", "data.batch_size"]
     assert summary.common == {"trainer.max_epochs": "5"}
     assert "Shared overrides: `trainer.max_epochs=5`" in to_markdown(summary)
-    # Once the search has ended, its results name what the sampler drew: a value the command
-    # fixed (data.batch_size=32, which takes it out of the search) is shared after all.
-    (sweep / "optimization_results.yaml").write_text(yaml.safe_dump({"best_params": {"optimizer.lr": 0.003},
-                                                                     "best_value": 0.6}))
+    # The search's own record names what the sampler drew: a value the command fixed
+    # (data.batch_size=32, which takes it out of the search) is shared after all.
+    (sweep / "optuna_search.yaml").write_text(yaml.safe_dump({"searched": ["optimizer.lr"]}))
     summary = summarize(sweep)
     assert summary.swept == ["optimizer.lr"]
     assert summary.common == {"data.batch_size": "32", "trainer.max_epochs": "5"}

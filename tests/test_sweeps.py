@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from test_scripts import run, script_command, train_overrides
 
 from cnnlab.errors import ConfigValueError
+from cnnlab.tasks.summarize import summarize
 from cnnlab.tasks.train import build_run
 from cnnlab.utils.hydra_callbacks import RefuseUsedRunFolder, refuse_wrong_direction, sqlite_database_file
 from conftest import CONF_DIR, ROOT
@@ -48,6 +49,10 @@ def test_optuna_search_of_two_trials_reports_its_best(tmp_path: Path, cifar_root
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(max(values))  # what each trial returned is what Optuna saw
     assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "model.dropout"}  # batch size fixed here
+    # The search recorded what it draws, less the batch size the command fixed: the summary's columns.
+    searched = ["optimizer.lr", "optimizer.weight_decay", "model.dropout"]
+    assert yaml.safe_load((sweep / "optuna_search.yaml").read_text()) == {"searched": searched}
+    assert summarize(sweep).swept == searched
     assert "Best value" in result.stdout + result.stderr
     trial_lrs = {yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["optimizer"]["lr"] for job in jobs}
     assert len(trial_lrs) == 2 and all(1e-4 <= lr <= 1e-2 for lr in trial_lrs)

@@ -23,7 +23,7 @@ import yaml
 
 from cnnlab.errors import ConfigValueError
 from cnnlab.utils.config import RESULTS_FILE
-from cnnlab.utils.hydra_callbacks import expected_direction
+from cnnlab.utils.hydra_callbacks import SEARCH_RECORD, expected_direction
 from cnnlab.utils.io import atomic_write
 
 DEFAULT_METRIC = "val/acc_best"
@@ -216,9 +216,11 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str |
     optuna_results = sweep_dir / "optimization_results.yaml"
     if optuna_results.is_file():
         best_found = yaml.safe_load(optuna_results.read_text())
-        # The parameters the sampler drew: hydra.sweeper.params less those the command fixed.
-        if isinstance(best_found, dict) and isinstance(best_found.get("best_params"), dict):
-            searched = [str(key) for key in best_found["best_params"]]
+    # The parameters the sampler drew (hydra.sweeper.params less those the command fixed), as
+    # the search recorded them at its start; hydra.sweeper.params alone for a search without it.
+    search_record = sweep_dir / SEARCH_RECORD
+    if search_record.is_file():
+        searched = list((yaml.safe_load(search_record.read_text()) or {}).get("searched") or [])
 
     keys = list(dict.fromkeys(key for job in jobs for key in job.overrides))
     # A searched parameter is swept even where every trial drew the same value: the user did not set it.

@@ -9,11 +9,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, read_write
 
 from cnnlab.errors import CnnlabError, ConfigValueError, RunDirectoryInUseError
 from cnnlab.utils.config import CHECKPOINTS_FOLDER, LAST_CHECKPOINT, RESULTS_FILE, continues_in, process_rank
+from cnnlab.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +258,37 @@ class ContinueOptunaStudy(Callback):
             log.info("Optuna study %s in %s already holds %d trial%s: the sampler's seed is %d (hydra.sweeper.sampler."
                      "seed=%d plus the trials held), so this session draws new trials", study_name, storage,
                      trials_held, "" if trials_held == 1 else "s", new_seed, seed)
+
+
+SEARCH_RECORD = "optuna_search.yaml"  # in the sweep folder: the parameters the sampler draws
+
+
+def searched_parameters(sweeper_params: Any, command_overrides: Any) -> list[str]:
+    """The keys of ``hydra.sweeper.params`` that the sampler draws: those the command does not fix.
+
+    A value given on the command line (``data.batch_size=64``) takes that parameter out of
+    Optuna's search, though ``hydra.sweeper.params`` (and so each trial's record) still lists it.
+    """
+    fixed = {str(override).split("=", 1)[0].lstrip("+~") for override in command_overrides or []}
+    return [str(key) for key in (sweeper_params or {}) if str(key) not in fixed]
+
+
+class RecordOptunaSearch(Callback):
+    """Write the parameters an Optuna search draws into ``<sweep>/optuna_search.yaml`` before its first trial.
+
+    Each trial's overrides hold both the drawn values and the command's own, so only the
+    command tells them apart; ``scripts/summarize.py`` reads this record to show the drawn
+    parameters as the sweep's columns. Other sweepers are left alone.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        params = config.hydra.sweeper.get("params")
+        if not isinstance(params, DictConfig) or process_rank() != 0:
+            return
+        searched = searched_parameters(params, config.hydra.overrides.task)
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(sweep_dir / SEARCH_RECORD, lambda f: f.write(yaml.safe_dump({"searched": searched}).encode()))
 
 
 def _exit_on_refusal(check: Callable[[], None]) -> None:
