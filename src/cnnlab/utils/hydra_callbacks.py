@@ -283,8 +283,9 @@ class RecordOptunaSearch(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         params = config.hydra.sweeper.get("params")
-        if not isinstance(params, DictConfig) or process_rank() != 0:
-            return
+        is_optuna = "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower()
+        if not is_optuna or not isinstance(params, DictConfig) or process_rank() != 0:
+            return  # Hydra's basic sweeper's own params are a grid: each job's overrides show it
         searched = searched_parameters(params, config.hydra.overrides.task)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
