@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from cnnlab.errors import ConfigValueError
-from cnnlab.utils.config import RESULTS_FILE
+from cnnlab.utils.config import RESULTS_FILE, override_key
 from cnnlab.utils.hydra_callbacks import SEARCH_RECORD, expected_direction
 from cnnlab.utils.io import atomic_write
 
@@ -86,11 +86,8 @@ def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
     """``["model=simple_cnn", "+trainer.x=1", "~callbacks.progress_bar"]`` as ``{key: value}``."""
     parsed: dict[str, str] = {}
     for line in lines:
-        key, has_value, value = str(line).partition("=")
-        if key.startswith("~"):
-            parsed[key[1:]] = "(deleted)"
-        else:
-            parsed[key.lstrip("+")] = value if has_value else ""
+        _, has_value, value = str(line).partition("=")
+        parsed[override_key(line)] = "(deleted)" if str(line).startswith("~") else value if has_value else ""
     return parsed
 
 

@@ -145,6 +145,11 @@ def continues_in(output_dir: Path, ckpt_path: str) -> bool:
     return checkpoint.parent.name == CHECKPOINTS_FOLDER and checkpoint.parent.parent == output_dir.resolve()
 
 
+def override_key(override: str) -> str:
+    """The config key a command-line override sets: ``+trainer.x=1`` -> ``trainer.x``, ``~callbacks.a`` -> ``callbacks.a``."""
+    return str(override).split("=", 1)[0].lstrip("+~")
+
+
 def process_rank() -> int:
     """This process's global rank as the launcher set it (0 outside distributed runs)."""
     for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):

@@ -14,7 +14,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, read_write
 
 from cnnlab.errors import CnnlabError, ConfigValueError, RunDirectoryInUseError
-from cnnlab.utils.config import CHECKPOINTS_FOLDER, LAST_CHECKPOINT, RESULTS_FILE, continues_in, process_rank
+from cnnlab.utils.config import (
+    CHECKPOINTS_FOLDER,
+    LAST_CHECKPOINT,
+    RESULTS_FILE,
+    continues_in,
+    override_key,
+    process_rank,
+)
 from cnnlab.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -217,22 +224,12 @@ def trials_in_study(storage: str, study_name: str) -> int:
     return len(study.get_trials(deepcopy=False))
 
 
-def continued_study_seed(seed: int, trials_held: int) -> int:
-    """The sampler's seed for a session that continues a study already holding ``trials_held`` trials.
-
-    A seeded sampler in a new process starts its random draws over, so a continued study would
-    repeat its first trials. Each session's seed is ``seed`` plus the trials the study held when
-    it began: distinct within the study, and the same sessions run again draw the same trials.
-    """
-    return seed + trials_held
-
-
 class ContinueOptunaStudy(Callback):
     """Prepare an Optuna search that keeps its study in a database (``hydra.sweeper.storage``), before any trial.
 
     Creates the missing folder of a ``sqlite:///`` database file. When the study (by
     ``hydra.sweeper.study_name``) already holds trials and the sampler is seeded, sets the
-    sampler's seed to :func:`continued_study_seed` in the config the sweeper is then built from,
+    sampler's seed to its seed plus the trials held in the config the sweeper is then built from,
     logs it, and adds it to the overrides each trial's config is composed from (so the trial's
     ``.hydra/hydra.yaml`` records the seed that drew it). Other sweepers are left alone. Exits as
     :class:`RefuseUsedRunFolder` does.
@@ -250,7 +247,10 @@ class ContinueOptunaStudy(Callback):
             return  # an unseeded sampler draws afresh; without a name every command makes a new study
         trials_held = trials_in_study(storage, str(study_name))
         if trials_held:
-            new_seed = continued_study_seed(seed, trials_held)
+            # A seeded sampler in a new process starts its random draws over, so a continued study
+            # would repeat its first trials. seed + the trials held is distinct within the study,
+            # and the same sessions run again on a new database start from the same draws.
+            new_seed = seed + trials_held
             with read_write(config.hydra):
                 sampler.seed = new_seed  # for the sweeper, built from this config
                 # Each trial's config is composed again from these overrides: its .hydra/hydra.yaml records the seed.
@@ -269,7 +269,7 @@ def searched_parameters(sweeper_params: Any, command_overrides: Any) -> list[str
     A value given on the command line (``data.batch_size=64``) takes that parameter out of
     Optuna's search, though ``hydra.sweeper.params`` (and so each trial's record) still lists it.
     """
-    fixed = {str(override).split("=", 1)[0].lstrip("+~") for override in command_overrides or []}
+    fixed = {override_key(override) for override in command_overrides or []}
     return [str(key) for key in (sweeper_params or {}) if str(key) not in fixed]
 
 

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 
-from cnnlab.utils.config import CHECKPOINTS_FOLDER, LAST_CHECKPOINT, register_resolvers
+from cnnlab.utils.config import CHECKPOINTS_FOLDER, LAST_CHECKPOINT, override_key, register_resolvers
 
 # A submitit job unpickles this launcher, and so imports this module, before Hydra resolves the
 # job's folders in the worker process: cnnlab's resolvers must be registered there too.
@@ -34,7 +34,7 @@ RESUME_OVERRIDE = "ckpt_path=last"
 
 def resume_overrides(overrides: Sequence[str]) -> list[str]:
     """A job's overrides for its requeued run: the same, continuing from the job's own last checkpoint."""
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "ckpt_path"]
+    kept = [o for o in overrides if override_key(o) != "ckpt_path"]
     return [*kept, RESUME_OVERRIDE]
 
 
