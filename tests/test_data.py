@@ -144,8 +144,33 @@ def test_folder_cache_is_reused_and_never_stale(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(AssertionError, match="decoded although"):
         load()
     monkeypatch.setattr(folder_module, "decode_files", real_decode)
+    before = set(cache.glob("*.pt"))
     load()
-    assert len(list(cache.glob("*.pt"))) == 2
+    # The new cache replaces the stale one, which no run would read again.
+    after = set(cache.glob("*.pt"))
+    assert len(after) == 1 and not after & before
+
+
+def test_stale_folder_caches_go_but_other_folders_and_sizes_stay(tmp_path: Path):
+    cache = tmp_path / "cache"
+    first = write_image_folder(tmp_path / "first", per_class=3)
+    second = write_image_folder(tmp_path / "second", per_class=3)
+
+    def load(root: Path, size: int) -> None:
+        ImageFolderDataModule(str(root), image_size=size, val_split=1, test_split=1, cache_dir=str(cache)).setup("fit")
+
+    load(first, 8)
+    load(first, 16)
+    load(second, 8)
+    kept = set(cache.glob("*.pt"))
+    assert len(kept) == 3  # one per folder and size
+    # An image added to the first folder: its size-8 cache is replaced, the other two stay.
+    (first / "train" / "cat" / "extra.jpg").write_bytes((first / "train" / "dog" / "000.jpg").read_bytes())
+    load(first, 8)
+    now = set(cache.glob("*.pt"))
+    assert len(now) == 3 and len(kept - now) == 1 and len(now - kept) == 1
+    gone = (kept - now).pop()
+    assert gone.name.startswith("folder-train-") and gone.name.rsplit("-", 1)[0] == (now - kept).pop().name.rsplit("-", 1)[0]
 
 
 def test_corrupt_image_is_named(tmp_path: Path):

@@ -228,6 +228,15 @@ def cache_key(samples: list[tuple[Path, int]], root: Path, image_size: int) -> s
     return digest.hexdigest()
 
 
+def cache_lineage(split_dir: Path, image_size: int) -> str:
+    """Names every cache ever made of one split folder at one size, whatever its contents were.
+
+    A newer cache of the same lineage replaces the older ones: those hold the folder as it was
+    before a file changed, or an older cache format, and would never be read again.
+    """
+    return hashlib.sha256(f"{split_dir.resolve()}|size={image_size}".encode()).hexdigest()[:8]
+
+
 class ImageFolderDataModule(InMemoryImageDataModule):
     """The user's own labelled images.
 
@@ -330,7 +339,8 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         cache_file = None
         if self.cache_dir is not None:
             key = cache_key(samples, self.root, self.image_size)
-            cache_file = self.cache_dir / f"folder-{split_dir.name}-{key[:24]}.pt"
+            lineage = f"folder-{split_dir.name}-{cache_lineage(split_dir, self.image_size)}"
+            cache_file = self.cache_dir / f"{lineage}-{key[:24]}.pt"
             cached = self._read_cache(cache_file, len(samples))
             if cached is not None:
                 return cached
@@ -340,7 +350,24 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         if cache_file is not None:
             atomic_torch_save(cache_file, {"images": split.images, "labels": split.labels})
             log.info("cached decoded images in %s", cache_file)
+            self._remove_stale_caches(cache_file, lineage)
         return split
+
+    @staticmethod
+    def _remove_stale_caches(current: Path, lineage: str) -> None:
+        """Delete the caches that ``current`` supersedes (same split folder and size, older contents).
+
+        Without this every edit of a data folder would leave a full decoded copy of it behind.
+        A run still reading one of them has it open, which on POSIX keeps its data readable.
+        """
+        for stale in current.parent.glob(f"{lineage}-*.pt"):
+            if stale != current:
+                try:
+                    stale.unlink()
+                except OSError as error:  # another run removed it first, or a read-only cache folder
+                    log.debug("could not remove stale cache %s: %s", stale, error)
+                    continue
+                log.info("removed %s, a cache of an earlier state of this folder", stale)
 
     @staticmethod
     def _read_cache(cache_file: Path, expected: int) -> ImageSplit | None:
