@@ -60,6 +60,7 @@ def test_one_command_resumes_a_stopped_run_in_its_own_folder(tmp_path: Path, cif
     assert session.startswith("resumed_") and "optimizer.lr=0.5" in (first / ".hydra" / refused_session / "overrides.yaml").read_text()
     assert f"ckpt_path={last}" in yaml.safe_load((first / ".hydra" / session / "overrides.yaml").read_text())
     assert json.loads((first / f"metrics.before_{session}.json").read_text()) == stopped
+    assert resumed["session"] == session and "session" not in stopped  # whose record the results belong to
     # Its own TensorBoard run, under the same folder, continuing the step count.
     assert scalar_steps(first / "tensorboard", "train/loss_step") == list(range(steps_per_epoch))
     resumed_steps = scalar_steps(first / "tensorboard" / session, "train/loss_step")

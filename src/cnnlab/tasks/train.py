@@ -396,6 +396,8 @@ def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
     results.update(epochs=epochs, global_step=global_step, fit_seconds=round(fit_seconds, 2))
     if ckpt_path:
         results["resumed_from"] = str(Path(ckpt_path).absolute())  # the path as given: last.ckpt may be a link
+    if cfg.get("session"):  # whose record in .hydra/<session>/ these results are (summarize.py reads it)
+        results["session"] = cfg.session
     keep_previous_results(output_dir, cfg.get("session") or "")
     write_metrics(output_dir / RESULTS_FILE, results)
     # Nested: TensorBoard's logger flattens it to model/arch, ...; the CSV logger's hparams.yaml keeps the shape.
