@@ -264,6 +264,29 @@ def test_last_ckpt_holds_the_last_epoch_when_it_is_not_the_best(make_config, tmp
     assert saved_step(run_dir / "checkpoints" / "epoch_000.ckpt") == 7  # the best epoch's file is untouched
 
 
+def test_last_ckpt_follows_a_run_resumed_from_its_first_best_epoch(make_config, tmp_path: Path):
+    run_dir = tmp_path / "a"
+    first_best = [*QUICK, "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"]
+    train(make_config(overrides=[*first_best, "trainer.max_epochs=1"], run_dir=run_dir))
+    assert checkpoint_files(run_dir) == {"epoch_000.ckpt": "file", "last.ckpt": "-> epoch_000.ckpt"}
+    # epoch_000.ckpt was written before last.ckpt existed, so the state it holds names no last checkpoint:
+    # Lightning then saved epoch 1 as last-v1.ckpt and left last.ckpt at epoch 0 for the next resume.
+    train(make_config(overrides=[*first_best, "trainer.max_epochs=2", "ckpt_path=last"], run_dir=run_dir))
+    assert checkpoint_files(run_dir) == {"epoch_000.ckpt": "file", "last.ckpt": "file"}
+    assert saved_step(run_dir / "checkpoints" / "last.ckpt") == 14
+    assert saved_step(run_dir / "checkpoints" / "epoch_000.ckpt") == 7  # the best epoch's file is untouched
+    resumed = train(make_config(overrides=[*first_best, "trainer.max_epochs=3", "ckpt_path=last"], run_dir=run_dir))
+    assert resumed["global_step"] == 21 and saved_step(run_dir / "checkpoints" / "last.ckpt") == 21
+
+
+def test_last_ckpt_link_follows_a_new_best_after_resuming_the_first_epoch(make_config, tmp_path: Path):
+    run_dir = tmp_path / "a"
+    every_best = [*QUICK, "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=max"]
+    train(make_config(overrides=[*every_best, "trainer.max_epochs=1"], run_dir=run_dir))
+    train(make_config(overrides=[*every_best, "trainer.max_epochs=2", "ckpt_path=last"], run_dir=run_dir))
+    assert checkpoint_files(run_dir) == {"epoch_001.ckpt": "file", "last.ckpt": "-> epoch_001.ckpt"}
+
+
 def test_fast_dev_run_leaves_no_checkpoint_for_a_later_resume(make_config, tmp_path: Path):
     run_dir = tmp_path / "smoke"
     results = train(make_config(overrides=["debug=fast_dev_run"], run_dir=run_dir))

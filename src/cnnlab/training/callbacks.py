@@ -64,6 +64,20 @@ class RunFolderCheckpoint(ModelCheckpoint):
         if not self._saves_within_epoch:
             self.on_train_batch_end = None  # type: ignore[assignment,method-assign]
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Adopt the run's ``last.ckpt`` when the session resumes from it, so the next epoch updates it."""
+        super().on_train_start(trainer, pl_module)
+        # A first epoch's top-k file is written before last.ckpt exists, so the state it stores names no
+        # last checkpoint. Resumed from it (last.ckpt links to it), Lightning would take last.ckpt for
+        # another's and save the next epoch as last-v1.ckpt, leaving last.ckpt for `ckpt_path=last`
+        # to resume the same epoch again. A last.ckpt that is not the resumed file keeps Lightning's
+        # protection: it holds a later state than the one resumed.
+        last = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+        resumed = trainer.ckpt_path
+        if (self.save_last and not self.last_model_path and resumed and os.path.isfile(last)
+                and os.path.isfile(resumed) and os.path.samefile(last, resumed)):
+            self.last_model_path = last
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Give the callback its per-batch hook back, so it leaves the run as it came."""
         vars(self).pop("on_train_batch_end", None)
