@@ -578,3 +578,11 @@ def test_a_data_module_not_set_up_says_so():
     for call in (datamodule.val_dataloader, datamodule.test_dataloader, lambda: datamodule.split_identity("val")):
         with pytest.raises(RuntimeError, match=r"not set up; call setup\(\) first"):
             call()
+
+
+def test_a_decode_cache_folder_that_is_a_file_is_refused_before_decoding(tmp_path: Path):
+    root = write_image_folder(tmp_path / "imgs", per_class=3)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigValueError, match=r"data.cache_dir=.*notes.txt is a file, not a folder.*data.cache_dir=null"):
+        ImageFolderDataModule(str(root), cache_dir=str(tmp_path / "notes.txt"))
+    assert (tmp_path / "notes.txt").read_text() == "mine"

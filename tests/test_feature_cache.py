@@ -121,3 +121,17 @@ def test_an_unreadable_cache_file_is_recomputed_and_rewritten(resnet_weights: Pa
     reread = probe(resnet_weights, feature_cache_dir=str(tmp_path))
     reread.forward_cached(images, torch.arange(6), "train", "data-a", 6)
     assert reread._feature_cache.computed == 0
+
+
+def test_a_feature_cache_folder_that_cannot_be_a_folder_is_refused_before_any_feature(resnet_weights: Path,
+                                                                                     tmp_path: Path):
+    a_file = tmp_path / "benchmark.json"
+    a_file.write_text("{}")
+    # It used to fail only when the first complete store was saved, after the backbone had run over the split.
+    with pytest.raises(ConfigValueError, match=r"model.feature_cache_dir=.*benchmark.json is a file, not a folder"):
+        probe(resnet_weights, feature_cache_dir=str(a_file))
+    with pytest.raises(ConfigValueError, match=r"lies under .*benchmark.json, which is a file"):
+        probe(resnet_weights, feature_cache_dir=str(a_file / "features"))
+    assert a_file.read_text() == "{}"
+    probe(resnet_weights, feature_cache_dir=str(tmp_path / "new" / "features"))  # created when first needed
+    assert not (tmp_path / "new").exists()

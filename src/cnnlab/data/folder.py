@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 from cnnlab.data.augment import RandomBatchAugment
 from cnnlab.data.base import ImageSplit, InMemoryImageDataModule, held_out_sizes, seeded_split
 from cnnlab.errors import CorruptImageError, DatasetNotFoundError
-from cnnlab.utils.io import atomic_torch_save
+from cnnlab.utils.io import atomic_torch_save, ensure_cache_folder_usable
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,8 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         super().__init__(augment=augment, **kwargs)
         if root is None:
             raise DatasetNotFoundError("data=folder needs data.root=DIR, a folder with DIR/train/<class>/*.jpg")
+        if cache_dir:
+            ensure_cache_folder_usable(cache_dir, "data.cache_dir")
         self.root = Path(root).expanduser()
         self.image_size = image_size
         self.val_held_out = val_split  # self.val_split is the loaded split (InMemoryImageDataModule)

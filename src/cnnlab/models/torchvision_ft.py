@@ -21,6 +21,7 @@ from cnnlab.errors import ConfigValueError
 from cnnlab.models.feature_cache import FeatureCache, module_fingerprint
 from cnnlab.models.normalize import NormalizeBatch
 from cnnlab.models.pretrained import load_pretrained, resolve_weights
+from cnnlab.utils.io import ensure_cache_folder_usable
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,8 @@ class TorchvisionFineTuner(nn.Module):
                 "only the head trains; pass model.trainable_stages=-1 to train the whole network from scratch",
                 arch,
             )
+        if cache_features and feature_cache_dir:
+            ensure_cache_folder_usable(feature_cache_dir, "model.feature_cache_dir")
         self.cache_features = cache_features
         self.feature_cache_dir = feature_cache_dir
         self._feature_cache: FeatureCache | None = None

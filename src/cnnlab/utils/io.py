@@ -12,6 +12,8 @@ from typing import IO, Any
 
 import torch
 
+from cnnlab.errors import ConfigValueError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> Path:
     """Write a file through ``write(fileobj)`` into a temporary file, then rename it into place.
@@ -52,3 +54,25 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` atomically."""
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def ensure_cache_folder_usable(folder: str | os.PathLike, setting: str) -> None:
+    """Refuse a cache folder that could not be written, before the work whose results it would keep.
+
+    A cache is written after its contents are computed (every image decoded, every feature run
+    through a backbone): a path that is a file, or under one, or in a folder this process may
+    not write, would otherwise fail only then. Nothing is created here.
+    """
+    path = Path(folder).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under {existing}, which is a file"
+        raise ConfigValueError(
+            f"{setting}={folder} {where}, not a folder: give a folder for the cache (it is created if missing), "
+            f"or {setting}=null to keep no cache on disk"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigValueError(
+            f"{setting}={folder}: {existing} cannot be written by this user, so the cache could not be kept there; "
+            f"give a folder you can write, or {setting}=null to keep no cache on disk"
+        )
