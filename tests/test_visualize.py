@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
 
 from cnnlab.data.folder import decode_image_file
 from cnnlab.errors import CheckpointError, ConfigValueError, InputNotFoundError, LayerNotFoundError
@@ -362,6 +364,10 @@ def test_activations_are_copied_before_an_in_place_relu_and_layers_are_found_by_
     assert not conv._forward_hooks  # the hook is gone
     with pytest.raises(LayerNotFoundError, match="did you mean features.0"):
         find_layer(net, "featurs.0")
+    # A layer inside a wrapper, named without it (the fine-tuner's backbone.layer3 as layer3).
+    wrapped = nn.Sequential(OrderedDict(backbone=nn.Sequential(OrderedDict(layer3=nn.Conv2d(3, 3, 1)))))
+    with pytest.raises(LayerNotFoundError, match=r"has no layer named 'layer3'; did you mean backbone.layer3\?"):
+        find_layer(wrapped, "layer3")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -56,7 +56,9 @@ def find_layer(net: nn.Module, name: str | None) -> tuple[str, nn.Module]:
     if name in layers and name:
         return name, layers[name]
     names = layer_names(net)
-    close = difflib.get_close_matches(name, names, n=5)
+    # Names inside a wrapper (backbone.layer4) are what users shorten most; difflib scores them low.
+    ends_alike = [full for full in names if full.endswith(f".{name}")]
+    close = ends_alike[:5] or difflib.get_close_matches(name, names, n=5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
     raise LayerNotFoundError(f"{type(net).__name__} has no layer named {name!r}{hint}\nIts layers: {shown}")
