@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -122,7 +123,8 @@ def test_a_loss_is_ranked_lowest_first_unless_the_sweeper_optimised_it_another_w
 
 def test_a_resumed_job_shows_the_overrides_of_the_session_that_wrote_its_metrics(tmp_path: Path):
     sweep = tmp_path / "sweep"
-    job = make_job(sweep, 0, ["model=simple_cnn", "trainer.max_epochs=1"], {"val/acc_best": 0.5, "epochs": 2})
+    # metrics.json as written before it named its session: placed by file times.
+    job = make_job(sweep, 0, ["model=simple_cnn", "trainer.max_epochs=1"], {"val/acc_best": 0.5, "epochs": 2, "resumed_from": "/r/last.ckpt"})
     make_job(sweep, 1, ["model=simple_cnn_bn", "trainer.max_epochs=1"], {"val/acc_best": 0.4, "epochs": 1})
     sessions = {"resumed_2026-01-01_10-00-00": (["model=simple_cnn", "trainer.max_epochs=2", "ckpt_path=last"], 100),
                 # A later session that failed before writing metrics.json: not what the metrics came from.
@@ -138,11 +140,84 @@ def test_a_resumed_job_shows_the_overrides_of_the_session_that_wrote_its_metrics
     assert summary.swept == ["model", "trainer.max_epochs", "ckpt_path"]
 
 
-def test_a_missing_or_empty_folder_is_a_clear_error(tmp_path: Path):
+def add_session(job: Path, name: str, overrides: list[str]) -> None:
+    """A resumed session's record, ``.hydra/<name>/overrides.yaml``."""
+    (job / ".hydra" / name).mkdir()
+    (job / ".hydra" / name / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+
+
+def same_file_times(job: Path) -> None:
+    """Every file of ``job`` with one modification time, as ``cp -r`` leaves a copied folder (more or less)."""
+    for path in job.rglob("*"):
+        os.utime(path, (1000, 1000))
+
+
+def test_a_copied_resumed_job_shows_the_session_its_metrics_name_not_the_newest_file(tmp_path: Path):
+    sweep = tmp_path / "copied"
+    first = ["model=simple_cnn", "trainer.max_epochs=2"]
+    resumed = {"val/acc_best": 0.5, "epochs": 3, "resumed_from": "/elsewhere/checkpoints/last.ckpt",
+               "session": "resumed_2026-01-01_10-00-00"}
+    job = make_job(sweep, 0, first, resumed)
+    add_session(job, "resumed_2026-01-01_10-00-00", ["model=simple_cnn", "trainer.max_epochs=3", "ckpt_path=last"])
+    # The copy wrote metrics.json before .hydra/: by file times no resumed session preceded it.
+    os.utime(job / "metrics.json", (100, 100))
+    assert summarize(sweep).jobs[0].overrides == {"model": "simple_cnn", "trainer.max_epochs": "3", "ckpt_path": "last"}
+
+    # A first session's results (no "session", no "resumed_from"), copied after a refused session's record.
+    (job / "metrics.json").write_text(json.dumps({"val/acc_best": 0.5, "epochs": 2}))
+    os.utime(job / ".hydra" / "resumed_2026-01-01_10-00-00" / "overrides.yaml", (100, 100))
+    os.utime(job / "metrics.json", (2000, 2000))
+    assert summarize(sweep).jobs[0].overrides == {"model": "simple_cnn", "trainer.max_epochs": "2"}
+
+
+def test_older_results_without_a_session_name_are_placed_by_the_log_times(tmp_path: Path):
+    sweep = tmp_path / "older"
+    job = make_job(sweep, 0, ["trainer.max_epochs=2"], {"val/acc_best": 0.5, "epochs": 3, "resumed_from": "/r/last.ckpt"},
+                   log="[2026-01-01 09:00:00,001][cnnlab.tasks.train][INFO] - results in /r\n"
+                       "[2026-01-01 10:00:07,002][cnnlab.tasks.train][INFO] - results in /r\n"
+                       f"[2026-01-01 11:00:01,003][cnnlab.tasks.train][ERROR] - {RESUME_REFUSED_LOG_MARK}ConfigValueError: no\n")
+    add_session(job, "resumed_2026-01-01_10-00-00", ["trainer.max_epochs=3", "ckpt_path=last"])
+    add_session(job, "resumed_2026-01-01_11-00-00", ["trainer.max_epochs=1", "ckpt_path=last"])  # refused
+    same_file_times(job)
+    assert summarize(sweep).jobs[0].overrides == {"trainer.max_epochs": "3", "ckpt_path": "last"}
+
+
+def test_a_job_without_results_shows_its_last_session_that_was_not_refused(tmp_path: Path):
+    sweep = tmp_path / "requeued"
+    refused = f"[2026-01-01 10:00:02,500][cnnlab.tasks.train][ERROR] - {RESUME_REFUSED_LOG_MARK}ConfigValueError: no GPU\n"
+    # Killed, then requeued with a resume that was refused: the row shows what the job ran with.
+    job = make_job(sweep, 0, ["optimizer.lr=0.1"], None, log="[2026-01-01 09:00:00,000][cnnlab.tasks.train][INFO] - model\n" + refused)
+    add_session(job, "resumed_2026-01-01_10-00-00", ["optimizer.lr=0.1", "trainer=gpu", "ckpt_path=last"])
+    (row,) = summarize(sweep).jobs
+    assert row.overrides == {"optimizer.lr": "0.1"}
+    assert row.status == "failed: a resumed session failed before training: ConfigValueError: no GPU"
+    # A session after the refused one ran (and was killed): its overrides.
+    add_session(job, "resumed_2026-01-01_12-00-00", ["optimizer.lr=0.1", "ckpt_path=last", "trainer.max_epochs=9"])
+    assert summarize(sweep).jobs[0].overrides == {"optimizer.lr": "0.1", "ckpt_path": "last", "trainer.max_epochs": "9"}
+
+
+def test_a_missing_or_empty_folder_is_a_clear_error(tmp_path: Path, capsys):
     with pytest.raises(ConfigValueError, match="does not exist"):
         summarize(tmp_path / "nope")
     with pytest.raises(ConfigValueError, match="holds no job folders"):
         summarize(tmp_path)
+    (tmp_path / "hostname").write_text("x\n")
+    assert run_script(str(tmp_path / "hostname")) == 2
+    assert capsys.readouterr().err == (f"ConfigValueError: {tmp_path / 'hostname'} is a file, not a folder; "
+                                       f"pass a sweep folder like logs/train/multiruns/<sweep>\n")
+
+
+def test_a_single_run_folder_is_named_as_one_with_the_folder_to_pass(tmp_path: Path):
+    run = make_job(tmp_path / "runs", 0, ["optimizer.lr=0.1"], {"val/acc_best": 0.5})
+    with pytest.raises(ConfigValueError, match=rf"^{re.escape(str(run))} is a run folder \(it holds \.hydra/ or metrics\.json itself\), "
+                                               rf"not a folder of runs; to compare runs, pass the folder that holds them, "
+                                               rf"e\.g\. {tmp_path / 'runs'}$"):
+        summarize(run)
+
+
+def test_one_job_is_counted_in_the_singular(tmp_path: Path):
+    make_job(tmp_path / "runs", 0, ["optimizer.lr=0.1"], {"val/acc_best": 0.5})
+    assert "\n1 job, 1 finished, 0 failed; ranked by" in to_markdown(summarize(tmp_path / "runs"))
 
 
 def run_script(*args: str) -> int:

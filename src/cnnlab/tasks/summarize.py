@@ -14,6 +14,7 @@ import io
 import json
 import math
 import re
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ RESUME_REFUSED_LOG_MARK = "resumed session failed before training: "
 FINISHED_LOG_MARK = "results in "  # the last line, after metrics.json is written
 FINISHED_MARK = f"] - {FINISHED_LOG_MARK}"  # as the whole message of a log record
 LOG_RECORD_START = re.compile(r"\[[^\]]*\]\[[^\]]*\]\[[A-Z]+\] - ")  # Hydra's "[<time>][<logger>][<LEVEL>] - "
+# A log record's time (logging's asctime, local time, as resume_session names a session).
+LOG_RECORD_TIME = re.compile(r"\[(\d{4}-\d\d-\d\d) (\d\d):(\d\d):(\d\d)[,.\]]")
 
 
 @dataclass
@@ -91,25 +94,48 @@ def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
     return parsed
 
 
-def logged_outcome(job_dir: Path) -> tuple[str, bool, str]:
-    """What the job's log (the training task's) records: the error of a run that failed after the
-    last finished one ("" if none did), whether any run finished, and the error of the last
-    resumed session that failed before training ("" if none did)."""
+@dataclass
+class LoggedOutcome:
+    """What a job's log (the training task's) records."""
+
+    failure: str = ""         # the error of a run that failed after the last finished one
+    finished: bool = False    # whether any run finished (wrote its results)
+    resume_failure: str = ""  # the error of the last resumed session that failed before training
+    # When (as a session name: "resumed_<date>_<time>") the last run finished and each early
+    # failure of a resumed session was logged; None for a record without a readable time.
+    finished_at: str | None = None
+    refused_at: list[str | None] = field(default_factory=list)
+
+
+def _as_session_time(line: str) -> str | None:
+    # "[2026-01-01 10:00:05,123][...]" as "resumed_2026-01-01_10-00-05": comparable with session names.
+    match = LOG_RECORD_TIME.match(line)
+    return "resumed_{}_{}-{}-{}".format(*match.groups()) if match else None
+
+
+def logged_outcome(job_dir: Path) -> LoggedOutcome:
+    """What the job's log records: the error of a run that failed after the last finished one
+    ("" if none did), whether any run finished, the error of the last resumed session that
+    failed before training ("" if none did), and when those were logged."""
     errors = {FAILED_LOG_MARK: "", RESUME_REFUSED_LOG_MARK: ""}
-    finished = False
+    outcome = LoggedOutcome()
     for log_file in sorted(job_dir.glob("*.log")):
         current = None  # the mark whose error the following lines continue
         for line in log_file.read_text(errors="replace").splitlines():
             if FINISHED_MARK in line:
-                errors[FAILED_LOG_MARK], finished, current = "", True, None
+                errors[FAILED_LOG_MARK], current = "", None
+                outcome.finished, outcome.finished_at = True, _as_session_time(line)
             elif mark := next((m for m in errors if m in line), None):
                 errors[mark], current = line.split(mark, 1)[1].strip(), mark
+                if mark == RESUME_REFUSED_LOG_MARK:
+                    outcome.refused_at.append(_as_session_time(line))
             elif current and not LOG_RECORD_START.match(line):
                 if line.strip():  # the error's further lines (the files it names, its fix), joined into one row
                     errors[current] += " " + line.strip()
             else:
                 current = None
-    return errors[FAILED_LOG_MARK], finished, errors[RESUME_REFUSED_LOG_MARK]
+    outcome.failure, outcome.resume_failure = errors[FAILED_LOG_MARK], errors[RESUME_REFUSED_LOG_MARK]
+    return outcome
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
@@ -118,36 +144,65 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     return sorted(folders, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
 
 
-def session_overrides_file(job_dir: Path) -> Path:
-    """The ``overrides.yaml`` of the session whose results ``metrics.json`` holds.
+def _overrides_of(job_dir: Path, session: str) -> Path:
+    return job_dir / ".hydra" / session / "overrides.yaml"  # "" (the first session): .hydra/overrides.yaml
+
+
+def _session_at(sessions: list[str], time: str) -> str:
+    # The last session that started by then; "" (the first) sorts before every resumed_<...>.
+    return sessions[bisect_right(sessions, time) - 1]
+
+
+def session_overrides_file(job_dir: Path, results: dict[str, Any] | None, outcome: LoggedOutcome) -> Path:
+    """The ``overrides.yaml`` of the session whose results ``metrics.json`` holds, or without
+    results (``None``) of the last session that was not refused.
 
     A resumed run keeps its first session's record in ``.hydra/`` and each later session's in
     ``.hydra/resumed_<date>_<time>/``; the row must show the overrides (``trainer.max_epochs``,
-    ``ckpt_path``) the metrics came from: the last session that started before they were written.
+    ``ckpt_path``) the metrics came from. A resumed session's ``metrics.json`` names it
+    (``session``); one without that key and without ``resumed_from`` is the first session's.
+    Older results are placed by the job log's times (session names sort by time), and failing
+    those, by file times, which a copied folder does not keep.
     """
-    first = job_dir / ".hydra" / "overrides.yaml"
-    results = job_dir / RESULTS_FILE
-    written = results.stat().st_mtime if results.is_file() else math.inf
-    resumed = [f for f in sorted((job_dir / ".hydra").glob("resumed_*/overrides.yaml")) if f.stat().st_mtime <= written]
+    results = results or {}
+    named = results.get("session")
+    if isinstance(named, str) and _overrides_of(job_dir, named).is_file():
+        return _overrides_of(job_dir, named)
+    if results and "resumed_from" not in results:
+        return _overrides_of(job_dir, "")
+    sessions = ["", *sorted(p.parent.name for p in (job_dir / ".hydra").glob("resumed_*/overrides.yaml"))]
+    if results and outcome.finished_at:
+        return _overrides_of(job_dir, _session_at(sessions, outcome.finished_at))
+    if not results and None not in outcome.refused_at:
+        refused = {_session_at(sessions, time) for time in outcome.refused_at if time} - {""}
+        return _overrides_of(job_dir, [session for session in sessions if session not in refused][-1])
+    first = _overrides_of(job_dir, "")
+    metrics_file = job_dir / RESULTS_FILE
+    written = metrics_file.stat().st_mtime if results and metrics_file.is_file() else math.inf
+    resumed = [_overrides_of(job_dir, s) for s in sessions[1:] if _overrides_of(job_dir, s).stat().st_mtime <= written]
     return resumed[-1] if resumed else first
 
 
 def read_job(job_dir: Path) -> Job:
-    """A job's overrides (its latest session's ``overrides.yaml``) and final metrics (``metrics.json``, absent if it failed)."""
-    overrides_file = session_overrides_file(job_dir)
-    overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
-    job = Job(job_dir.name, job_dir, overrides)
-    failure, finished, resume_failure = logged_outcome(job_dir)
+    """A job's overrides (those of the session its results came from) and final metrics (``metrics.json``, absent if it failed)."""
+    outcome = logged_outcome(job_dir)
+    failure, finished = outcome.failure, outcome.finished
     results = job_dir / RESULTS_FILE
+    error, metrics = "", None
+    if results.is_file():
+        try:
+            metrics = json.loads(results.read_text())
+        except json.JSONDecodeError as decode_error:
+            error = f"unreadable {RESULTS_FILE}: {decode_error}"
+    overrides_file = session_overrides_file(job_dir, metrics if isinstance(metrics, dict) else None, outcome)
+    overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
+    job = Job(job_dir.name, job_dir, overrides, error=error)
     if not results.is_file():
         # A resumed session's early failure leaves a finished run as it was; without results it is the news.
-        job.error = (failure or (resume_failure and f"a resumed session failed before training: {resume_failure}")
+        job.error = (failure or (outcome.resume_failure and f"a resumed session failed before training: {outcome.resume_failure}")
                      or f"no {RESULTS_FILE} (the job crashed, was killed, or is still running)")
         return job
-    try:
-        job.metrics = json.loads(results.read_text())
-    except json.JSONDecodeError as error:
-        job.error = f"unreadable {RESULTS_FILE}: {error}"
+    job.metrics = metrics or {}
     if failure and finished:
         job.later_failure = failure
     elif failure:
@@ -185,12 +240,18 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str |
 
     ``direction`` (``maximize``/``minimize``) defaults to the Optuna sweeper's for the metric it
     optimised, else ``minimize`` for a loss and ``maximize`` for anything else.
-    Raises :class:`ConfigValueError` for a missing or empty folder, and for a metric no job recorded.
+    Raises :class:`ConfigValueError` for a missing or empty folder, a file, a single run folder, and for a
+    metric no job recorded.
     """
     sweep_dir = Path(sweep_dir)
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise ConfigValueError(f"{sweep_dir} is a file, not a folder; pass a sweep folder like logs/train/multiruns/<sweep>")
     if not sweep_dir.is_dir():
         raise ConfigValueError(f"sweep folder {sweep_dir} does not exist; pass a folder like logs/train/multiruns/<sweep>")
     jobs = [read_job(folder) for folder in job_folders(sweep_dir)]
+    if not jobs and ((sweep_dir / ".hydra").is_dir() or (sweep_dir / RESULTS_FILE).is_file()):
+        raise ConfigValueError(f"{sweep_dir} is a run folder (it holds .hydra/ or {RESULTS_FILE} itself), not a folder of "
+                               f"runs; to compare runs, pass the folder that holds them, e.g. {sweep_dir.parent}")
     if not jobs:
         raise ConfigValueError(f"{sweep_dir} holds no job folders (sub-folders with .hydra/ or {RESULTS_FILE}); "
                                f"pass a sweep folder like logs/train/multiruns/<sweep>")
@@ -258,7 +319,7 @@ def to_markdown(summary: SweepSummary) -> str:
     lines = [
         f"# Sweep {summary.sweep_dir.name}",
         "",
-        f"{len(summary.jobs)} jobs, {len(summary.jobs) - failed} finished, {failed} failed; "
+        f"{len(summary.jobs)} job{'s' if len(summary.jobs) != 1 else ''}, {len(summary.jobs) - failed} finished, {failed} failed; "
         f"ranked by `{summary.metric}` ({summary.direction}).",
     ]
     if summary.common:
