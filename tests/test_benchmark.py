@@ -7,6 +7,7 @@ import mmap
 import random
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -32,17 +33,30 @@ from cnnlab.tasks.benchmark import (
     PairedSteps,
     _format_report,
     benchmark,
+    cpu_model,
     fastest_quarter,
 )
 
 
-def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
+def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import model_checkpoint
+    from lightning_utilities.core.rank_zero import WarningCache
+
     cfg = make_config("benchmark", [
         "data.num_images=400", "data.val_split=40", "data.test_split=40", "data.batch_size=16",
         "benchmark.warmup_steps=2", "benchmark.window_warmup_steps=1", "benchmark.steps=4", "benchmark.rounds=3",
         "benchmark.plain_loop_workers=0", "benchmark.paired_steps=3", "~callbacks.progress_bar", "logger=csv",
     ])
-    results = benchmark(cfg)
+    # Lightning warns of a missing monitored key once per process: a fresh cache, so an earlier test's is not it.
+    monkeypatch.setattr(model_checkpoint, "warning_cache", WarningCache())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = benchmark(cfg)
+    # The fits without validation (the windows', the step-paired one) by design: no warning that
+    # the checkpoint callback's val/acc is missing. The callback ran in each fit, saving into a
+    # scratch folder: no checkpoint of the three fits is left (cnnlab's scripts refuse them).
+    assert not [w for w in caught if "could not find the monitored key" in str(w.message)]
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["benchmark.json", "benchmark.md", "csv"]
     names = [row["name"] for row in results["rows"]]
     assert names == [
         "compute only (batch already on the device)",
@@ -59,8 +73,9 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
     assert trainer_row["images_per_s"] == pytest.approx(statistics.median(4 * 16 / s for s in trainer_row["extra"]["window_seconds"]))
     assert results["header"]["optimizer"] == "Adam (fused)"
     assert results["header"]["windows"] == (
-        "3 rounds; in each, every path runs 4 timed steps in turn, after 1 untimed ones (the Trainer 2: the step that "
+        "3 rounds; in each, every path runs 4 timed steps in turn, after 1 untimed one (the Trainer 2: the step that "
         "closes its window before runs untimed too; 2 before a path's first window)")
+    assert results["header"]["cpu_model"] == cpu_model() != ""
     assert results["epoch_seconds"] > 0
     assert set(results["summary"]) == set(results["ratios_fastest_quarter"]) == {
         "data path efficiency, bare loop vs compute-only", "data path efficiency, Trainer vs compute-only",
@@ -96,11 +111,33 @@ def test_benchmark_on_synthetic_data_measures_every_path(make_config, tmp_path):
     written = json.loads((tmp_path / "run" / "benchmark.json").read_text())
     assert written["rows"] == results["rows"]
     report = (tmp_path / "run" / "benchmark.md").read_text()
+    assert f"- device: {results['header']['device']}; CPU model: {cpu_model()}; host: " in report
     assert "| cnnlab data path, Lightning Trainer |" in report and "| Lightning overhead" in report
     assert "| the median's 95% interval (bootstrap over the rounds) |" in report
     assert "one epoch through the Trainer (320 train + 40 val images)" in report
     assert "Step by step: each Trainer step right after one bare-loop step, 3 pairs" in report
     assert "| without callbacks or logger |" in report and "- of which callbacks and logger:" in report
+
+
+def test_the_cpu_model_is_the_one_linux_names():
+    # The host name ("vm") and architecture (x86_64) do not tell two machines' CPUs apart.
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    if names:
+        assert cpu_model() == names[0]
+    assert cpu_model() not in ("", "unknown")
+
+
+def test_one_round_or_step_is_said_in_the_singular(make_config):
+    from cnnlab.benchmark.pooling import WINDOW_NUMBERS
+    from cnnlab.tasks.benchmark import _header
+
+    cfg = make_config("benchmark", ["benchmark.rounds=1", "benchmark.steps=1", "benchmark.window_warmup_steps=1"])
+    datamodule = instantiate(cfg.data)
+    windows = _header(cfg, datamodule, torch.device("cpu"), False)["windows"]
+    assert windows.startswith("1 round; in each, every path runs 1 timed step in turn, after 1 untimed one (the Trainer 2:")
+    assert WINDOW_NUMBERS.search(windows).groups() == ("1", "1", "30")  # pooling still reads the numbers
 
 
 def test_the_report_describes_the_plain_loop_only_where_it_ran():
@@ -116,6 +153,7 @@ def test_the_report_describes_the_plain_loop_only_where_it_ran():
     rows = [row(CEILING, 1000.0), row(TRAINER, 800.0)]
     # benchmark.plain_loop=false: neither the plain loop's settings nor a column comparing with it.
     report = _format_report(rows, {}, header, None)
+    assert "- device: CPU (x86_64); CPU model: not recorded; host: h, 2 torch threads; torch 2\n" in report
     assert "plain loop" not in report
     assert "- precision: 32-true; channels_last: True; host malloc (every path): C library default\n" in report
     assert ("| path | images/s (median) | fastest quarter | best window | vs compute-only | peak host RSS (MB) "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import random
 import re
 import shutil
 import statistics
@@ -12,7 +14,8 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from cnnlab.benchmark.pooling import load_run, pool
+from cnnlab.benchmark.pooling import canonical_order, load_run, pool, to_markdown
+from cnnlab.benchmark.rounds import REPORT_ORDER
 from cnnlab.errors import ConfigValueError, InputNotFoundError
 from cnnlab.tasks.benchmark import benchmark
 from conftest import ROOT, compose_run_config
@@ -37,14 +40,17 @@ def two_runs(tmp_path_factory):
 
 def test_pooling_puts_every_runs_rounds_together(two_runs):
     (path_a, results_a), (path_b, results_b) = two_runs
-    pooled = {ratio.name: ratio for ratio in pool([load_run(path_a), load_run(path_b)])}
+    runs = [load_run(path_a), load_run(path_b)]
+    pooled = {ratio.name: ratio for ratio in pool(runs)}
     assert set(pooled) == set(results_a["ratios_per_round"])  # no plain loop: no speed-up ratio
     overhead = pooled[OVERHEAD]
     rounds = results_a["ratios_per_round"][OVERHEAD] + results_b["ratios_per_round"][OVERHEAD]
     assert overhead.rounds == 5 and overhead.median == pytest.approx(statistics.median(rounds))
     assert overhead.interval[0] <= overhead.median <= overhead.interval[1]
-    # Each run's own figures are those its report gave, interval included.
-    for (median, low, high, count), results in zip(overhead.per_run, (results_a, results_b), strict=True):
+    # Each run's own figures are those its report gave, interval included (the runs in pool's order).
+    results_of = {runs[0].file: results_a, runs[1].file: results_b}
+    in_order = [results_of[run.file] for run in canonical_order(runs)]
+    for (median, low, high, count), results in zip(overhead.per_run, in_order, strict=True):
         assert median == pytest.approx(statistics.median(results["ratios_per_round"][OVERHEAD]))
         assert [low, high] == pytest.approx(results["median_intervals_95"][OVERHEAD])
         assert count == len(results["ratios_per_round"][OVERHEAD])
@@ -245,3 +251,100 @@ def test_runs_recorded_before_a_class_moved_or_a_setting_was_added_pool_with_lat
     OmegaConf.save(OmegaConf.merge(later, {"model": {"hidden": 256}}), copies[1] / ".hydra" / "config.yaml")
     with pytest.raises(ConfigValueError, match=r"\(model.hidden: 256 against not set\)"):
         pool([load_run(copies[0]), load_run(copies[1])])
+
+
+def _fabricated_run(folder, date: str, seed: int, rounds: int = 12, **header):
+    """A benchmark.json as the benchmark writes it (keys sorted), its ratios drawn at random."""
+    rng = random.Random(seed)
+    ratios = {name: [rng.gauss(0.05, 0.03) for _ in range(rounds)] for name in sorted(REPORT_ORDER)}
+    results = {"header": {"model": "SimpleCNN", "data": "SyntheticDataModule", "batch_size": 64,
+                          "device": "CPU (x86_64)", "host": "vm, 2 torch threads", "torch": "2", "precision": "bf16-mixed",
+                          "date": date, "command": "python scripts/benchmark.py", "windows": WINDOWS, **header},
+               "ratios_per_round": ratios}
+    folder.mkdir(parents=True)
+    (folder / "benchmark.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    return folder
+
+
+WINDOWS = ("48 rounds; in each, every path runs 50 timed steps in turn, after 5 untimed ones (the Trainer 6: the step "
+           "that closes its window before runs untimed too; 30 before a path's first window)")
+
+
+def _main(argv: list[str]) -> int:
+    script = importlib.util.spec_from_file_location("pool_benchmarks", ROOT / "scripts" / "pool_benchmarks.py")
+    module = importlib.util.module_from_spec(script)
+    script.loader.exec_module(module)
+    return module.main(argv)
+
+
+def test_the_figures_do_not_depend_on_the_order_the_runs_are_given_in(tmp_path):
+    runs = [_fabricated_run(tmp_path / f"run{i}", f"2026-11-25 1{i}:00", seed=i) for i in range(6)]
+    runs.append(_fabricated_run(tmp_path / "same_minute", "2026-11-25 13:00", seed=9))  # a tie on the date
+    shuffled = [runs[i] for i in (5, 2, 6, 0, 4, 1, 3)]
+    tables = [to_markdown(loaded, pool(loaded)) for loaded in ([load_run(run) for run in order]
+                                                               for order in (runs, shuffled, runs[::-1]))]
+    assert tables[0] == tables[1] == tables[2]
+    # Taken by date: the earliest run is run 1.
+    assert f"- run 1: {runs[0]} (2026-11-25 10:00)" in tables[0]
+
+
+def test_the_pooled_ratios_come_in_the_reports_order_and_one_run_is_one(tmp_path):
+    run = _fabricated_run(tmp_path / "run", "2026-11-25 10:00", seed=1)
+    loaded = load_run(run)
+    assert list(loaded.ratios_per_round) == sorted(REPORT_ORDER)  # benchmark.json's keys are sorted
+    assert [ratio.name for ratio in pool([loaded])] == list(REPORT_ORDER)
+    table = to_markdown([loaded], pool([loaded]))
+    assert table.startswith("# 1 benchmark run pooled: SimpleCNN on SyntheticDataModule, batch 64, bf16-mixed\n")
+    assert [line.split(" | ")[0][2:] for line in table.splitlines()[-len(REPORT_ORDER):]] == list(REPORT_ORDER)
+
+
+def test_runs_on_different_cpu_models_are_refused_and_unrecorded_ones_pool(tmp_path):
+    epyc = _fabricated_run(tmp_path / "epyc", "2026-11-25 10:00", seed=1, cpu_model="AMD EPYC")
+    xeon = _fabricated_run(tmp_path / "xeon", "2026-11-25 11:00", seed=2, cpu_model="Intel(R) Xeon(R) Platinum 8480+")
+    with pytest.raises(ConfigValueError, match=re.escape(
+            f"{xeon} and {epyc} ran on different CPUs (cpu_model: 'Intel(R) Xeon(R) Platinum 8480+' against "
+            f"'AMD EPYC'); pool only runs of one command on one machine")):
+        pool([load_run(epyc), load_run(xeon)])
+    # Runs from before the CPU model was recorded (logs/s27, logs/s34): of an unknown CPU, they pool with any.
+    older = _fabricated_run(tmp_path / "older", "2026-11-25 09:00", seed=3)
+    loaded = [load_run(older), load_run(epyc)]
+    assert pool(loaded)[0].rounds == 24
+    assert "- device: CPU (x86_64); CPU model: AMD EPYC (not recorded by run 1); host: vm" in to_markdown(loaded, pool(loaded))
+    with pytest.raises(ConfigValueError, match=re.escape(f"{xeon} and {epyc} ran on different CPUs")):
+        pool([load_run(older), load_run(epyc), load_run(xeon)])  # not only each against the first
+    # The benchmark's singular wording of one untimed step reads as the same windows as the plural.
+    singular = _fabricated_run(tmp_path / "singular", "2026-11-25 12:00", seed=4,
+                               windows="2 rounds; in each, every path runs 5 timed steps in turn, after 1 untimed one "
+                                       "(the Trainer 2: the step that closes its window before runs untimed too; 3 "
+                                       "before a path's first window)")
+    plural = _fabricated_run(tmp_path / "plural", "2026-11-25 13:00", seed=5,
+                             windows="2 rounds; in each, every path runs 5 timed steps in turn, after 1 untimed ones "
+                                     "(the Trainer 2: the step that closes its window before runs untimed too; 3 "
+                                     "before a path's first window)")
+    assert load_run(singular).window_setup == load_run(plural).window_setup == \
+        "5 timed steps after 1 untimed ones, 3 before a path's first window"
+
+
+def test_out_never_replaces_a_file_nor_takes_a_folder(tmp_path, capsys):
+    run = _fabricated_run(tmp_path / "run", "2026-11-25 10:00", seed=1)
+    results = (run / "benchmark.json").read_text()
+    (run / "benchmark.md").write_text("the run's own report\n")
+    for taken in ("benchmark.json", "benchmark.md"):
+        assert _main([str(run), "--out", str(run / taken)]) == 1
+        assert capsys.readouterr().err == (f"ConfigValueError: --out {run / taken} already exists; pick another path "
+                                           f"or remove it\n")
+    assert (run / "benchmark.json").read_text() == results and (run / "benchmark.md").read_text() == "the run's own report\n"
+    assert _main([str(run), "--out", str(run)]) == 1
+    assert capsys.readouterr().err == (f"ConfigValueError: --out {run} is a folder; give a new file's path, e.g. "
+                                       f"{run / 'pooled.md'}\n")
+    assert _main([str(run), "--out", str(tmp_path / "pooled.md")]) == 0
+    assert (tmp_path / "pooled.md").read_text() in capsys.readouterr().out
+
+
+def test_a_runs_other_file_is_refused_with_a_hint_to_pass_its_folder(tmp_path):
+    run = _fabricated_run(tmp_path / "run", "2026-11-25 10:00", seed=1)
+    (run / "benchmark.md").write_text("# cnnlab benchmark: SimpleCNN on SyntheticDataModule, batch 64\n")
+    with pytest.raises(ConfigValueError, match=re.escape(f"{run / 'benchmark.md'} is not a benchmark report "
+                                                         f"(JSONDecodeError: ") + r".*\); " + re.escape(
+                                                             f"pass the run's folder ({run})")):
+        load_run(run / "benchmark.md")

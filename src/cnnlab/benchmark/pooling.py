@@ -6,6 +6,8 @@ the same setup on the same machine can be pooled round by round: the pooled medi
 bootstrap interval then rest on every run's rounds. Runs of different setups cannot, so the
 setups (every setting in the runs' Hydra records but how long they measured and where the data
 loads from) are compared first; and a run given twice would count its rounds twice, so it is refused.
+The runs are taken in one order whatever order they are given in (the bootstrap draws from their
+rounds in that order), so the same runs give the same figures.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from cnnlab.benchmark.rounds import format_ratio, median_interval
+from cnnlab.benchmark.rounds import format_ratio, in_report_order, median_interval
 from cnnlab.errors import ConfigValueError, InputNotFoundError
 from cnnlab.utils.moved_classes import with_current_targets
 
@@ -49,8 +51,8 @@ NOT_COMPARED = LOADING_KEYS | MEASURING_KEYS | REPLACED_KEYS
 # before then ran with: such a run and a later one with that value ran the same setup.
 ADDED_SETTINGS: dict[str, Any] = {"model.channels": [32, 64, 128], "model.hidden": 512, "data.drop_last": False}
 DIFFERENCES_NAMED = 3
-# "runs 50 timed steps in turn, after 5 untimed ones (... 30 before its / a path's first window)"
-WINDOW_NUMBERS = re.compile(r"runs (\d+) timed steps in turn, after (\d+) untimed ones \(.*?(\d+) before (?:its|a path's) first window\)")
+# "runs 50 timed steps in turn, after 5 untimed ones (... 30 before its / a path's first window)"; "1 timed step", "1 untimed one"
+WINDOW_NUMBERS = re.compile(r"runs (\d+) timed steps? in turn, after (\d+) untimed ones? \(.*?(\d+) before (?:its|a path's) first window\)")
 
 
 class _NotSet:
@@ -114,15 +116,19 @@ def load_run(path: Path) -> BenchmarkRun:
         header = {"image_size": image_size, **results["header"]}
         return BenchmarkRun(file.parent, header, results["ratios_per_round"], file.resolve(), setup)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ConfigValueError(f"{file} is not a benchmark report ({type(error).__name__}: {error}); "
-                               f"was the run interrupted before it wrote its results?") from error
+        # Another file of the run (its benchmark.md, say) is a wrong argument, not a cut-off run.
+        hint = (f"pass the run's folder ({file.parent})" if file.name != RESULTS_FILE
+                else "was the run interrupted before it wrote its results?")
+        raise ConfigValueError(f"{file} is not a benchmark report ({type(error).__name__}: {error}); {hint}") from error
 
 
 def pool(runs: list[BenchmarkRun]) -> list[PooledRatio]:
     """Every ratio the runs share, per run and pooled over all their rounds.
 
-    Raises ConfigValueError when a run is given twice (the same ``benchmark.json``, or a copy of
-    it), or when two runs differ in setup (model, data, image size, precision, machine ...; with
+    The runs are pooled in :func:`canonical_order`, so the figures do not depend on the order
+    they are given in. Raises ConfigValueError when a run is given twice (the same
+    ``benchmark.json``, or a copy of it), or when two runs differ in setup (model, data, image
+    size, precision, machine, CPU model where both runs recorded it ...; with
     Hydra records, any model, classifier, optimizer, scheduler, data, trainer, callback, logger or
     benchmark setting but those in ``NOT_COMPARED``, such as ``benchmark.rounds``) or in their
     windows' length, naming the difference.
@@ -136,6 +142,15 @@ def pool(runs: list[BenchmarkRun]) -> list[PooledRatio]:
                 given = f"one {RESULTS_FILE}" if run.file == earlier.file else f"identical {RESULTS_FILE} files"
                 raise ConfigValueError(f"{run.path} and {earlier.path} are the same run ({given}): its rounds "
                                        f"would count twice; give each run once")
+    # The host's name and the architecture do not tell two machines apart (every VM may be "vm",
+    # x86_64); the CPU model does. Runs from before it was recorded are of an unknown CPU and pool
+    # with any, so the known models are compared among themselves, not only with the first run's.
+    known = [run for run in runs if run.header.get("cpu_model")]
+    for run in known[1:]:
+        if run.header["cpu_model"] != known[0].header["cpu_model"]:
+            raise ConfigValueError(f"{run.path} and {known[0].path} ran on different CPUs (cpu_model: "
+                                   f"{run.header['cpu_model']!r} against {known[0].header['cpu_model']!r}); pool only "
+                                   f"runs of one command on one machine")
     first = runs[0]
     for run in runs[1:]:
         for key in SETUP_KEYS:
@@ -157,7 +172,10 @@ def pool(runs: list[BenchmarkRun]) -> list[PooledRatio]:
             raise ConfigValueError(f"{run.path} and {first.path} timed different windows ({run.window_setup!r} "
                                    f"against {first.window_setup!r}); pool only runs with the same benchmark.steps "
                                    f"and warm-up")
-    names = [name for name in first.ratios_per_round if all(name in run.ratios_per_round for run in runs)]
+    # Refusals name the runs as given; the figures come from one order of the runs, however given.
+    runs = canonical_order(runs)
+    first = runs[0]
+    names = in_report_order([name for name in first.ratios_per_round if all(name in run.ratios_per_round for run in runs)])
     pooled = []
     for name in names:
         per_run = []
@@ -169,13 +187,25 @@ def pool(runs: list[BenchmarkRun]) -> list[PooledRatio]:
     return pooled
 
 
+def canonical_order(runs: list[BenchmarkRun]) -> list[BenchmarkRun]:
+    """The runs by the time they ran, then by their rounds: one order for the same runs however given."""
+    return sorted(runs, key=lambda run: (str(run.header.get("date", "")), json.dumps(run.ratios_per_round, sort_keys=True)))
+
+
 def to_markdown(runs: list[BenchmarkRun], pooled: list[PooledRatio]) -> str:
-    """A table of each ratio per run and pooled: the median with its 95% bootstrap interval."""
+    """A table of each ratio per run (in :func:`canonical_order`, as :func:`pool` took them) and
+    pooled: the median with its 95% bootstrap interval."""
+    runs = canonical_order(runs)
     header = runs[0].header
     size = f" at {header['image_size']}x{header['image_size']}" if header.get("image_size") else ""
-    lines = [f"# {len(runs)} benchmark runs pooled: {header.get('model')} on {header.get('data')}{size}, "
-             f"batch {header.get('batch_size')}, {header.get('precision')}", "",
-             f"- device: {header.get('device')}; host: {header.get('host')}; torch {header.get('torch')}"]
+    # pool() refused runs of two known CPU models; runs from before the header had one lack it.
+    cpu_model = next((run.header["cpu_model"] for run in runs if run.header.get("cpu_model")), "not recorded")
+    unrecorded = [str(i) for i, run in enumerate(runs, start=1) if not run.header.get("cpu_model")]
+    cpu = f"; CPU model: {cpu_model}" + (f" (not recorded by run {', '.join(unrecorded)})"
+                                         if unrecorded and cpu_model != "not recorded" else "")
+    lines = [f"# {len(runs)} benchmark {'run' if len(runs) == 1 else 'runs'} pooled: {header.get('model')} on "
+             f"{header.get('data')}{size}, batch {header.get('batch_size')}, {header.get('precision')}", "",
+             f"- device: {header.get('device')}{cpu}; host: {header.get('host')}; torch {header.get('torch')}"]
     lines += [f"- run {i}: {run.path} ({run.header.get('date', '?')}): `{run.header.get('command', '?')}`"
               for i, run in enumerate(runs, start=1)]
     lines += ["", "Each cell: the median of the per-round ratios [its 95% interval, bootstrap over the rounds].", "",

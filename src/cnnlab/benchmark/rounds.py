@@ -6,6 +6,24 @@ from __future__ import annotations
 import random
 import statistics
 
+# The report's ratios, in the order it lists them (benchmark.json's keys come sorted, so a reader
+# of earlier runs, pooling for one, takes the order from here).
+BARE_EFFICIENCY = "data path efficiency, bare loop vs compute-only"
+TRAINER_EFFICIENCY = "data path efficiency, Trainer vs compute-only"
+OVERHEAD = "Lightning overhead, Trainer vs bare loop"
+OVERHEAD_MS = "Lightning overhead per step (ms), Trainer minus bare loop"
+LOOP_OVERHEAD = "Lightning overhead without callbacks or logger, vs bare loop"
+LOOP_MS = "of which Lightning's loop (ms), Trainer without callbacks or logger minus bare loop"
+CALLBACKS_MS = "of which callbacks and logger (ms), Trainer minus Trainer without them"
+SPEED_UP = "speed-up, Trainer vs the fastest plain loop"
+REPORT_ORDER = (BARE_EFFICIENCY, TRAINER_EFFICIENCY, OVERHEAD, OVERHEAD_MS, LOOP_OVERHEAD, LOOP_MS, CALLBACKS_MS, SPEED_UP)
+
+
+def in_report_order(names: list[str]) -> list[str]:
+    """Ratio names in the report's order; names it does not list (from other versions) after them, sorted."""
+    known = [name for name in REPORT_ORDER if name in names]
+    return known + sorted(name for name in names if name not in REPORT_ORDER)
+
 
 def fastest_quarter(speeds: list[float]) -> float:
     """Mean of the fastest quarter of a path's windows (at least one).

@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -31,7 +35,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.precision import Precision
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -40,7 +44,20 @@ from torch.utils.data import Dataset
 from cnnlab.benchmark.measure import CallbacksAside, Measurement, PeakMemory, Stepper, synchronize, time_steps
 from cnnlab.benchmark.paired import PairedSteps
 from cnnlab.benchmark.plain_loop import PlainLoop, reference_datasets
-from cnnlab.benchmark.rounds import fastest_quarter, format_ratio, median_and_middle_half, median_interval
+from cnnlab.benchmark.rounds import (
+    BARE_EFFICIENCY,
+    CALLBACKS_MS,
+    LOOP_MS,
+    LOOP_OVERHEAD,
+    OVERHEAD,
+    OVERHEAD_MS,
+    SPEED_UP,
+    TRAINER_EFFICIENCY,
+    fastest_quarter,
+    format_ratio,
+    median_and_middle_half,
+    median_interval,
+)
 from cnnlab.data.base import InMemoryImageDataModule
 from cnnlab.errors import ConfigValueError
 from cnnlab.training.callbacks import EpochTimer
@@ -270,18 +287,36 @@ class InterleavedWindows(Callback):
         return min(len(times.windows) for times in self.times.values())
 
 
-def _trainer(cfg: DictConfig, output_dir: Path, callbacks: list[Callback], **overrides: Any) -> L.Trainer:
-    """The configured Trainer (callbacks and logger as in training) with ``callbacks`` added."""
+@contextmanager
+def _trainer(cfg: DictConfig, output_dir: Path, callbacks: list[Callback], **overrides: Any) -> Iterator[L.Trainer]:
+    """The configured Trainer (callbacks and logger as in training) with ``callbacks`` added, for one fit.
+
+    The configured checkpoint callbacks stay, since their hooks are part of what a Trainer step
+    costs, but save into a scratch folder in the run folder (the same disk: the same cost per
+    save), removed when the fit is done: the benchmark's models are of no use to anyone, and
+    cnnlab's scripts refuse them. A fit without validation (``limit_val_batches=0``: the timing
+    fits, by design) is not warned that the checkpoints' monitored metric is missing.
+    """
     configured = [c for c in instantiate_all(cfg.get("callbacks")) if not isinstance(c, EpochTimer)]
-    return instantiate(cfg.trainer, callbacks=[*configured, *callbacks],
-                       logger=instantiate_all(cfg.get("logger")) or False, default_root_dir=str(output_dir), **overrides)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".benchmark-checkpoints-", dir=output_dir) as scratch, \
+            warnings.catch_warnings():
+        checkpoints = [c for c in configured if isinstance(c, ModelCheckpoint)]
+        for i, checkpoint in enumerate(checkpoints):
+            # Set before the fit, as the callback's own dirpath argument would be (its setup keeps it).
+            checkpoint.dirpath = str(Path(scratch).resolve() / str(i))
+            if overrides.get("limit_val_batches") == 0 and checkpoint.monitor is not None:
+                warnings.filterwarnings("ignore", message=re.escape(
+                    f"`ModelCheckpoint(monitor={checkpoint.monitor!r})` could not find the monitored key"))
+        yield instantiate(cfg.trainer, callbacks=[*configured, *callbacks], logger=instantiate_all(cfg.get("logger")) or False,
+                          default_root_dir=str(output_dir), **overrides)
 
 
 def time_one_epoch(cfg: DictConfig, datamodule: InMemoryImageDataModule, output_dir: Path) -> float:
     """Wall time of one whole training epoch with its validation, through ``Trainer.fit``."""
     epoch_timer = EpochTimer()
-    trainer = _trainer(cfg, output_dir, [epoch_timer], max_epochs=1)
-    trainer.fit(build_classifier(cfg, datamodule.class_names), datamodule=datamodule)
+    with _trainer(cfg, output_dir, [epoch_timer], max_epochs=1) as trainer:
+        trainer.fit(build_classifier(cfg, datamodule.class_names), datamodule=datamodule)
     return epoch_timer.epoch_seconds[0]
 
 
@@ -292,16 +327,11 @@ def time_paired_steps(cfg: DictConfig, datamodule: InMemoryImageDataModule, outp
     phases = [TRAINER, TRAINER_LOOP_ONLY] if loop_only else [TRAINER]
     paired = PairedSteps(lambda trainer: BareDataPath(cfg, datamodule, device, trainer.precision_plugin),
                          pairs, warmup_steps, phases)
-    trainer = _trainer(cfg, output_dir, [paired], max_epochs=-1, max_steps=paired.steps_needed, limit_val_batches=0)
-    trainer.fit(build_classifier(cfg, datamodule.class_names), datamodule=datamodule)
+    with _trainer(cfg, output_dir, [paired], max_epochs=-1, max_steps=paired.steps_needed, limit_val_batches=0) as trainer:
+        trainer.fit(build_classifier(cfg, datamodule.class_names), datamodule=datamodule)
     if any(len(times.trainer) < pairs for times in paired.times.values()):
         raise RuntimeError("the step-paired timing stopped early; is the training split smaller than one batch?")
     return {name: times.summary() for name, times in paired.times.items()}
-
-
-OVERHEAD_MS = "Lightning overhead per step (ms), Trainer minus bare loop"
-LOOP_MS = "of which Lightning's loop (ms), Trainer without callbacks or logger minus bare loop"
-CALLBACKS_MS = "of which callbacks and logger (ms), Trainer minus Trainer without them"
 
 
 def _ratios(speeds: dict[str, list[float]], batch_size: int) -> dict[str, list[float]]:
@@ -320,18 +350,17 @@ def _ratios(speeds: dict[str, list[float]], batch_size: int) -> dict[str, list[f
         return [1000 * batch_size * (1 / speeds[path][r] - 1 / speeds[reference][r]) for r in range(count)]
 
     ratios = {
-        "data path efficiency, bare loop vs compute-only": share(BARE, CEILING),
-        "data path efficiency, Trainer vs compute-only": share(TRAINER, CEILING),
-        "Lightning overhead, Trainer vs bare loop": [1 - value for value in share(TRAINER, BARE)],
+        BARE_EFFICIENCY: share(BARE, CEILING),
+        TRAINER_EFFICIENCY: share(TRAINER, CEILING),
+        OVERHEAD: [1 - value for value in share(TRAINER, BARE)],
         OVERHEAD_MS: extra_milliseconds(TRAINER, BARE),
     }
     if TRAINER_LOOP_ONLY in speeds:
-        ratios["Lightning overhead without callbacks or logger, vs bare loop"] = [
-            1 - value for value in share(TRAINER_LOOP_ONLY, BARE)]
+        ratios[LOOP_OVERHEAD] = [1 - value for value in share(TRAINER_LOOP_ONLY, BARE)]
         ratios[LOOP_MS] = extra_milliseconds(TRAINER_LOOP_ONLY, BARE)
         ratios[CALLBACKS_MS] = extra_milliseconds(TRAINER, TRAINER_LOOP_ONLY)
     if plain:
-        ratios["speed-up, Trainer vs the fastest plain loop"] = [
+        ratios[SPEED_UP] = [
             speeds[TRAINER][r] / max(speeds[name][r] for name in plain) for r in range(count)
         ]
     return ratios
@@ -363,7 +392,8 @@ def _format_report(rows: list[Measurement], summary: dict[str, tuple[str, str, s
     lines = [
         f"# cnnlab benchmark: {header['model']} on {header['data']}, batch {header['batch_size']}",
         "",
-        f"- device: {header['device']}; host: {header['host']}; torch {header['torch']}",
+        f"- device: {header['device']}; CPU model: {header.get('cpu_model', 'not recorded')}; host: {header['host']}; "
+        f"torch {header['torch']}",
         f"- command: `{header['command']}`",
         f"- augmentation: {header['augmentation']}",
         f"- optimizer (cnnlab's paths): {header['optimizer']}",
@@ -489,11 +519,11 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         builders[BARE] = lambda: BareDataPath(cfg, datamodule, device, precision)
         return builders
 
-    log.info("benchmark: %d rounds of %d-step windows, the paths taking turns ...", bench.rounds, bench.steps)
+    log.info("benchmark: %s of %d-step windows, the paths taking turns ...", _count(bench.rounds, "round"), bench.steps)
     windows = InterleavedWindows(build_paths, device, bench.rounds, bench.steps, bench.warmup_steps,
                                  bench.window_warmup_steps, time_loop_only=bench.split_overhead)
-    trainer = _trainer(cfg, output_dir, [windows], max_epochs=-1, max_steps=windows.steps_needed, limit_val_batches=0)
-    trainer.fit(build_classifier(cfg, datamodule.class_names), datamodule=datamodule)
+    with _trainer(cfg, output_dir, [windows], max_epochs=-1, max_steps=windows.steps_needed, limit_val_batches=0) as trainer:
+        trainer.fit(build_classifier(cfg, datamodule.class_names), datamodule=datamodule)
     if windows.rounds_done < bench.rounds:
         raise RuntimeError(f"only {windows.rounds_done} of {bench.rounds} timing rounds ran; is the training split "
                            f"smaller than one batch?")
@@ -569,6 +599,7 @@ def _header(cfg: DictConfig, datamodule: InMemoryImageDataModule, device: torch.
         "data": cfg.data._target_.rsplit(".", 1)[-1],
         "batch_size": datamodule.batch_size,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
+        "cpu_model": cpu_model(),
         "host": f"{platform.node()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -578,11 +609,33 @@ def _header(cfg: DictConfig, datamodule: InMemoryImageDataModule, device: torch.
         "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1] + (" (fused)" if cfg.optimizer.get("fused") else ""),
         "channels_last": bool(cfg.get("classifier", {}).get("channels_last", False)),
         "host_malloc": "tuned (freed memory kept for reuse)" if malloc_tuned else "C library default",
-        "windows": f"{bench.rounds} rounds; in each, every path runs {bench.steps} timed steps in turn, after "
-                   f"{bench.window_warmup_steps} untimed ones (the Trainer {bench.window_warmup_steps + 1}: the step that "
-                   f"closes its window before runs untimed too; {bench.warmup_steps} before a path's first window)",
+        # Pooling reads the numbers back from this sentence (pooling.WINDOW_NUMBERS).
+        "windows": f"{_count(bench.rounds, 'round')}; in each, every path runs {_count(bench.steps, 'timed step')} in "
+                   f"turn, after {_count(bench.window_warmup_steps, 'untimed one')} (the Trainer "
+                   f"{bench.window_warmup_steps + 1}: the step that closes its window before runs untimed too; "
+                   f"{bench.warmup_steps} before a path's first window)",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo's "model name"; elsewhere what Python's platform says).
+
+    The host's name and the architecture do not tell machines apart (every VM here is "vm",
+    x86_64), so the report records this, and pooling refuses runs of two CPU models.
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _overrides() -> list[str]:
