@@ -23,6 +23,7 @@ from cnnlab.utils.config import (
     process_rank,
 )
 from cnnlab.utils.io import atomic_write
+from cnnlab.utils.override_check import refuse_unread_additions
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,26 @@ class RefuseUsedRunFolder(Callback):
             return  # each job resumes its own folder; the training task checks them one by one
         # A checkpoint from elsewhere starts every job's first session: Hydra would write over a job's record.
         _exit_on_refusal(lambda: refuse_used_sweep_dir(sweep_dir, self.any_content))
+
+
+class RefuseUnreadOverrides(Callback):
+    """Stop a run, or a sweep at the first job it fails, whose command adds a config key nothing reads (``+targetclass=cat``).
+
+    Checked before the run writes anything (a multirun job: before its task, after Hydra's
+    ``.hydra/`` record and log), against each job's own config: a swept group choice may change
+    where an added key lands. See :func:`cnnlab.utils.override_check.refuse_unread_additions`.
+    Exits as :class:`RefuseUsedRunFolder` does: in a multirun that ends the sweep, as the same
+    typo would fail every later job too.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _exit_on_refusal(lambda: refuse_unread_additions(config))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.types import RunMode
+
+        if config.hydra.mode == RunMode.MULTIRUN:  # a single run was checked in on_run_start
+            _exit_on_refusal(lambda: refuse_unread_additions(config))
 
 
 def keep_earlier_sweep_record(sweep_dir: Path) -> None:
