@@ -93,6 +93,14 @@ def test_a_script_refuses_it_in_one_line_before_writing_anything(tmp_path: Path)
     assert list(tmp_path.iterdir()) == []  # no run folder
 
 
+def test_the_summary_script_refuses_it_too(tmp_path: Path):
+    # summary.yaml does not compose hydra/default.yaml: it registers the check itself.
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "summary.py"), "+input_siz=48"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1
+    assert "did you mean input_size=48?" in result.stderr and "parameters" not in result.stdout
+
+
 def test_each_multirun_job_is_checked_and_the_sweep_stops_before_its_first_task(tmp_path: Path):
     sweep = tmp_path / "sweep"
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "data=synthetic", "+foo=1,2",
