@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import CheckpointError
 from cnnlab.training.callbacks import CHECKPOINT_KEY
-from cnnlab.training.classifier import ImageClassifier
+from cnnlab.training.classifier import EPOCH_METRICS, ImageClassifier
 from cnnlab.training.factory import build_classifier
 from cnnlab.utils.config import config_dict
 from cnnlab.utils.moved_classes import with_current_targets
@@ -197,12 +197,26 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def saving_session_overrides(checkpoint: dict[str, Any], ckpt_path: str | Path) -> Path:
+    """The ``overrides.yaml`` of the session of its run that saved ``checkpoint`` (which may not exist).
+
+    A resumed session's record is ``<run>/.hydra/<session>/``, the first session's ``<run>/.hydra/``;
+    the checkpoint's config names its session. That session's trainer settings (``trainer.max_epochs``)
+    are the latest the run trained with, where the first session's may be shorter than the checkpoint.
+    """
+    session = checkpoint_config(checkpoint).get("session") or ""
+    record = Path(ckpt_path).expanduser().resolve().parent.parent / ".hydra"
+    if not (record / session / "overrides.yaml").is_file():
+        session = ""  # a session whose record is gone: the first session's is the next best
+    return record / session / "overrides.yaml"
+
+
 def ensure_same_setup(checkpoint: dict[str, Any], cfg: DictConfig, ckpt_path: str | Path) -> None:
     """Refuse to resume from ``ckpt_path`` when ``cfg`` composes another experiment than its run.
 
-    The message lists each differing setting and, where the run folder has it, the command
-    line overrides that composed the run. Trainer settings (``trainer.max_epochs`` to train
-    longer) may change.
+    The message lists each differing setting and, where the run folder has it, the command line
+    overrides of the session that saved the checkpoint. Trainer settings (``trainer.max_epochs``
+    to train longer) may change.
     """
     differences = setup_differences(checkpoint_config(checkpoint), cfg)
     if not differences:
@@ -210,7 +224,7 @@ def ensure_same_setup(checkpoint: dict[str, Any], cfg: DictConfig, ckpt_path: st
     lines = [f"  {key}: {_short(before)} in the run, {_short(now)} in this command" for key, before, now in differences[:12]]
     if len(differences) > 12:
         lines.append(f"  ... and {len(differences) - 12} more")
-    run_overrides = Path(ckpt_path).expanduser().resolve().parent.parent / ".hydra" / "overrides.yaml"
+    run_overrides = saving_session_overrides(checkpoint, ckpt_path)
     repeat = (f"repeat the run's overrides ({run_overrides}: {' '.join(OmegaConf.load(run_overrides))})"
               if run_overrides.is_file() else "repeat the overrides the run was started with")
     raise CheckpointError(
@@ -226,24 +240,36 @@ def ensure_same_setup(checkpoint: dict[str, Any], cfg: DictConfig, ckpt_path: st
 def ensure_training_left(checkpoint: dict[str, Any], trainer_cfg: DictConfig, ckpt_path: str | Path) -> None:
     """Refuse to resume from ``ckpt_path`` when the trainer's limits end before the checkpoint's epoch or step.
 
-    Lightning would train nothing and go straight to the test, and the resumed session's
-    ``metrics.json`` (test only, no validation metrics) would take the run's place. Limits the
-    checkpoint just reached pass: a job requeued after training ended still gets its test.
+    Such a run would have ended before that checkpoint was saved: its trainer settings are not
+    the run's. Limits the checkpoint just reached pass: the resumed session trains nothing and
+    tests, its results taking the checkpoint's train and validation metrics (a job requeued after
+    its training ended gets its test).
     """
     epoch, step = int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0))
     max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps")
     if max_epochs is not None and max_epochs >= 0 and epoch >= max_epochs:
-        limit = f"trainer.max_epochs={max_epochs}"
-        advice = f"set trainer.max_epochs above {epoch + 1} to train longer"
+        limit, setting, reached = f"trainer.max_epochs={max_epochs}", "trainer.max_epochs", epoch + 1
     elif max_steps is not None and max_steps >= 0 and step > max_steps:
-        limit = f"trainer.max_steps={max_steps}"
-        advice = f"set trainer.max_steps above {step} to train longer"
+        limit, setting, reached = f"trainer.max_steps={max_steps}", "trainer.max_steps", step
     else:
         return
     raise CheckpointError(
-        f"ckpt_path={ckpt_path} was saved in epoch {epoch + 1} (step {step}), beyond {limit}: the resumed run "
-        f"would train nothing; {advice}, or test the checkpoint with scripts/eval.py ckpt_path={ckpt_path}"
+        f"ckpt_path={ckpt_path} was saved in epoch {epoch + 1} (step {step}), beyond {limit}, where the run would "
+        f"have ended; set {setting}={reached} to complete the run from it (only its test runs) or above {reached} "
+        f"to train longer, or test the checkpoint with scripts/eval.py ckpt_path={ckpt_path}"
     )
+
+
+def saved_epoch_metrics(checkpoint: dict[str, Any]) -> tuple[dict[str, float], bool]:
+    """The train/ and val/ metrics of the epoch ``checkpoint`` was saved at, and whether it holds them all.
+
+    A checkpoint of an older cnnlab holds only the best validation accuracy so far (``val/acc_best``).
+    """
+    stored = checkpoint.get(EPOCH_METRICS)
+    if isinstance(stored, dict):
+        return dict(stored), True
+    best = checkpoint.get("val_acc_best")
+    return ({"val/acc_best": float(best)} if best is not None else {}), False
 
 
 def build_model_from_checkpoint(checkpoint: dict[str, Any]) -> ImageClassifier:

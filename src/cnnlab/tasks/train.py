@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from cnnlab.checkpoint import ensure_same_model, ensure_same_setup, ensure_training_left, read_checkpoint
+from cnnlab.checkpoint import (
+    ensure_same_model,
+    ensure_same_setup,
+    ensure_training_left,
+    read_checkpoint,
+    saved_epoch_metrics,
+)
 from cnnlab.errors import ConfigValueError, single_hydra_run, user_error
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
 from cnnlab.tasks.summarize import FAILED_LOG_MARK, FINISHED_LOG_MARK, RESUME_REFUSED_LOG_MARK
@@ -37,6 +44,7 @@ from cnnlab.utils.config import (
     continues_in,
     ensure_values_set,
     instantiate_all,
+    override_key,
     print_config,
     resume_session,
     run_folder,
@@ -304,6 +312,35 @@ def _train_session(cfg: DictConfig) -> dict[str, Any]:
     except Exception as error:
         _log_failure(FAILED_LOG_MARK, error)
         raise
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # Lightning answers Ctrl-C by shutting down and calling sys.exit(1) in its handler.
+        if isinstance(stop, KeyboardInterrupt) or isinstance(stop.__context__, KeyboardInterrupt):
+            log_interrupted(run)
+        raise
+
+
+@rank_zero_only
+def log_interrupted(run: PreparedRun) -> None:
+    """Log that the user interrupted the run (Ctrl-C): where it stopped, and the command that continues it."""
+    trainer, last = run.trainer, run.output_dir / CHECKPOINTS_FOLDER / LAST_CHECKPOINT
+    reached = f"interrupted (Ctrl-C) in epoch {trainer.current_epoch + 1} at step {trainer.global_step}"
+    if not last.is_file():
+        log.warning("%s; no checkpoint was saved yet, so the run cannot be continued: start it again", reached)
+        return
+    saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)  # mmap: no weights read
+    log.warning("%s; its last checkpoint %s is from epoch %d (step %d). To continue the run from it: "
+                "python scripts/train.py %s", reached, last, int(saved["epoch"]) + 1, int(saved["global_step"]),
+                " ".join(shlex.quote(arg) for arg in continuing_overrides(run.output_dir)))
+
+
+def continuing_overrides(output_dir: Path) -> list[str]:
+    """This session's command-line overrides, made to continue its run from the run folder's last checkpoint."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # not launched by Hydra (a notebook): its overrides are not known here
+        return ["<the run's overrides>", f"hydra.run.dir={output_dir}", "ckpt_path=last"]
+    given = [str(o) for o in HydraConfig.get().overrides.task if override_key(str(o)) != "ckpt_path"]
+    return [*given, f"hydra.run.dir={output_dir}", "ckpt_path=last"]
 
 
 def _log_failure(mark: str, error: BaseException) -> None:
@@ -328,6 +365,15 @@ def failure_reason(error: BaseException) -> str:
     return f"{type(shown).__name__}: {str(shown).strip()}"
 
 
+class ResumedFrom(NamedTuple):
+    """What a resumed session needs of its checkpoint once it is loaded."""
+
+    epoch: int  # as Lightning counts: the epoch it was saved in, from 0
+    global_step: int
+    metrics: dict[str, float]  # its epoch's train/ and val/ metrics (see saved_epoch_metrics)
+    all_metrics: bool  # False for an older checkpoint holding only val/acc_best
+
+
 class PreparedRun(NamedTuple):
     """A run checked and built, ready to fit."""
 
@@ -337,6 +383,7 @@ class PreparedRun(NamedTuple):
     model: ImageClassifier
     trainer: L.Trainer
     counts: dict[str, int]
+    resumed: ResumedFrom | None
 
 
 def _prepare(cfg: DictConfig) -> PreparedRun:
@@ -345,8 +392,11 @@ def _prepare(cfg: DictConfig) -> PreparedRun:
     output_dir = run_folder(cfg)
     ensure_accelerator_available(cfg.trainer.get("accelerator", "auto"))
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir)
+    resumed = None
     if ckpt_path:
         checkpoint = read_checkpoint(ckpt_path)
+        resumed = ResumedFrom(int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)),
+                              *saved_epoch_metrics(checkpoint))
         ensure_same_model(checkpoint, cfg.model, ckpt_path)
         ensure_same_setup(checkpoint, cfg, ckpt_path)
         ensure_training_left(checkpoint, cfg.trainer, ckpt_path)
@@ -366,18 +416,26 @@ def _prepare(cfg: DictConfig) -> PreparedRun:
     counts = model.parameter_counts()
     log_once(logging.INFO, "model: %s parameters, %s trainable", f"{counts['params_total']:,}",
              f"{counts['params_trainable']:,}")
-    return PreparedRun(output_dir, ckpt_path, datamodule, model, trainer, counts)
+    return PreparedRun(output_dir, ckpt_path, datamodule, model, trainer, counts, resumed)
 
 
 def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
     """Fit, test the best checkpoint, and record the results in the run's folder."""
-    output_dir, ckpt_path, datamodule, model, trainer, counts = run
+    output_dir, ckpt_path, datamodule, model, trainer, counts, resumed = run
     started = time.perf_counter()
     with no_empty_logger_run(trainer):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
     results: dict[str, Any] = metric_values(trainer.callback_metrics, prefixes=("val/", "train/"))
     epochs, global_step = fit_progress(trainer)
+    if resumed and global_step == resumed.global_step:
+        # Nothing was left to train (a requeued job whose training had ended): the results of that epoch are the
+        # run's. Lightning may run the epoch's end again (its checkpoint was saved before), logging empty metrics.
+        results = dict(resumed.metrics)
+        log_once(logging.INFO if resumed.all_metrics else logging.WARNING,
+                 "training was already complete: %s is from the end of the run (epoch %d, step %d), so only the test "
+                 "runs; the train/ and val/ metrics are the checkpoint's%s", ckpt_path, resumed.epoch + 1, global_step,
+                 "" if resumed.all_metrics else ", which (from an older cnnlab) holds only val/acc_best of them")
     epoch_seconds = epoch_times(trainer)
     warn_if_last_checkpoint_lags(trainer, global_step)
 

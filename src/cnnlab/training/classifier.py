@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # processes (a mean of equal floats can round).
 SYNCED: dict[str, Any] = {"sync_dist": True, "reduce_fx": "max"}
 
+# The checkpoint's record of the train/ and val/ metrics of the epoch it was saved at (see ImageClassifier._epoch_metrics).
+EPOCH_METRICS = "epoch_metrics"
+
 
 class ImageClassifier(L.LightningModule):
     """Cross-entropy training of ``net`` with top-1/top-5 accuracy for train, val and test.
@@ -112,6 +115,7 @@ class ImageClassifier(L.LightningModule):
         # Kept out of the module tree, so state_dict names do not change when compiling.
         object.__setattr__(self, "_run_net", torch.compile(self.net) if compile else self.net)
         self._resumed_val_acc_best: float | None = None
+        self._resumed_epoch_metrics: dict[str, float] = {}
         self._resumed_scheduler_states: list[dict[str, Any]] | None = None
         self._log_this_step = False  # whether this training step's logs reach the loggers
 
@@ -217,15 +221,37 @@ class ImageClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.val_acc_best.update_called:
             checkpoint["val_acc_best"] = float(self.val_acc_best.compute())
+        if metrics := self._epoch_metrics():
+            checkpoint[EPOCH_METRICS] = metrics
+
+    def _epoch_metrics(self) -> dict[str, float]:
+        """The train/ and val/ metrics of the epoch being saved, or those the resumed checkpoint held.
+
+        A session resumed from a checkpoint of the run's last epoch trains nothing, and its
+        results take these. The checkpoint callback saves after ``on_train_epoch_end`` logs the
+        epoch's training metrics, or, where validation does not run once every epoch, after the
+        validation, before they are logged: they then come from their states.
+        """
+        if self._trainer is None:
+            return self._resumed_epoch_metrics
+        metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items()
+                   if name.startswith(("train/", "val/")) and not name.endswith("_step")}
+        if self.train_loss.update_called:  # this epoch's training, not yet logged
+            metrics.update({name: float(value) for name, value in self.train_metrics.compute().items()})
+            metrics["train/loss"] = float(self.train_loss.compute())
+        return metrics or self._resumed_epoch_metrics
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resumed_val_acc_best = checkpoint.get("val_acc_best")
+        self._resumed_epoch_metrics = dict(checkpoint.get(EPOCH_METRICS) or {})
         # Lightning calls this before configure_optimizers, and loads these states into the new
         # schedulers after it: kept so that configure_optimizers can check they still fit the run.
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         self._resumed_scheduler_states = checkpoint.get("lr_schedulers") if fitting else None
 
     def on_train_epoch_end(self) -> None:
+        if not self.train_loss.update_called:
+            return  # a resumed session repeating the end of the epoch its checkpoint was saved in, before this hook
         self.log_dict({"train/loss": self.train_loss.compute(), **self.train_metrics.compute()}, **SYNCED)
         self.train_metrics.reset()
         self.train_loss.reset()

@@ -106,13 +106,26 @@ def start_dir() -> str:
     return os.getcwd()
 
 
-def run_dir_of_checkpoint(ckpt_path: str | None, default: str) -> str:
+def run_dir_of_checkpoint(ckpt_path: str | None, default: str, *, _root_: DictConfig | None = None) -> str:
     """The run folder a training run resumed from ``ckpt_path`` continues in.
 
     A checkpoint inside a run folder (``<run>/checkpoints/<file>.ckpt``, next to ``<run>/.hydra``)
-    continues in ``<run>``; anything else (no checkpoint, ``last``, a checkpoint file from
-    elsewhere) gets ``default``, a new folder.
+    continues in ``<run>``; anything else (no checkpoint, a checkpoint file from elsewhere) gets
+    ``default``, a new folder. ``ckpt_path=last`` in a single run whose folder this decides (no
+    ``hydra.run.dir=`` given, which replaces this resolver) is refused: a new folder holds no last
+    checkpoint. It ends the process (Hydra would turn an error raised while its callbacks resolve
+    the folder into a warning), before Hydra writes anything. A multirun's jobs (and SLURM's
+    requeued ones) each have their own folder, where ``last`` starts afresh when there is none yet.
     """
+    from hydra.types import RunMode
+
+    if ckpt_path == "last" and _root_ is not None and OmegaConf.select(_root_, "hydra.mode") == RunMode.RUN:
+        raise SystemExit(
+            "ConfigValueError: ckpt_path=last continues the last checkpoint of the run folder named by "
+            "hydra.run.dir, but none was given, so this run would get a new folder, which holds none; continue "
+            "a run with hydra.run.dir=logs/train/runs/<run> ckpt_path=last (or ckpt_path=<a .ckpt file>). "
+            "Nothing was written."
+        )
     if not ckpt_path or ckpt_path == "last":
         return default
     checkpoint = Path(ckpt_path).expanduser()

@@ -1,0 +1,157 @@
+"""Resumed sessions at the edges: nothing left to train, no run folder to continue, Ctrl-C, a refused resume's advice."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+from test_scripts import script_command, train_overrides
+
+from cnnlab.checkpoint import ensure_training_left
+from cnnlab.errors import CheckpointError
+from cnnlab.tasks.train import train
+from cnnlab.utils.config import run_dir_of_checkpoint
+from conftest import ROOT
+
+LIGHT = ["~callbacks.feature_maps", "~callbacks.conv_filters"]
+
+
+def trained_metrics(results: dict) -> dict:
+    return {key: value for key, value in results.items() if key.startswith(("train/", "val/"))}
+
+
+# Lightning saves the checkpoint after the epoch's training metrics are logged, or (validation not every epoch)
+# after the validation, before they are.
+@pytest.mark.parametrize("schedule", [["trainer.max_epochs=1"], ["trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2"]])
+def test_a_resume_with_nothing_left_to_train_tests_and_records_the_checkpoints_metrics(make_config, tmp_path: Path,
+                                                                                       caplog, schedule):
+    run_dir = tmp_path / "run"
+    first = train(make_config(overrides=[*LIGHT, *schedule], run_dir=run_dir))
+    assert "val/acc_best" in first and "train/loss" in first
+    # A job requeued after its training ended, timed out in its test: no metrics.json yet.
+    (run_dir / "metrics.json").unlink()
+    caplog.set_level(logging.INFO, logger="cnnlab")
+    again = train(make_config(overrides=[*LIGHT, *schedule, "ckpt_path=last"], run_dir=run_dir))
+    # Lightning trained nothing: the run's train/ and val/ metrics (the sweeper's val/acc_best) are the checkpoint's.
+    assert trained_metrics(again) == trained_metrics(first)
+    assert again["test/acc"] == first["test/acc"] and again["global_step"] == first["global_step"]
+    assert json.loads((run_dir / "metrics.json").read_text())["val/acc_best"] == first["val/acc_best"]
+    epochs, steps = first["epochs"], first["global_step"]
+    assert (f"training was already complete: {run_dir / 'checkpoints' / 'last.ckpt'} is from the end of the run "
+            f"(epoch {epochs}, step {steps}), so only the test runs; the train/ and val/ metrics are the checkpoint's\n"
+            ) in caplog.text
+    if len(schedule) > 1:
+        return
+
+    # A checkpoint of an older cnnlab holds only the best validation accuracy of them.
+    last = (run_dir / "checkpoints" / "last.ckpt").resolve()
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    del checkpoint["epoch_metrics"]
+    torch.save(checkpoint, last)
+    caplog.clear()
+    older = train(make_config(overrides=[*LIGHT, *schedule, "ckpt_path=last"], run_dir=run_dir))
+    assert trained_metrics(older) == {"val/acc_best": first["val/acc_best"]}
+    assert "the train/ and val/ metrics are the checkpoint's, which (from an older cnnlab) holds only val/acc_best" \
+        in caplog.text
+
+
+def test_limits_before_the_checkpoint_are_refused_with_the_limit_that_completes_the_run(tmp_path: Path):
+    last = tmp_path / "last.ckpt"
+    checkpoint = {"epoch": 2, "global_step": 15}  # saved at the end of the third epoch
+    with pytest.raises(CheckpointError) as refused:
+        ensure_training_left(checkpoint, OmegaConf.create({"max_epochs": 2, "max_steps": -1}), last)
+    assert str(refused.value) == (
+        f"ckpt_path={last} was saved in epoch 3 (step 15), beyond trainer.max_epochs=2, where the run would have "
+        f"ended; set trainer.max_epochs=3 to complete the run from it (only its test runs) or above 3 to train "
+        f"longer, or test the checkpoint with scripts/eval.py ckpt_path={last}")
+    with pytest.raises(CheckpointError, match=r"beyond trainer.max_steps=10, .* set trainer.max_steps=15 to complete"):
+        ensure_training_left(checkpoint, OmegaConf.create({"max_epochs": -1, "max_steps": 10}), last)
+    ensure_training_left(checkpoint, OmegaConf.create({"max_epochs": 3, "max_steps": 15}), last)  # what it reached
+
+
+def test_ckpt_path_last_without_a_run_folder_is_refused_before_anything_is_written(tmp_path: Path):
+    tiny = ["data=synthetic", "trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]  # should it train after all
+    refused = subprocess.run(script_command("train.py", tmp_path, *tiny, "ckpt_path=last"),
+                             capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert refused.returncode == 1
+    assert ("ConfigValueError: ckpt_path=last continues the last checkpoint of the run folder named by hydra.run.dir, "
+            "but none was given") in refused.stderr
+    assert "hydra.run.dir=logs/train/runs/<run> ckpt_path=last (or ckpt_path=<a .ckpt file>)" in refused.stderr
+    assert not (tmp_path / "logs").exists()
+    # A multirun's jobs (SLURM's requeued ones too) each continue their own folder, or start there.
+    assert run_dir_of_checkpoint("last", "new", _root_=OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN}})) == "new"
+    with pytest.raises(SystemExit):
+        run_dir_of_checkpoint("last", "new", _root_=OmegaConf.create({"hydra": {"mode": RunMode.RUN}}))
+
+
+# scripts/train.py, with a Ctrl-C as the second training epoch starts.
+INTERRUPTED_TRAIN = textwrap.dedent("""
+    import runpy, sys
+    from cnnlab.training.classifier import ImageClassifier
+
+    batch_start = ImageClassifier.on_train_batch_start
+
+    def interrupted(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+        batch_start(self, batch, batch_idx)
+
+    ImageClassifier.on_train_batch_start = interrupted
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+
+def test_an_interrupted_run_logs_how_to_continue_it(tmp_path: Path, cifar_root: Path):
+    overrides = [*train_overrides(cifar_root), "trainer.max_epochs=2", *LIGHT]
+    command = script_command("train.py", tmp_path, *overrides)
+    stopped = subprocess.run([sys.executable, "-c", INTERRUPTED_TRAIN, *command[1:]], capture_output=True, text=True,
+                             cwd=ROOT, timeout=300)
+    assert stopped.returncode == 1
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    told = (f"interrupted (Ctrl-C) in epoch 2 at step 7; its last checkpoint {last} is from epoch 1 (step 7). To "
+            f"continue the run from it: python scripts/train.py ")
+    assert told in stopped.stdout + stopped.stderr  # on the console
+    logged = next(line for line in (run_dir / "train.log").read_text().splitlines() if told in line)
+    continuing = shlex.split(logged.split(told, 1)[1])
+    # The command as given, continuing in the run's folder (what `hydra.run.dir=<run> ckpt_path=last` does is tested
+    # in test_resume.py).
+    assert continuing == [*command[2:], f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+
+
+QUICK = ["test=false", "~callbacks.confusion_matrix", *LIGHT]
+
+
+def test_a_refused_resume_quotes_the_overrides_of_the_session_that_saved_the_checkpoint(make_config, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    train(make_config(overrides=[*QUICK, "trainer.max_epochs=1"], run_dir=run_dir))
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- trainer.max_epochs=1\n")  # Hydra's record, as it writes it
+    resumed = make_config(overrides=[*QUICK, "trainer.max_epochs=2", "ckpt_path=last"], run_dir=run_dir)
+    session = resumed.session
+    (run_dir / ".hydra" / session).mkdir()
+    (run_dir / ".hydra" / session / "overrides.yaml").write_text("- trainer.max_epochs=2\n- ckpt_path=last\n")
+    train(resumed)
+    # A later session that was refused, and the refused session's own record: neither trained.
+    for later in ("resumed_2099-01-01_00-00-00", "resumed_2099-01-01_00-00-01"):
+        (run_dir / ".hydra" / later).mkdir()
+        (run_dir / ".hydra" / later / "overrides.yaml").write_text("- optimizer.lr=0.5\n- ckpt_path=last\n")
+
+    with pytest.raises(CheckpointError) as refused:
+        train(make_config(overrides=[*QUICK, "trainer.max_epochs=2", "ckpt_path=last", "optimizer.lr=0.5"],
+                          run_dir=run_dir))
+    quoted = re.search(r"repeat the run's overrides \((.*?): (.*?)\),", str(refused.value))
+    assert quoted and quoted.groups() == (str(run_dir / ".hydra" / session / "overrides.yaml"),
+                                          "trainer.max_epochs=2 ckpt_path=last")
