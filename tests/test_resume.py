@@ -125,15 +125,15 @@ def test_resuming_with_limits_the_checkpoint_has_passed_is_refused_and_reaching_
     with pytest.raises(CheckpointError) as refused:
         train(make_config(overrides=["trainer.max_epochs=1", f"ckpt_path={last}"], run_dir=run_dir))
     assert str(refused.value) == (
-        f"ckpt_path={last} was saved in epoch 2 (step 14), beyond trainer.max_epochs=1: the resumed run would "
-        f"train nothing; set trainer.max_epochs above 2 to train longer, or test the checkpoint with "
-        f"scripts/eval.py ckpt_path={last}")
+        f"ckpt_path={last} was saved in epoch 2 (step 14), beyond trainer.max_epochs=1, where the run would have "
+        f"ended; set trainer.max_epochs=2 to complete the run from it (only its test runs) or above 2 to train "
+        f"longer, or test the checkpoint with scripts/eval.py ckpt_path={last}")
     assert (run_dir / "metrics.json").read_text() == results and not list(run_dir.glob("metrics.before_*"))
 
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-    with pytest.raises(CheckpointError, match=r"beyond trainer.max_steps=10: .* set trainer.max_steps above 14"):
+    with pytest.raises(CheckpointError, match=r"beyond trainer.max_steps=10, .* set trainer.max_steps=14 to complete"):
         ensure_training_left(checkpoint, OmegaConf.create({"max_epochs": -1, "max_steps": 10}), last)
-    # The limits it reached (a job requeued after its training ended, before its test) leave it to Lightning.
+    # The limits it reached (a job requeued after its training ended, before its test) complete the run.
     ensure_training_left(checkpoint, OmegaConf.create({"max_epochs": 2, "max_steps": 14}), last)
     ensure_training_left(checkpoint, OmegaConf.create({"max_epochs": -1, "max_steps": -1}), last)
 
