@@ -41,7 +41,7 @@ def refuse_unread_additions(config: DictConfig) -> None:
     hydra_cfg = config.hydra
     choices = set(hydra_cfg.runtime.choices.keys())
     overrides = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
-    groups = [o.input_line for o in overrides if o.key_or_group in choices or o.package is not None]
+    groups = [str(o.input_line) for o in overrides if o.key_or_group in choices or o.package is not None]
     free_form = FREE_FORM.get(str(hydra_cfg.job.config_name), ())
     composed = OmegaConf.to_container(config, resolve=False)
     assert isinstance(composed, dict)  # a DictConfig's container is a dict
@@ -73,7 +73,7 @@ def _added_paths(key: str, value: Any) -> Iterator[list[str]]:
         yield path
 
 
-def _instantiated(composed: dict[str, Any], path: list[str]) -> bool:
+def _instantiated(composed: dict[Any, Any], path: list[str]) -> bool:
     # Whether the key, or a node above it, is handed to a constructor (has a _target_).
     node: Any = composed
     for name in path:
@@ -85,7 +85,7 @@ def _instantiated(composed: dict[str, Any], path: list[str]) -> bool:
     return False
 
 
-def _first_missing(base: dict[str, Any], path: list[str]) -> tuple[dict[str, Any], int | None]:
+def _first_missing(base: dict[Any, Any], path: list[str]) -> tuple[dict[Any, Any], int | None]:
     """The node where ``path`` leaves the config, and the index of the first name it lacks (None: all there)."""
     node: Any = base
     for index, name in enumerate(path):
