@@ -279,6 +279,31 @@ def test_last_ckpt_follows_a_run_resumed_from_its_first_best_epoch(make_config, 
     assert resumed["global_step"] == 21 and saved_step(run_dir / "checkpoints" / "last.ckpt") == 21
 
 
+def test_last_ckpt_is_updated_at_every_epoch_of_a_session_resumed_from_the_first_best_epoch(tmp_path: Path):
+    from lightning.pytorch.callbacks import LambdaCallback
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from cnnlab.training.callbacks import RunFolderCheckpoint
+
+    folder = tmp_path / "checkpoints"
+
+    def fit(max_epochs: int, ckpt_path: str | None = None, callbacks: tuple = ()) -> None:
+        checkpoint = RunFolderCheckpoint(dirpath=folder, filename="epoch_{epoch:03d}", monitor="epoch", mode="min",
+                                         save_top_k=1, save_last="link", auto_insert_metric_name=False)
+        trainer = L.Trainer(accelerator="cpu", callbacks=[checkpoint, *callbacks], max_epochs=max_epochs,
+                            limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(BoringModel(), ckpt_path=ckpt_path)
+
+    fit(1)  # epoch 0 is and stays the best: last.ckpt links to it
+    # Seen at each epoch's start, before the session's final save at the end of training: a run stopped
+    # then (Ctrl-C, a requeue) resumes from last.ckpt.
+    seen: list[int] = []
+    probe = LambdaCallback(on_train_epoch_start=lambda trainer, module: seen.append(saved_step(folder / "last.ckpt")))
+    fit(4, str(folder / "last.ckpt"), (probe,))
+    assert seen == [2, 4, 6]  # epochs 0, 1 and 2 done; left at 2 (epoch 0) without the fix
+
+
 def test_last_ckpt_link_follows_a_new_best_after_resuming_the_first_epoch(make_config, tmp_path: Path):
     run_dir = tmp_path / "a"
     every_best = [*QUICK, "callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=max"]

@@ -76,7 +76,9 @@ class RunFolderCheckpoint(ModelCheckpoint):
         resumed = trainer.ckpt_path
         if (self.save_last and not self.last_model_path and resumed and os.path.isfile(last)
                 and os.path.isfile(resumed) and os.path.samefile(last, resumed)):
-            self.last_model_path = last
+            # Both: Lightning updates last.ckpt at an epoch without a new top-k file only once
+            # _last_checkpoint_saved is set (load_state_dict set it from the stored, empty path).
+            self.last_model_path = self._last_checkpoint_saved = last
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Give the callback its per-batch hook back, so it leaves the run as it came."""
