@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import tarfile
@@ -586,3 +587,17 @@ def test_a_decode_cache_folder_that_is_a_file_is_refused_before_decoding(tmp_pat
     with pytest.raises(ConfigValueError, match=r"data.cache_dir=.*notes.txt is a file, not a folder.*data.cache_dir=null"):
         ImageFolderDataModule(str(root), cache_dir=str(tmp_path / "notes.txt"))
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_cache_folder_that_cannot_be_written_only_costs_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture):
+    root = write_image_folder(tmp_path / "imgs", per_class=3)
+
+    def read_only(path, obj):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(folder_module, "atomic_torch_save", read_only)
+    dm = ImageFolderDataModule(str(root), val_split=1, test_split=1, cache_dir=str(tmp_path / "shared"))
+    with caplog.at_level(logging.WARNING, logger=folder_module.__name__):
+        dm.setup("fit")  # a shared, read-only cache folder is not a reason to stop
+    assert len(dm.train_split) == 7 and "could not cache the decoded images" in caplog.text

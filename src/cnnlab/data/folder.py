@@ -350,7 +350,12 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         images = decode_files([path for path, _ in samples], self.image_size, self.decode_workers)
         split = ImageSplit(images, torch.tensor([label for _, label in samples]))
         if cache_file is not None:
-            atomic_torch_save(cache_file, {"images": split.images, "labels": split.labels})
+            try:
+                atomic_torch_save(cache_file, {"images": split.images, "labels": split.labels})
+            except OSError as error:  # a read-only shared cache, a full disk: the images are decoded all the same
+                log.warning("could not cache the decoded images in %s (%s); the next run decodes them again",
+                            cache_file, error)
+                return split
             log.info("cached decoded images in %s", cache_file)
             self._remove_stale_caches(cache_file, lineage)
         return split

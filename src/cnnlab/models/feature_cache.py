@@ -123,6 +123,10 @@ class FeatureCache:
             self.computed += int(missing.sum())
             path = self._file(key)
             if path is not None and store.complete and not was_complete:
-                atomic_torch_save(path, store.features.cpu())
-                log.info("feature cache: saved %d %s features to %s", split_size, split, path)
+                try:
+                    atomic_torch_save(path, store.features.cpu())
+                    log.info("feature cache: saved %d %s features to %s", split_size, split, path)
+                except OSError as error:  # a read-only shared cache, a full disk: kept in memory for this run
+                    log.warning("feature cache: could not save the %s features to %s (%s); this run keeps them "
+                                "in memory", split, path, error)
         return store.features[indices]

@@ -57,11 +57,12 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def ensure_cache_folder_usable(folder: str | os.PathLike, setting: str) -> None:
-    """Refuse a cache folder that could not be written, before the work whose results it would keep.
+    """Refuse a cache folder that is a file, or lies under one, before the work whose results it would keep.
 
     A cache is written after its contents are computed (every image decoded, every feature run
-    through a backbone): a path that is a file, or under one, or in a folder this process may
-    not write, would otherwise fail only then. Nothing is created here.
+    through a backbone): such a path would otherwise fail only then. A folder this process may
+    only read is fine (a shared, pre-built cache); a save there is skipped with a warning.
+    Nothing is created here.
     """
     path = Path(folder).expanduser()
     existing = next(p for p in (path, *path.parents) if p.exists())
@@ -70,9 +71,4 @@ def ensure_cache_folder_usable(folder: str | os.PathLike, setting: str) -> None:
         raise ConfigValueError(
             f"{setting}={folder} {where}, not a folder: give a folder for the cache (it is created if missing), "
             f"or {setting}=null to keep no cache on disk"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigValueError(
-            f"{setting}={folder}: {existing} cannot be written by this user, so the cache could not be kept there; "
-            f"give a folder you can write, or {setting}=null to keep no cache on disk"
         )
