@@ -121,7 +121,7 @@ def test_an_interrupted_run_logs_how_to_continue_it(tmp_path: Path, cifar_root: 
     assert stopped.returncode == 1
     (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     last = run_dir / "checkpoints" / "last.ckpt"
-    told = (f"interrupted (Ctrl-C) in epoch 2 at step 7; its last checkpoint {last} is from epoch 1 (step 7). To "
+    told = (f"interrupted (Ctrl-C); its last checkpoint {last} is from epoch 1 (step 7). To "
             f"continue the run from it: python scripts/train.py ")
     assert told in stopped.stdout + stopped.stderr  # on the console
     logged = next(line for line in (run_dir / "train.log").read_text().splitlines() if told in line)

@@ -322,14 +322,21 @@ def _train_session(cfg: DictConfig) -> dict[str, Any]:
 @rank_zero_only
 def log_interrupted(run: PreparedRun) -> None:
     """Log that the user interrupted the run (Ctrl-C): where it stopped, and the command that continues it."""
-    trainer, last = run.trainer, run.output_dir / CHECKPOINTS_FOLDER / LAST_CHECKPOINT
-    reached = f"interrupted (Ctrl-C) in epoch {trainer.current_epoch + 1} at step {trainer.global_step}"
-    if not last.is_file():
-        log.warning("%s; no checkpoint was saved yet, so the run cannot be continued: start it again", reached)
+    checkpoint = run.trainer.checkpoint_callback
+    folder = Path(checkpoint.dirpath) if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath else None
+    last = folder / LAST_CHECKPOINT if folder else None
+    try:  # mmap: the weights are not read
+        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True) if last and last.is_file() else None
+    except Exception as error:  # noqa: BLE001 - the interrupt must not turn into another traceback here
+        log.warning("interrupted (Ctrl-C); its last checkpoint %s cannot be read (%s)", last, error)
         return
-    saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)  # mmap: no weights read
-    log.warning("%s; its last checkpoint %s is from epoch %d (step %d). To continue the run from it: "
-                "python scripts/train.py %s", reached, last, int(saved["epoch"]) + 1, int(saved["global_step"]),
+    if saved is None:
+        log.warning("interrupted (Ctrl-C) before the first checkpoint was saved, so the run cannot be continued: "
+                    "start it again")
+        return
+    # From the checkpoint, not this process's trainer, which under ddp_spawn never counted.
+    log.warning("interrupted (Ctrl-C); its last checkpoint %s is from epoch %d (step %d). To continue the run from "
+                "it: python scripts/train.py %s", last, int(saved["epoch"]) + 1, int(saved["global_step"]),
                 " ".join(shlex.quote(arg) for arg in continuing_overrides(run.output_dir)))
 
 
