@@ -22,6 +22,7 @@ from torchmetrics.classification import MulticlassStatScores
 
 from cnnlab.data.base import Batch
 from cnnlab.errors import CheckpointError, ConfigValueError
+from cnnlab.tasks.results import metric_values
 from cnnlab.training.metrics import TopKAccuracy
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
@@ -234,8 +235,7 @@ class ImageClassifier(L.LightningModule):
         """
         if self._trainer is None:
             return self._resumed_epoch_metrics
-        metrics = {name: float(value) for name, value in self.trainer.callback_metrics.items()
-                   if name.startswith(("train/", "val/")) and not name.endswith("_step")}
+        metrics = metric_values(self.trainer.callback_metrics, prefixes=("train/", "val/"))
         if self.train_loss.update_called:  # this epoch's training, not yet logged
             metrics.update({name: float(value) for name, value in self.train_metrics.compute().items()})
             metrics["train/loss"] = float(self.train_loss.compute())
