@@ -15,7 +15,7 @@ from cnnlab.errors import CheckpointError
 from cnnlab.training.callbacks import CHECKPOINT_KEY
 from cnnlab.training.classifier import EPOCH_METRICS, ImageClassifier
 from cnnlab.training.factory import build_classifier
-from cnnlab.utils.config import config_dict
+from cnnlab.utils.config import config_dict, session_overrides
 from cnnlab.utils.moved_classes import with_current_targets
 
 
@@ -205,10 +205,10 @@ def saving_session_overrides(checkpoint: dict[str, Any], ckpt_path: str | Path) 
     are the latest the run trained with, where the first session's may be shorter than the checkpoint.
     """
     session = checkpoint_config(checkpoint).get("session") or ""
-    record = Path(ckpt_path).expanduser().resolve().parent.parent / ".hydra"
-    if not (record / session / "overrides.yaml").is_file():
+    run_dir = Path(ckpt_path).expanduser().resolve().parent.parent
+    if not session_overrides(run_dir, session).is_file():
         session = ""  # a session whose record is gone: the first session's is the next best
-    return record / session / "overrides.yaml"
+    return session_overrides(run_dir, session)
 
 
 def ensure_same_setup(checkpoint: dict[str, Any], cfg: DictConfig, ckpt_path: str | Path) -> None:

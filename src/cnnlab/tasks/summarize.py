@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from cnnlab.errors import ConfigValueError
-from cnnlab.utils.config import RESULTS_FILE, override_key
+from cnnlab.utils.config import RESULTS_FILE, override_key, session_overrides
 from cnnlab.utils.hydra_callbacks import SEARCH_RECORD, expected_direction
 from cnnlab.utils.io import atomic_write
 
@@ -144,10 +144,6 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     return sorted(folders, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
 
 
-def _overrides_of(job_dir: Path, session: str) -> Path:
-    return job_dir / ".hydra" / session / "overrides.yaml"  # "" (the first session): .hydra/overrides.yaml
-
-
 def _session_at(sessions: list[str], time: str) -> str:
     # The last session that started by then; "" (the first) sorts before every resumed_<...>.
     return sessions[bisect_right(sessions, time) - 1]
@@ -166,20 +162,20 @@ def session_overrides_file(job_dir: Path, results: dict[str, Any] | None, outcom
     """
     results = results or {}
     named = results.get("session")
-    if isinstance(named, str) and _overrides_of(job_dir, named).is_file():
-        return _overrides_of(job_dir, named)
+    if isinstance(named, str) and session_overrides(job_dir, named).is_file():
+        return session_overrides(job_dir, named)
     if results and "resumed_from" not in results:
-        return _overrides_of(job_dir, "")
+        return session_overrides(job_dir, "")
     sessions = ["", *sorted(p.parent.name for p in (job_dir / ".hydra").glob("resumed_*/overrides.yaml"))]
     if results and outcome.finished_at:
-        return _overrides_of(job_dir, _session_at(sessions, outcome.finished_at))
+        return session_overrides(job_dir, _session_at(sessions, outcome.finished_at))
     if not results and None not in outcome.refused_at:
         refused = {_session_at(sessions, time) for time in outcome.refused_at if time} - {""}
-        return _overrides_of(job_dir, [session for session in sessions if session not in refused][-1])
-    first = _overrides_of(job_dir, "")
+        return session_overrides(job_dir, [session for session in sessions if session not in refused][-1])
+    first = session_overrides(job_dir, "")
     metrics_file = job_dir / RESULTS_FILE
     written = metrics_file.stat().st_mtime if results and metrics_file.is_file() else math.inf
-    resumed = [_overrides_of(job_dir, s) for s in sessions[1:] if _overrides_of(job_dir, s).stat().st_mtime <= written]
+    resumed = [session_overrides(job_dir, s) for s in sessions[1:] if session_overrides(job_dir, s).stat().st_mtime <= written]
     return resumed[-1] if resumed else first
 
 

@@ -135,6 +135,11 @@ def run_dir_of_checkpoint(ckpt_path: str | None, default: str, *, _root_: DictCo
     return default
 
 
+def session_overrides(run_dir: Path, session: str) -> Path:
+    """The ``overrides.yaml`` a run's session recorded: ``.hydra/<session>/`` for a resumed session, ``.hydra/`` for the first ("")."""
+    return run_dir / ".hydra" / session / "overrides.yaml"
+
+
 @functools.cache
 def resume_session(ckpt_path: str | None, output_dir: str) -> str:
     """``""`` for a run's first session; ``resumed_<date>_<time>`` for a session that resumes one.
