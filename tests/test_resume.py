@@ -126,7 +126,7 @@ def test_resuming_with_limits_the_checkpoint_has_passed_is_refused_and_reaching_
         train(make_config(overrides=["trainer.max_epochs=1", f"ckpt_path={last}"], run_dir=run_dir))
     assert str(refused.value) == (
         f"ckpt_path={last} was saved in epoch 2 (step 14), beyond trainer.max_epochs=1, where the run would have "
-        f"ended; set trainer.max_epochs=2 to complete the run from it (only its test runs) or above 2 to train "
+        f"ended; set trainer.max_epochs=2 to complete the run from it (from the end of an epoch: only its test runs) or above 2 to train "
         f"longer, or test the checkpoint with scripts/eval.py ckpt_path={last}")
     assert (run_dir / "metrics.json").read_text() == results and not list(run_dir.glob("metrics.before_*"))
 

@@ -72,7 +72,7 @@ def test_limits_before_the_checkpoint_are_refused_with_the_limit_that_completes_
         ensure_training_left(checkpoint, OmegaConf.create({"max_epochs": 2, "max_steps": -1}), last)
     assert str(refused.value) == (
         f"ckpt_path={last} was saved in epoch 3 (step 15), beyond trainer.max_epochs=2, where the run would have "
-        f"ended; set trainer.max_epochs=3 to complete the run from it (only its test runs) or above 3 to train "
+        f"ended; set trainer.max_epochs=3 to complete the run from it (from the end of an epoch: only its test runs) or above 3 to train "
         f"longer, or test the checkpoint with scripts/eval.py ckpt_path={last}")
     with pytest.raises(CheckpointError, match=r"beyond trainer.max_steps=10, .* set trainer.max_steps=15 to complete"):
         ensure_training_left(checkpoint, OmegaConf.create({"max_epochs": -1, "max_steps": 10}), last)

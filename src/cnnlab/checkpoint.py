@@ -255,8 +255,8 @@ def ensure_training_left(checkpoint: dict[str, Any], trainer_cfg: DictConfig, ck
         return
     raise CheckpointError(
         f"ckpt_path={ckpt_path} was saved in epoch {epoch + 1} (step {step}), beyond {limit}, where the run would "
-        f"have ended; set {setting}={reached} to complete the run from it (only its test runs) or above {reached} "
-        f"to train longer, or test the checkpoint with scripts/eval.py ckpt_path={ckpt_path}"
+        f"have ended; set {setting}={reached} to complete the run from it (from the end of an epoch: only its test "
+        f"runs) or above {reached} to train longer, or test the checkpoint with scripts/eval.py ckpt_path={ckpt_path}"
     )
 
 
