@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from cnnlab.errors import ConfigValueError
+from cnnlab.errors import ConfigValueError, InputSizeError
 from cnnlab.models.normalize import NormalizeBatch
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
@@ -56,8 +56,14 @@ def test_simple_cnn_bn_adds_batchnorm_after_each_conv():
 
 def test_simple_cnn_other_sizes_and_bad_size():
     assert SimpleCNN(num_classes=3, input_size=64)(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
-    with pytest.raises(ValueError, match=r"divisible by 8 .*: choose data.image_size .* from 24, 32, ..."):
+    with pytest.raises(InputSizeError, match=r"divisible by 8 .*: set data.image_size .* to 24 or 32$") as error:
         SimpleCNN(input_size=30)
+    assert error.value.fitting_sizes == (24, 32)
+    # Below the smallest size there is only one size to offer (it used to read "from 8, 8, ...").
+    with pytest.raises(InputSizeError, match=r"input_size 4 must be divisible by 8 .* to 8$"):
+        SimpleCNN(input_size=4)
+    with pytest.raises(InputSizeError, match=r"divisible by 16 \(4 2x2 pools\).* to 32 or 48$"):
+        SimpleCNN(input_size=40, channels=(8, 8, 8, 8))
 
 
 def test_simple_cnn_built_for_another_size_than_the_data_names_data_image_size(make_config):

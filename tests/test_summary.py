@@ -58,6 +58,13 @@ def test_an_override_fixing_the_size_against_input_size_is_a_clear_error():
         summary(summary_config(["model=simple_cnn", "model.input_size=32", "input_size=64"]))
 
 
+def test_an_input_size_simple_cnn_cannot_take_names_input_size_and_the_sizes_that_fit():
+    # The network's own message names training's knob (data.image_size), which input_size replaces here.
+    with pytest.raises(ConfigValueError, match=r"^input_size=30: SimpleCNN's input side must be divisible by 8 "
+                                               r"\(3 2x2 pools\); pass input_size=24 or input_size=32$"):
+        summary(summary_config(["model=simple_cnn", "input_size=30"]))
+
+
 def test_the_summary_of_a_fine_tuner_builds_it_as_trained_without_warning_about_training(caplog):
     # Nothing trains: the warning that a random frozen backbone leaves only the head to train is for training.
     with caplog.at_level(logging.WARNING):

@@ -372,7 +372,7 @@ def test_a_failure_is_logged_with_the_cause_a_library_wrapped(make_config, caplo
     # log (what scripts/summarize.py shows for a failed job) must say what to fix.
     with pytest.raises(Exception, match="SimpleCNN"):
         train(make_config(overrides=["data.image_size=30"]))
-    assert "training failed: ValueError: input_size 30 must be divisible by 8" in caplog.text
+    assert "training failed: InputSizeError: input_size 30 must be divisible by 8" in caplog.text
 
 
 def test_a_relative_data_root_is_recorded_absolute_so_eval_works_from_anywhere(make_config, image_folder, tmp_path,

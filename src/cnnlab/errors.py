@@ -44,6 +44,22 @@ class ConfigValueError(CnnlabError, ValueError):
     """A config value names something that does not exist (a metric, a folder)."""
 
 
+class InputSizeError(ConfigValueError):
+    """A network cannot be built for the configured image size.
+
+    ``requirement`` says what a size must be, without naming a config key (scripts name their
+    own: training ``data.image_size``, the summary ``input_size``); ``fitting_sizes`` are the
+    nearest sizes that meet it.
+    """
+
+    def __init__(self, size: int, requirement: str, fitting_sizes: tuple[int, ...]) -> None:
+        choices = " or ".join(str(fitting) for fitting in fitting_sizes)
+        super().__init__(f"input_size {size} {requirement}: set data.image_size (which model.input_size follows) "
+                         f"to {choices}")
+        self.requirement = requirement
+        self.fitting_sizes = fitting_sizes
+
+
 def user_error(error: BaseException) -> CnnlabError | None:
     """The :class:`CnnlabError` that ``error`` is or wraps (a library may have chained it), else None."""
     cause: BaseException | None = error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from cnnlab.errors import ConfigValueError
+from cnnlab.errors import ConfigValueError, InputSizeError
 from cnnlab.models.normalize import NormalizeBatch
 
 
@@ -50,12 +50,9 @@ class SimpleCNN(nn.Module):
         self.normalize = normalize or NormalizeBatch([0.0], [1.0])  # at least uint8 -> [0, 1]
         downsample = 2 ** len(channels)
         if input_size % downsample:
-            # A plain ValueError: tests/test_train.py checks the job log names it so.
-            raise ValueError(
-                f"input_size {input_size} must be divisible by {downsample} ({len(channels)} 2x2 pools): "
-                f"choose data.image_size (which model.input_size follows) from {max(downsample, downsample * (input_size // downsample))}, "
-                f"{downsample * (input_size // downsample + 1)}, ..."
-            )
+            below = downsample * (input_size // downsample)
+            fitting = (below, below + downsample) if below else (downsample,)
+            raise InputSizeError(input_size, f"must be divisible by {downsample} ({len(channels)} 2x2 pools)", fitting)
         self.input_size = input_size
         layers: list[nn.Module] = []
         previous = 3  # RGB: every data module hands over three channels

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, read_checkpoint
-from cnnlab.errors import ConfigValueError
+from cnnlab.errors import ConfigValueError, InputSizeError, user_error
 from cnnlab.visualize.feature_maps import evaluation_mode
 
 
@@ -46,7 +46,16 @@ def build_network(cfg: DictConfig) -> tuple[nn.Module, int]:
         for key in ("weights", "weights_path"):
             if key in model_cfg:
                 model_cfg[key] = None
-    return instantiate(OmegaConf.create(model_cfg)), image_size
+    try:
+        return instantiate(OmegaConf.create(model_cfg)), image_size
+    except Exception as error:
+        too_small = user_error(error)
+        if isinstance(too_small, InputSizeError) and cfg.get("input_size"):
+            # Its message names data.image_size, training's knob; here input_size replaces that.
+            choices = " or ".join(f"input_size={size}" for size in too_small.fitting_sizes)
+            raise ConfigValueError(f"input_size={image_size}: {cfg.model._target_.rsplit('.', 1)[-1]}'s input side "
+                                   f"{too_small.requirement}; pass {choices}") from error
+        raise
 
 
 @dataclass
