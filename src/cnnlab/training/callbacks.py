@@ -60,7 +60,7 @@ class RunFolderCheckpoint(ModelCheckpoint):
         """Take the per-batch hook out of Lightning's loop where it would only check and return."""
         super().setup(trainer, pl_module, stage)
         # Read after the network's passes, its checks cost about 30 µs a step on a 2-core CPU
-        # (README, Speed). Lightning's dispatcher passes by a hook that is not callable.
+        # (docs/performance.md). Lightning's dispatcher passes by a hook that is not callable.
         if not self._saves_within_epoch:
             self.on_train_batch_end = None  # type: ignore[assignment,method-assign]
 
