@@ -81,6 +81,19 @@ def test_ddp_on_two_cpu_processes_shares_each_epoch_syncs_metrics_and_writes_onc
     assert evaluated["test/loss"] == pytest.approx(results["test/loss"], rel=1e-5)
 
 
+def test_ddp_spawn_workers_log_to_the_job_log(tmp_path: Path, cifar_root: Path):
+    # A local multirun spawns the DDP processes (ddp_spawn): fresh Python processes without Hydra's logging.
+    run_script(tmp_path, "train.py", *FAST, "trainer=ddp_cpu", "trainer.max_epochs=1", "test=false",
+               f"data.root={cifar_root}", "data.val_split=20", "data.download=false", "-m")
+
+    job_log = next((tmp_path / "logs" / "train" / "multiruns").glob("*/0/train.log")).read_text()
+    # The data is loaded inside the workers: its line reaches the job's log file, from rank zero alone.
+    assert job_log.count("[cnnlab.data.base][INFO] - data: 100 train, 20 val, 30 test images") == 1
+    # Appended after the job's own lines, which are neither lost (the file truncated) nor repeated.
+    assert job_log.count("[cnnlab.tasks.train][INFO] - model: ") == 1
+    assert job_log.index(" parameters, ") < job_log.index(" - data: ") < job_log.index(FINISHED_LOG_MARK)
+
+
 @pytest.fixture
 def hydra_multirun_job():
     """Hydra's runtime config as a multirun job sees it."""

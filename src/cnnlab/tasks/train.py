@@ -52,6 +52,7 @@ from cnnlab.utils.config import (
 from cnnlab.utils.cuda_check import ensure_accelerator_available, skip_unloadable_nvml_check
 from cnnlab.utils.host_memory import keep_freed_memory
 from cnnlab.utils.hydra_callbacks import refuse_used_run_dir
+from cnnlab.utils.job_logging import log_spawned_workers_to_job_log
 from cnnlab.utils.log_filters import JOB_LOG_ONLY
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ def build_run(cfg: DictConfig, resuming: bool = False) -> tuple[L.LightningDataM
         # Lightning would otherwise add its own checkpoint callback (the last epoch, under the logger's folder).
         extra["enable_checkpointing"] = False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
+    log_spawned_workers_to_job_log(trainer)
     return datamodule, model, trainer
 
 
