@@ -18,6 +18,7 @@ import yaml
 from cnnlab.errors import ConfigValueError, CorruptImageError
 from cnnlab.tasks.summarize import (
     FAILED_LOG_MARK,
+    INTERRUPTED_LOG_MARK,
     RESUME_REFUSED_LOG_MARK,
     summarize,
     to_csv,
@@ -326,3 +327,27 @@ def test_a_resumed_session_that_failed_before_training_is_news_only_without_resu
     jobs = {job.name: job.status for job in summarize(sweep).jobs}
     assert jobs == {"0": "ok", "1": "failed: a resumed session failed before training: ConfigValueError: "
                                     "trainer.accelerator=gpu, but this machine has no GPU use trainer=cpu"}
+
+
+def test_a_run_stopped_with_ctrl_c_is_shown_as_interrupted_with_the_command_that_continues_it(tmp_path: Path):
+    sweep = tmp_path / "stopped"
+    finished = "[t][cnnlab.tasks.train][INFO] - results in /x\n"
+    failed = "[t][cnnlab.tasks.train][ERROR] - training failed: OSError: disk full\n"
+    # As train.py logs a Ctrl-C (tests/test_resume_sessions.py checks that line).
+    stopped = (f"[t][cnnlab.tasks.train][WARNING] - {INTERRUPTED_LOG_MARK}; its last checkpoint /r/last.ckpt is from "
+               f"epoch 2 (step 14). To continue the run from it: python scripts/train.py optimizer.lr=0.1 "
+               f"hydra.run.dir=/r ckpt_path=last\n")
+    make_job(sweep, 0, ["optimizer.lr=0.1"], None, log=stopped)
+    make_job(sweep, 1, ["optimizer.lr=0.2"], {"val/acc_best": 0.9}, log=finished)
+    make_job(sweep, 2, ["optimizer.lr=0.3"], {"val/acc_best": 0.8}, log=finished + stopped)  # a resumed session stopped
+    make_job(sweep, 3, ["optimizer.lr=0.4"], None, log=failed + stopped)  # the last session's end counts
+    make_job(sweep, 4, ["optimizer.lr=0.5"], None, log=stopped + failed)
+    summary = summarize(sweep)
+    jobs = {job.name: job.status for job in summary.jobs}
+    told = stopped.split(" - ", 1)[1].strip()
+    assert jobs == {"0": told, "1": "ok", "2": f"ok; a later run in its folder was {told}", "3": told,
+                    "4": "failed: OSError: disk full"}
+    assert "5 jobs, 2 finished, 1 failed, 2 interrupted;" in to_markdown(summary)
+    table = {row["job"]: (row["status"], row["rank"]) for row in csv.DictReader(io.StringIO(to_csv(summary)))}
+    assert table == {"0": ("interrupted", ""), "1": ("ok", "1"), "2": ("ok", "2"), "3": ("interrupted", ""),
+                     "4": ("failed", "")}

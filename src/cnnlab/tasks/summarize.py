@@ -38,6 +38,8 @@ FAILED_LOG_MARK = "training failed: "
 # A resumed session that failed before training (refused, or no device, no data): the run is as it was.
 RESUME_REFUSED_LOG_MARK = "resumed session failed before training: "
 FINISHED_LOG_MARK = "results in "  # the last line, after metrics.json is written
+# A run stopped by the user (Ctrl-C); the line goes on with its last checkpoint and the command that continues it.
+INTERRUPTED_LOG_MARK = "interrupted (Ctrl-C)"
 FINISHED_MARK = f"] - {FINISHED_LOG_MARK}"  # as the whole message of a log record
 LOG_RECORD_START = re.compile(r"\[[^\]]*\]\[[^\]]*\]\[[A-Z]+\] - ")  # Hydra's "[<time>][<logger>][<LEVEL>] - "
 # A log record's time (logging's asctime, local time, as resume_session names a session).
@@ -59,12 +61,22 @@ class Job:
 
     @property
     def failed(self) -> bool:
+        """Whether the job has no results to rank (it failed, or was interrupted before finishing)."""
         return not self.metrics or bool(self.error)
 
     @property
+    def interrupted(self) -> bool:
+        """Whether the job's run was stopped by the user (Ctrl-C) before it finished: not a failure."""
+        return self.failed and self.error.startswith(INTERRUPTED_LOG_MARK)
+
+    @property
     def status(self) -> str:
+        if self.interrupted:
+            return self.error  # "interrupted (Ctrl-C); ..." with the command that continues it
         if self.failed:
             return f"failed: {self.error}"
+        if self.later_failure.startswith(INTERRUPTED_LOG_MARK):
+            return f"ok; a later run in its folder was {self.later_failure}"
         return f"ok; a later run in its folder failed: {self.later_failure}" if self.later_failure else "ok"
 
 
@@ -99,6 +111,7 @@ class LoggedOutcome:
     """What a job's log (the training task's) records."""
 
     failure: str = ""         # the error of a run that failed after the last finished one
+    interruption: str = ""    # the line of a run interrupted (Ctrl-C) after the last finished one, from its mark on
     finished: bool = False    # whether any run finished (wrote its results)
     resume_failure: str = ""  # the error of the last resumed session that failed before training
     # When (as a session name: "resumed_<date>_<time>") the last run finished and each early
@@ -123,10 +136,16 @@ def logged_outcome(job_dir: Path) -> LoggedOutcome:
         current = None  # the mark whose error the following lines continue
         for line in log_file.read_text(errors="replace").splitlines():
             if FINISHED_MARK in line:
-                errors[FAILED_LOG_MARK], current = "", None
+                errors[FAILED_LOG_MARK], outcome.interruption, current = "", "", None
                 outcome.finished, outcome.finished_at = True, _as_session_time(line)
+            elif INTERRUPTED_LOG_MARK in line and LOG_RECORD_START.match(line):
+                # The last session's end counts: an interrupted session after a failed one, or the reverse.
+                errors[FAILED_LOG_MARK], current = "", None
+                outcome.interruption = INTERRUPTED_LOG_MARK + line.split(INTERRUPTED_LOG_MARK, 1)[1].rstrip()
             elif mark := next((m for m in errors if m in line), None):
                 errors[mark], current = line.split(mark, 1)[1].strip(), mark
+                if mark == FAILED_LOG_MARK:
+                    outcome.interruption = ""
                 if mark == RESUME_REFUSED_LOG_MARK:
                     outcome.refused_at.append(_as_session_time(line))
             elif current and not LOG_RECORD_START.match(line):
@@ -195,12 +214,15 @@ def read_job(job_dir: Path) -> Job:
     job = Job(job_dir.name, job_dir, overrides, error=error)
     if not results.is_file():
         # A resumed session's early failure leaves a finished run as it was; without results it is the news.
-        job.error = (failure or (outcome.resume_failure and f"a resumed session failed before training: {outcome.resume_failure}")
+        job.error = (failure or outcome.interruption
+                     or (outcome.resume_failure and f"a resumed session failed before training: {outcome.resume_failure}")
                      or f"no {RESULTS_FILE} (the job crashed, was killed, or is still running)")
         return job
     job.metrics = metrics or {}
     if failure and finished:
         job.later_failure = failure
+    elif outcome.interruption and finished:
+        job.later_failure = outcome.interruption  # a resumed session stopped by the user; the results are the finished run's
     elif failure:
         # The run wrote its metrics, then failed before finishing: Hydra counted the job as failed.
         job.error = job.error or f"{failure} (after writing {RESULTS_FILE})"
@@ -311,12 +333,13 @@ def to_markdown(summary: SweepSummary) -> str:
         cells = [str(rank) if not job.failed else "-", job.name, *(_format_override(job.overrides.get(k, "")) for k in summary.swept),
                  *(_format(job.metrics.get(m)) for m in metrics), job.status]
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    failed = sum(job.failed for job in summary.jobs)
+    interrupted = sum(job.interrupted for job in summary.jobs)
+    failed = sum(job.failed for job in summary.jobs) - interrupted
     lines = [
         f"# Sweep {summary.sweep_dir.name}",
         "",
-        f"{len(summary.jobs)} job{'s' if len(summary.jobs) != 1 else ''}, {len(summary.jobs) - failed} finished, {failed} failed; "
-        f"ranked by `{summary.metric}` ({summary.direction}).",
+        f"{len(summary.jobs)} job{'s' if len(summary.jobs) != 1 else ''}, {len(summary.jobs) - failed - interrupted} finished, "
+        f"{failed} failed{f', {interrupted} interrupted' if interrupted else ''}; ranked by `{summary.metric}` ({summary.direction}).",
     ]
     if summary.common:
         lines += ["", "Shared overrides: " + " ".join(f"`{k}={v}`" for k, v in summary.common.items())]
@@ -335,7 +358,7 @@ def to_csv(summary: SweepSummary) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["rank", "job", "status", "error", *override_keys, summary.metric, *metric_keys, "path"])
     for rank, job in enumerate(summary.jobs, start=1):
-        writer.writerow([rank if not job.failed else "", job.name, "failed" if job.failed else "ok", job.error or job.later_failure,
+        writer.writerow([rank if not job.failed else "", job.name, "interrupted" if job.interrupted else "failed" if job.failed else "ok", job.error or job.later_failure,
                          *(job.overrides.get(k, "") for k in override_keys),
                          *(job.metrics.get(k, "") for k in [summary.metric, *metric_keys]), str(job.path)])
     return buffer.getvalue()
@@ -378,7 +401,7 @@ def plot(summary: SweepSummary, path: Path) -> Path:
         ax.set_ylabel(summary.metric)
         ax.grid(alpha=0.3)
     failed = len(summary.jobs) - len(summary.finished)
-    fig.suptitle(f"{summary.sweep_dir.name}: {summary.metric} ({summary.direction})" + (f", {failed} failed job(s) not shown" if failed else ""),
+    fig.suptitle(f"{summary.sweep_dir.name}: {summary.metric} ({summary.direction})" + (f", {failed} job(s) without results not shown" if failed else ""),
                  fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()

@@ -32,7 +32,7 @@ from cnnlab.checkpoint import (
 )
 from cnnlab.errors import ConfigValueError, single_hydra_run, user_error
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
-from cnnlab.tasks.summarize import FAILED_LOG_MARK, FINISHED_LOG_MARK, RESUME_REFUSED_LOG_MARK
+from cnnlab.tasks.summarize import FAILED_LOG_MARK, FINISHED_LOG_MARK, INTERRUPTED_LOG_MARK, RESUME_REFUSED_LOG_MARK
 from cnnlab.training.callbacks import EPOCH_SECONDS, EpochTimer, RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
@@ -330,15 +330,15 @@ def log_interrupted(run: PreparedRun) -> None:
     try:  # mmap: the weights are not read
         saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True) if last and last.is_file() else None
     except Exception as error:  # noqa: BLE001 - the interrupt must not turn into another traceback here
-        log.warning("interrupted (Ctrl-C); its last checkpoint %s cannot be read (%s)", last, error)
+        log.warning("%s; its last checkpoint %s cannot be read (%s)", INTERRUPTED_LOG_MARK, last, error)
         return
     if saved is None:
-        log.warning("interrupted (Ctrl-C) before the first checkpoint was saved, so the run cannot be continued: "
-                    "start it again")
+        log.warning("%s before the first checkpoint was saved, so the run cannot be continued: start it again",
+                    INTERRUPTED_LOG_MARK)
         return
     # From the checkpoint, not this process's trainer, which under ddp_spawn never counted.
-    log.warning("interrupted (Ctrl-C); its last checkpoint %s is from epoch %d (step %d). To continue the run from "
-                "it: python scripts/train.py %s", last, int(saved["epoch"]) + 1, int(saved["global_step"]),
+    log.warning("%s; its last checkpoint %s is from epoch %d (step %d). To continue the run from it: "
+                "python scripts/train.py %s", INTERRUPTED_LOG_MARK, last, int(saved["epoch"]) + 1, int(saved["global_step"]),
                 " ".join(shlex.quote(arg) for arg in continuing_overrides(run.output_dir)))
 
 
