@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(report, end="")
     if args.out is not None:
-        atomic_write(args.out, lambda f: f.write(report.encode()))
+        try:  # checked above too, before the work; a file made since is not replaced either
+            atomic_write(args.out, lambda f: f.write(report.encode()), replace=False)
+        except FileExistsError:
+            print(f"ConfigValueError: --out {args.out} already exists; pick another path or remove it", file=sys.stderr)
+            return 1
         print(f"markdown: {args.out}")
     return 0
 

@@ -58,3 +58,31 @@ def test_a_replaced_file_keeps_its_permissions(tmp_path):
     atomic_write(target, lambda f: f.write(b"new\n"))
     assert target.read_text() == "new\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_a_write_that_must_not_replace_leaves_a_file_made_meanwhile_and_no_temporary_file(tmp_path):
+    target = tmp_path / "pooled.md"
+
+    def someone_else_writes_first(f):
+        f.write(b"ours\n")
+        target.write_text("theirs\n")  # e.g. another process, after the caller checked the path was free
+
+    with pytest.raises(FileExistsError):
+        atomic_write(target, someone_else_writes_first, replace=False)
+    assert target.read_text() == "theirs\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["pooled.md"]
+    new = tmp_path / "new.md"
+    atomic_write(new, lambda f: f.write(b"ours\n"), replace=False)
+    assert new.read_text() == "ours\n" and sorted(p.name for p in tmp_path.iterdir()) == ["new.md", "pooled.md"]
+
+
+def test_without_hard_links_a_write_that_must_not_replace_still_refuses_an_existing_file(tmp_path, monkeypatch):
+    def no_links(source, target):
+        raise PermissionError(1, "Operation not permitted")  # as a filesystem without hard links answers
+
+    monkeypatch.setattr(os, "link", no_links)
+    (tmp_path / "taken.md").write_text("theirs\n")
+    with pytest.raises(FileExistsError):
+        atomic_write(tmp_path / "taken.md", lambda f: f.write(b"ours\n"), replace=False)
+    atomic_write(tmp_path / "free.md", lambda f: f.write(b"ours\n"), replace=False)
+    assert [(p.name, p.read_text()) for p in sorted(tmp_path.iterdir())] == [("free.md", "ours\n"), ("taken.md", "theirs\n")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -15,10 +16,12 @@ import torch
 from cnnlab.errors import ConfigValueError
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object], replace: bool = True) -> Path:
     """Write a file through ``write(fileobj)`` into a temporary file, then rename it into place.
 
-    ``write``'s return value is ignored (so ``lambda f: f.write(data)`` will do).
+    ``write``'s return value is ignored (so ``lambda f: f.write(data)`` will do). With
+    ``replace=False`` the file is only created: if ``path`` exists by then (a file made while
+    ``write`` ran included), ``FileExistsError`` is raised and the existing file is untouched.
 
     The file gets the permissions a plain ``open(path, "w")`` would give it: those of the file
     it replaces, else the process's umask applied to 0o666. (``tempfile.mkstemp`` would make
@@ -38,11 +41,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) 
             os.chmod(tmp_path, stat.S_IMODE(os.stat(path).st_mode))
         except FileNotFoundError:
             pass  # a new file: the umask has already applied
-        os.replace(tmp_path, path)
+        if replace:
+            os.replace(tmp_path, path)
+        else:
+            _rename_without_replacing(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def _rename_without_replacing(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)  # fails if target exists, where a rename would replace it
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links: a check, then the rename
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "File exists", str(target)) from None
+        os.replace(source, target)
+    else:
+        source.unlink()
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
