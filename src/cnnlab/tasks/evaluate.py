@@ -21,6 +21,7 @@ from cnnlab.training.classifier import ImageClassifier
 from cnnlab.utils.config import RESULTS_FILE, instantiate_all, print_config, run_folder
 from cnnlab.utils.cuda_check import ensure_accelerator_available
 from cnnlab.utils.host_memory import keep_freed_memory
+from cnnlab.utils.job_logging import log_spawned_workers_to_job_log
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     print_config(cfg, ["ckpt_path", "data", "trainer"])
 
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=instantiate_all(cfg.get("callbacks")))
+    log_spawned_workers_to_job_log(trainer)  # a multirun eval with trainer=ddp runs the test in spawned workers
     trainer.test(model, datamodule=datamodule)
     results: dict[str, Any] = metric_values(trainer.callback_metrics, prefixes=("test/",))
     results.update(model.parameter_counts(), ckpt_path=str(Path(cfg.ckpt_path).resolve()))
