@@ -182,7 +182,7 @@ class ImageClassifier(L.LightningModule):
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         """Note whether this step's logs reach the loggers; a subclass overriding this calls ``super()``."""
         # Decided before the network runs: after the forward pass has gone through the caches,
-        # the same read of Lightning's state costs about 18 µs instead of 2 (docs/performance.md).
+        # the same read of Lightning's state costs 18-25 µs instead of about 1.3 (docs/performance.md).
         self._log_this_step = self.trainer._logger_connector.should_update_logs
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:

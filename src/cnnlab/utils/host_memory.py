@@ -20,11 +20,11 @@ def keep_freed_memory(mmap_threshold_mb: int = 32, trim_threshold_mb: int = 1024
 
     By default glibc serves large blocks (an activation tensor of a training step) with fresh
     ``mmap`` pages and unmaps them when freed, so every step page-faults its activations in
-    again: about 7,500 faults per step for the scratch CNN at batch 64, and a third of its CPU
+    again: about 7,400 faults per step for the scratch CNN at batch 64 in float32, and a third of its CPU
     training time in a standalone training-step loop. With blocks up to ``mmap_threshold_mb``
     taken from the heap and up to ``trim_threshold_mb`` of free heap kept, the pages are reused
     (that loop: 0 faults per step, 1.7x the throughput). glibc's own adaptive thresholds often
-    get there in long runs too (docs/performance.md); this makes it certain. The cost is that the
+    get there in long runs too (docs/performance.md, "Host malloc"); this makes it certain. The cost is that the
     process keeps its peak heap. Returns False where it does not apply (not Linux, or not glibc).
     """
     if not sys.platform.startswith("linux"):
