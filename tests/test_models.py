@@ -66,6 +66,13 @@ def test_simple_cnn_other_sizes_and_bad_size():
         SimpleCNN(input_size=40, channels=(8, 8, 8, 8))
 
 
+def test_a_model_input_size_the_network_cannot_take_names_that_override_not_data_image_size(make_config):
+    # data.image_size is already 32, which fits: sending the user there would not help.
+    with pytest.raises(ConfigValueError, match=r"^model.input_size=30: the network's input side must be divisible by 8 "
+                                               r".*\(data.image_size=32\): drop the model.input_size override"):
+        train(make_config(overrides=["model=simple_cnn", "model.input_size=30", "trainer.max_epochs=1"]))
+
+
 def test_simple_cnn_built_for_another_size_than_the_data_names_data_image_size(make_config):
     # model.input_size=64 on 32x32 data used to fail in the first Linear layer with a bare shape error.
     with pytest.raises(ConfigValueError) as error:

@@ -63,6 +63,12 @@ def test_an_input_size_simple_cnn_cannot_take_names_input_size_and_the_sizes_tha
     with pytest.raises(ConfigValueError, match=r"^input_size=30: SimpleCNN's input side must be divisible by 8 "
                                                r"\(3 2x2 pools\); pass input_size=24 or input_size=32$"):
         summary(summary_config(["model=simple_cnn", "input_size=30"]))
+    with pytest.raises(ConfigValueError, match=r"^data.image_size=30: .* pass data.image_size=24 or data.image_size=32$"):
+        summary(summary_config(["model=simple_cnn", "data.image_size=30"]))
+    # The size that failed is model.input_size's, not the one asked for: naming input_size=32 would contradict itself.
+    with pytest.raises(ConfigValueError, match=r"^model.input_size=30: SimpleCNN's input side must be divisible by 8 .*; "
+                                               r"drop the model.input_size override and choose the size with input_size=$"):
+        summary(summary_config(["model=simple_cnn", "model.input_size=30", "input_size=32"]))
 
 
 def test_the_summary_of_a_fine_tuner_builds_it_as_trained_without_warning_about_training(caplog):

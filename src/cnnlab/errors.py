@@ -47,15 +47,16 @@ class ConfigValueError(CnnlabError, ValueError):
 class InputSizeError(ConfigValueError):
     """A network cannot be built for the configured image size.
 
-    ``requirement`` says what a size must be, without naming a config key (scripts name their
-    own: training ``data.image_size``, the summary ``input_size``); ``fitting_sizes`` are the
-    nearest sizes that meet it.
+    ``size`` is the size refused; ``requirement`` says what a size must be, without naming a
+    config key (the message names training's ``data.image_size``; a caller whose size came from
+    another key names that one); ``fitting_sizes`` are the nearest sizes that meet it.
     """
 
     def __init__(self, size: int, requirement: str, fitting_sizes: tuple[int, ...]) -> None:
         choices = " or ".join(str(fitting) for fitting in fitting_sizes)
         super().__init__(f"input_size {size} {requirement}: set data.image_size (which model.input_size follows) "
                          f"to {choices}")
+        self.size = size
         self.requirement = requirement
         self.fitting_sizes = fitting_sizes
 

@@ -50,12 +50,17 @@ def build_network(cfg: DictConfig) -> tuple[nn.Module, int]:
         return instantiate(OmegaConf.create(model_cfg)), image_size
     except Exception as error:
         too_small = user_error(error)
-        if isinstance(too_small, InputSizeError) and cfg.get("input_size"):
-            # Its message names data.image_size, training's knob; here input_size replaces that.
-            choices = " or ".join(f"input_size={size}" for size in too_small.fitting_sizes)
-            raise ConfigValueError(f"input_size={image_size}: {cfg.model._target_.rsplit('.', 1)[-1]}'s input side "
-                                   f"{too_small.requirement}; pass {choices}") from error
-        raise
+        if not isinstance(too_small, InputSizeError):
+            raise
+        network = cfg.model._target_.rsplit(".", 1)[-1]
+        if too_small.size != image_size:  # an override fixed model.input_size against the size asked for
+            raise ConfigValueError(f"model.input_size={too_small.size}: {network}'s input side {too_small.requirement}; "
+                                   f"drop the model.input_size override and choose the size with input_size=") from error
+        # Its message names data.image_size, training's knob; input_size replaces that here.
+        option = "input_size" if cfg.get("input_size") else "data.image_size"
+        choices = " or ".join(f"{option}={size}" for size in too_small.fitting_sizes)
+        raise ConfigValueError(f"{option}={image_size}: {network}'s input side {too_small.requirement}; "
+                               f"pass {choices}") from error
 
 
 @dataclass

@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cnnlab.errors import ConfigValueError
+from cnnlab.errors import ConfigValueError, InputSizeError, user_error
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.training.classifier import ImageClassifier, OptimizerFactory
 
@@ -44,8 +44,19 @@ def build_classifier(cfg: DictConfig, class_names: Sequence[str], train: bool = 
     download nor the weights file it was first built from.
     """
     unread = {"load_weights": False} if not pretrained and "load_weights" in cfg.model else {}
-    net = instantiate(cfg.model, num_classes=len(class_names), **unread)
     image_size = (cfg.get("data") or {}).get("image_size")
+    try:
+        net = instantiate(cfg.model, num_classes=len(class_names), **unread)
+    except Exception as error:
+        too_small = user_error(error)
+        if isinstance(too_small, InputSizeError) and image_size is not None and too_small.size != image_size:
+            # The network's message would send the user to data.image_size, which an override of model.input_size ignores.
+            raise ConfigValueError(
+                f"model.input_size={too_small.size}: the network's input side {too_small.requirement}, and it must be "
+                f"built for the data's size anyway (data.image_size={image_size}): drop the model.input_size override "
+                f"(it follows data.image_size)"
+            ) from error
+        raise
     # SimpleCNN's first fully connected layer is sized for model.input_size; other images would
     # fail there, at the first batch, with only a matrix-shape message.
     if isinstance(net, SimpleCNN) and image_size is not None and net.input_size != image_size:
