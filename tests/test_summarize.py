@@ -342,12 +342,21 @@ def test_a_run_stopped_with_ctrl_c_is_shown_as_interrupted_with_the_command_that
     make_job(sweep, 2, ["optimizer.lr=0.3"], {"val/acc_best": 0.8}, log=finished + stopped)  # a resumed session stopped
     make_job(sweep, 3, ["optimizer.lr=0.4"], None, log=failed + stopped)  # the last session's end counts
     make_job(sweep, 4, ["optimizer.lr=0.5"], None, log=stopped + failed)
+    # The two other lines train.py may log on Ctrl-C; an unreadable checkpoint's reason can run over several lines.
+    early = f"[t][cnnlab.tasks.train][WARNING] - {INTERRUPTED_LOG_MARK} before the first checkpoint was saved, so ...\n"
+    unreadable = (f"[t][cnnlab.tasks.train][WARNING] - {INTERRUPTED_LOG_MARK}; its last checkpoint /r/last.ckpt cannot be "
+                  f"read (UnpicklingError: Weights only load failed.\nPlease file an issue)\n[t][x][INFO] - next record\n")
+    make_job(sweep, 5, ["optimizer.lr=0.6"], None, log=early)
+    make_job(sweep, 6, ["optimizer.lr=0.7"], None, log=unreadable)
     summary = summarize(sweep)
     jobs = {job.name: job.status for job in summary.jobs}
     told = stopped.split(" - ", 1)[1].strip()
     assert jobs == {"0": told, "1": "ok", "2": f"ok; a later run in its folder was {told}", "3": told,
-                    "4": "failed: OSError: disk full"}
-    assert "5 jobs, 2 finished, 1 failed, 2 interrupted;" in to_markdown(summary)
+                    "4": "failed: OSError: disk full",
+                    "5": f"{INTERRUPTED_LOG_MARK} before the first checkpoint was saved, so ...",
+                    "6": f"{INTERRUPTED_LOG_MARK}; its last checkpoint /r/last.ckpt cannot be read (UnpicklingError: "
+                         f"Weights only load failed. Please file an issue)"}
+    assert "7 jobs, 2 finished, 1 failed, 4 interrupted;" in to_markdown(summary)
     table = {row["job"]: (row["status"], row["rank"]) for row in csv.DictReader(io.StringIO(to_csv(summary)))}
     assert table == {"0": ("interrupted", ""), "1": ("ok", "1"), "2": ("ok", "2"), "3": ("interrupted", ""),
-                     "4": ("failed", "")}
+                     "4": ("failed", ""), "5": ("interrupted", ""), "6": ("interrupted", "")}

@@ -55,29 +55,33 @@ class Job:
     overrides: dict[str, str]
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str = ""
-    # A run in the folder failed after an earlier one had finished (e.g. a resumed session):
-    # the metrics are the finished run's, so the job still counts, with the failure shown.
+    # Stopped by the user (Ctrl-C) before it finished, which is no failure: error holds the
+    # logged line, with the command that continues the run.
+    interrupted: bool = False
+    # A run in the folder failed (or was interrupted) after an earlier one had finished (e.g. a
+    # resumed session): the metrics are the finished run's, so the job still counts, with that shown.
     later_failure: str = ""
+    later_interrupted: bool = False
 
     @property
-    def failed(self) -> bool:
+    def unranked(self) -> bool:
         """Whether the job has no results to rank (it failed, or was interrupted before finishing)."""
         return not self.metrics or bool(self.error)
 
     @property
-    def interrupted(self) -> bool:
-        """Whether the job's run was stopped by the user (Ctrl-C) before it finished: not a failure."""
-        return self.failed and self.error.startswith(INTERRUPTED_LOG_MARK)
+    def failed(self) -> bool:
+        """Whether the job has no results to rank for another reason than the user stopping it."""
+        return self.unranked and not self.interrupted
 
     @property
     def status(self) -> str:
         if self.interrupted:
-            return self.error  # "interrupted (Ctrl-C); ..." with the command that continues it
+            return self.error
         if self.failed:
             return f"failed: {self.error}"
-        if self.later_failure.startswith(INTERRUPTED_LOG_MARK):
-            return f"ok; a later run in its folder was {self.later_failure}"
-        return f"ok; a later run in its folder failed: {self.later_failure}" if self.later_failure else "ok"
+        if self.later_failure:
+            return f"ok; a later run in its folder {'was' if self.later_interrupted else 'failed:'} {self.later_failure}"
+        return "ok"
 
 
 @dataclass
@@ -94,7 +98,7 @@ class SweepSummary:
 
     @property
     def finished(self) -> list[Job]:
-        return [job for job in self.jobs if not job.failed]
+        return [job for job in self.jobs if not job.unranked]
 
 
 def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
@@ -112,6 +116,7 @@ class LoggedOutcome:
 
     failure: str = ""         # the error of a run that failed after the last finished one
     interruption: str = ""    # the line of a run interrupted (Ctrl-C) after the last finished one, from its mark on
+    # Only the later of those two is kept: a session's end replaces the previous session's.
     finished: bool = False    # whether any run finished (wrote its results)
     resume_failure: str = ""  # the error of the last resumed session that failed before training
     # When (as a session name: "resumed_<date>_<time>") the last run finished and each early
@@ -130,22 +135,21 @@ def logged_outcome(job_dir: Path) -> LoggedOutcome:
     """What the job's log records: the error of a run that failed after the last finished one
     ("" if none did), whether any run finished, the error of the last resumed session that
     failed before training ("" if none did), and when those were logged."""
-    errors = {FAILED_LOG_MARK: "", RESUME_REFUSED_LOG_MARK: ""}
+    errors = {FAILED_LOG_MARK: "", INTERRUPTED_LOG_MARK: "", RESUME_REFUSED_LOG_MARK: ""}
+    session_ends = (FAILED_LOG_MARK, INTERRUPTED_LOG_MARK)
     outcome = LoggedOutcome()
     for log_file in sorted(job_dir.glob("*.log")):
         current = None  # the mark whose error the following lines continue
         for line in log_file.read_text(errors="replace").splitlines():
             if FINISHED_MARK in line:
-                errors[FAILED_LOG_MARK], outcome.interruption, current = "", "", None
+                errors[FAILED_LOG_MARK], errors[INTERRUPTED_LOG_MARK], current = "", "", None
                 outcome.finished, outcome.finished_at = True, _as_session_time(line)
-            elif INTERRUPTED_LOG_MARK in line and LOG_RECORD_START.match(line):
-                # The last session's end counts: an interrupted session after a failed one, or the reverse.
-                errors[FAILED_LOG_MARK], current = "", None
-                outcome.interruption = INTERRUPTED_LOG_MARK + line.split(INTERRUPTED_LOG_MARK, 1)[1].rstrip()
             elif mark := next((m for m in errors if m in line), None):
-                errors[mark], current = line.split(mark, 1)[1].strip(), mark
-                if mark == FAILED_LOG_MARK:
-                    outcome.interruption = ""
+                if mark in session_ends:  # the later session's end replaces the earlier one's
+                    errors[FAILED_LOG_MARK] = errors[INTERRUPTED_LOG_MARK] = ""
+                # The interrupted line reads on from its mark ("interrupted (Ctrl-C); its last checkpoint ...").
+                errors[mark] = (line[line.index(mark):] if mark == INTERRUPTED_LOG_MARK else line.split(mark, 1)[1]).strip()
+                current = mark
                 if mark == RESUME_REFUSED_LOG_MARK:
                     outcome.refused_at.append(_as_session_time(line))
             elif current and not LOG_RECORD_START.match(line):
@@ -154,6 +158,7 @@ def logged_outcome(job_dir: Path) -> LoggedOutcome:
             else:
                 current = None
     outcome.failure, outcome.resume_failure = errors[FAILED_LOG_MARK], errors[RESUME_REFUSED_LOG_MARK]
+    outcome.interruption = errors[INTERRUPTED_LOG_MARK]
     return outcome
 
 
@@ -214,15 +219,15 @@ def read_job(job_dir: Path) -> Job:
     job = Job(job_dir.name, job_dir, overrides, error=error)
     if not results.is_file():
         # A resumed session's early failure leaves a finished run as it was; without results it is the news.
+        job.interrupted = bool(outcome.interruption)
         job.error = (failure or outcome.interruption
                      or (outcome.resume_failure and f"a resumed session failed before training: {outcome.resume_failure}")
                      or f"no {RESULTS_FILE} (the job crashed, was killed, or is still running)")
         return job
     job.metrics = metrics or {}
-    if failure and finished:
-        job.later_failure = failure
-    elif outcome.interruption and finished:
-        job.later_failure = outcome.interruption  # a resumed session stopped by the user; the results are the finished run's
+    if (failure or outcome.interruption) and finished:
+        job.later_failure = failure or outcome.interruption
+        job.later_interrupted = bool(outcome.interruption)
     elif failure:
         # The run wrote its metrics, then failed before finishing: Hydra counted the job as failed.
         job.error = job.error or f"{failure} (after writing {RESULTS_FILE})"
@@ -246,7 +251,7 @@ def sweep_settings(jobs: Sequence[Job]) -> tuple[str | None, str | None, list[st
 
 def _sort_key(job: Job, metric: str, direction: str) -> tuple[int, float]:
     value = job.metrics.get(metric)
-    if job.failed:
+    if job.unranked:
         return 2, 0.0
     if not isinstance(value, (int, float)) or math.isnan(value):
         return 1, 0.0
@@ -330,11 +335,11 @@ def to_markdown(summary: SweepSummary) -> str:
     header = ["rank", "job", *summary.swept, *metrics, "status"]
     rows = []
     for rank, job in enumerate(summary.jobs, start=1):
-        cells = [str(rank) if not job.failed else "-", job.name, *(_format_override(job.overrides.get(k, "")) for k in summary.swept),
+        cells = [str(rank) if not job.unranked else "-", job.name, *(_format_override(job.overrides.get(k, "")) for k in summary.swept),
                  *(_format(job.metrics.get(m)) for m in metrics), job.status]
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     interrupted = sum(job.interrupted for job in summary.jobs)
-    failed = sum(job.failed for job in summary.jobs) - interrupted
+    failed = sum(job.failed for job in summary.jobs)
     lines = [
         f"# Sweep {summary.sweep_dir.name}",
         "",
@@ -358,7 +363,7 @@ def to_csv(summary: SweepSummary) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["rank", "job", "status", "error", *override_keys, summary.metric, *metric_keys, "path"])
     for rank, job in enumerate(summary.jobs, start=1):
-        writer.writerow([rank if not job.failed else "", job.name, "interrupted" if job.interrupted else "failed" if job.failed else "ok", job.error or job.later_failure,
+        writer.writerow([rank if not job.unranked else "", job.name, "interrupted" if job.interrupted else "failed" if job.failed else "ok", job.error or job.later_failure,
                          *(job.overrides.get(k, "") for k in override_keys),
                          *(job.metrics.get(k, "") for k in [summary.metric, *metric_keys]), str(job.path)])
     return buffer.getvalue()
