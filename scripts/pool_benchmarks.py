@@ -27,26 +27,26 @@ def main(argv: list[str] | None = None) -> int:
     from cnnlab.benchmark.pooling import load_run, pool, to_markdown
     from cnnlab.utils.io import atomic_write
 
+    out_exists = ConfigValueError(f"--out {args.out} already exists; pick another path or remove it")
     try:
         # Never over a file: --out RUN/benchmark.json would replace the run's results, and it could
-        # not be pooled again.
+        # not be pooled again. Checked before the work, and again by the write (a file made since).
         if args.out is not None and args.out.is_dir():
             raise ConfigValueError(f"--out {args.out} is a folder; give a new file's path, e.g. {args.out / 'pooled.md'}")
         if args.out is not None and (args.out.exists() or args.out.is_symlink()):
-            raise ConfigValueError(f"--out {args.out} already exists; pick another path or remove it")
+            raise out_exists
         runs = [load_run(path) for path in args.runs]
         report = to_markdown(runs, pool(runs))
+        print(report, end="")
+        if args.out is not None:
+            try:
+                atomic_write(args.out, lambda f: f.write(report.encode()), replace=False)
+            except FileExistsError:
+                raise out_exists from None
+            print(f"markdown: {args.out}")
     except CnnlabError as error:
         print(f"{type(error).__name__}: {error}", file=sys.stderr)
         return 1
-    print(report, end="")
-    if args.out is not None:
-        try:  # checked above too, before the work; a file made since is not replaced either
-            atomic_write(args.out, lambda f: f.write(report.encode()), replace=False)
-        except FileExistsError:
-            print(f"ConfigValueError: --out {args.out} already exists; pick another path or remove it", file=sys.stderr)
-            return 1
-        print(f"markdown: {args.out}")
     return 0
 
 

@@ -21,7 +21,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object], 
 
     ``write``'s return value is ignored (so ``lambda f: f.write(data)`` will do). With
     ``replace=False`` the file is only created: if ``path`` exists by then (a file made while
-    ``write`` ran included), ``FileExistsError`` is raised and the existing file is untouched.
+    ``write`` ran included), ``FileExistsError`` is raised and the existing file is untouched
+    (where the filesystem has hard links; elsewhere it is a check, then the rename, so a file
+    made in between those two would still be replaced).
 
     The file gets the permissions a plain ``open(path, "w")`` would give it: those of the file
     it replaces, else the process's umask applied to 0o666. (``tempfile.mkstemp`` would make
@@ -52,6 +54,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object], 
 
 
 def _rename_without_replacing(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target`` unless ``target`` exists (``FileExistsError``)."""
     try:
         os.link(source, target)  # fails if target exists, where a rename would replace it
     except FileExistsError:
