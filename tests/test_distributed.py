@@ -86,12 +86,20 @@ def test_ddp_spawn_workers_log_to_the_job_log(tmp_path: Path, cifar_root: Path):
     run_script(tmp_path, "train.py", *FAST, "trainer=ddp_cpu", "trainer.max_epochs=1", "test=false",
                f"data.root={cifar_root}", "data.val_split=20", "data.download=false", "-m")
 
-    job_log = next((tmp_path / "logs" / "train" / "multiruns").glob("*/0/train.log")).read_text()
+    (job,) = (tmp_path / "logs" / "train" / "multiruns").glob("*/0")
+    job_log = (job / "train.log").read_text()
+    data_line = "[cnnlab.data.base][INFO] - data: 100 train, 20 val, 30 test images"
     # The data is loaded inside the workers: its line reaches the job's log file, from rank zero alone.
-    assert job_log.count("[cnnlab.data.base][INFO] - data: 100 train, 20 val, 30 test images") == 1
+    assert job_log.count(data_line) == 1
     # Appended after the job's own lines, which are neither lost (the file truncated) nor repeated.
     assert job_log.count("[cnnlab.tasks.train][INFO] - model: ") == 1
     assert job_log.index(" parameters, ") < job_log.index(" - data: ") < job_log.index(FINISHED_LOG_MARK)
+
+    # Evaluation's test runs in spawned workers the same way.
+    run_script(tmp_path, "eval.py", f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}", "trainer=ddp_cpu",
+               "+trainer.enable_progress_bar=false", "-m")
+    (eval_job,) = (tmp_path / "logs" / "eval" / "multiruns").glob("*/0")
+    assert (eval_job / "eval.log").read_text().count(data_line) == 1
 
 
 @pytest.fixture
