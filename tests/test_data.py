@@ -313,10 +313,33 @@ def test_the_plain_loops_image_folder_reads_what_the_data_module_reads(tmp_path:
     root = write_image_folder(tmp_path / "imgs", per_class=2)
     (root / "train" / ".ipynb_checkpoints").mkdir()  # torchvision's ImageFolder would take it as an empty class
     (root / "train" / "dog" / "000.jpg").rename(root / "train" / "dog" / "000.gif")  # and skip this file
+    (root / "train" / "cat" / "@eaDir" / "001.jpg").mkdir(parents=True)  # and read the thumbnails inside
+    Image.new("RGB", (8, 8)).save(root / "train" / "cat" / "@eaDir" / "001.jpg" / "SYNOPHOTO_THUMB_S.jpg")
     dm = ImageFolderDataModule(str(root), cache_dir=None)
     reference = FolderAsDataModuleReads(str(dm.train_dir), transform=None)
     assert reference.classes == dm.class_names
     assert [(Path(path), label) for path, label in reference.samples] == folder_module.scan_split(dm.train_dir, dm.class_names)
+
+
+def test_thumbnail_and_resource_fork_folders_are_neither_images_nor_classes(tmp_path: Path):
+    root = write_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=2)
+    cat = root / "train" / "cat"
+    # A Synology NAS's thumbnails, under the photo's own name; a Mac's resource forks on a file
+    # share, named like the photos but not images (they would stop the run as corrupt).
+    (cat / "@eaDir" / "000.jpg").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(cat / "@eaDir" / "000.jpg" / "SYNOPHOTO_THUMB_M.jpg")
+    (cat / ".AppleDouble").mkdir()
+    (cat / ".AppleDouble" / "000.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (root / "train" / "__MACOSX" / "cat").mkdir(parents=True)  # what a zip made on a Mac unpacks beside the classes
+    (root / "train" / "__MACOSX" / "cat" / "._000.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (cat / "sub").mkdir()  # an ordinary sub-folder still counts
+    Image.new("RGB", (8, 8)).save(cat / "sub" / "extra.png")
+    assert folder_module.list_class_dirs(root / "train") == ["cat", "dog"]
+    assert [path.relative_to(cat).as_posix() for path in folder_module.image_files(cat)] == ["000.jpg", "001.png",
+                                                                                            "sub/extra.png"]
+    dm = ImageFolderDataModule(str(root), val_split=1, test_split=1, cache_dir=None)
+    dm.setup("fit")
+    assert dm.class_names == ["cat", "dog"] and len(dm.train_split) + 2 == 5
 
 
 def test_16_bit_and_float_greyscale_images_decode_to_their_8_bit_values(tmp_path: Path):

@@ -9,6 +9,7 @@ and the loop moves each float batch to the device. Only the timing around it is 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.data.base import InMemoryImageDataModule
 from cnnlab.data.cifar10 import CIFAR10DataModule
-from cnnlab.data.folder import ImageFolderDataModule, is_image_file, list_class_dirs
+from cnnlab.data.folder import ImageFolderDataModule, image_files, is_image_file, list_class_dirs
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,8 @@ class FolderAsDataModuleReads(torchvision.datasets.ImageFolder):
     """torchvision's ImageFolder over the classes and files the folder data module reads.
 
     ImageFolder's own rules differ: it takes hidden folders (``.ipynb_checkpoints``) as
-    classes and skips ``.gif``, so on some folders it would fail, or time other images with
-    other labels, where the data module is fine.
+    classes, reads thumbnail folders inside a class (``@eaDir``) and skips ``.gif``, so on some
+    folders it would fail, or time other images with other labels, where the data module is fine.
     """
 
     def __init__(self, root: str, transform: T.Compose) -> None:
@@ -88,6 +89,12 @@ class FolderAsDataModuleReads(torchvision.datasets.ImageFolder):
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         names = list_class_dirs(Path(directory))
         return names, {name: label for label, name in enumerate(names)}
+
+    @staticmethod
+    def make_dataset(directory: str | Path, class_to_idx: dict[str, int], extensions: tuple[str, ...] | None = None,
+                     is_valid_file: Callable[[str], bool] | None = None, allow_empty: bool = False) -> list[tuple[str, int]]:
+        # The data module's own file listing, which leaves out thumbnail and resource-fork folders.
+        return [(str(path), label) for name, label in class_to_idx.items() for path in image_files(Path(directory) / name)]
 
 
 def reference_datasets(datamodule: InMemoryImageDataModule, image_size: int) -> dict[str, Dataset]:

@@ -37,13 +37,22 @@ SPLIT_NAMES = ("train", "val", "test")
 # Files that systems leave in image folders (besides hidden ones, whose names start with a dot):
 # skipped without a word, unlike other files that are not images this reads.
 SYSTEM_FILES = {"thumbs.db", "desktop.ini"}
+# Folders that systems leave among images, holding thumbnails or resource forks under the photos'
+# own names (Synology's @eaDir, macOS's __MACOSX in zip files); skipped, as are hidden folders
+# (.AppleDouble, .thumbnails), which would otherwise add low-resolution copies or undecodable files.
+SYSTEM_FOLDERS = {"@eadir", "__macosx"}
 # Bump when the decoded output for the same files would change.
 CACHE_FORMAT_VERSION = 4  # 3: 16-bit and float greyscale scaled to 8 bits, no longer clipped; 4: EXIF orientation
 
 
+def is_skipped_folder(name: str) -> bool:
+    """Whether a folder holds what systems leave beside images (hidden, or a system folder), not images."""
+    return name.startswith(".") or name.lower() in SYSTEM_FOLDERS
+
+
 def list_class_dirs(split_dir: Path) -> list[str]:
-    """Class names of a split folder: its visible sub-folders, sorted."""
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """Class names of a split folder: its sub-folders that are not hidden or system folders, sorted."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not is_skipped_folder(p.name))
 
 
 def split_folder_advice(root: Path) -> str:
@@ -79,11 +88,16 @@ def image_files(class_dir: Path, skipped: list[Path] | None = None) -> list[Path
     """The image files under ``class_dir`` (any depth, through linked folders too), sorted.
 
     Sub-folders are walked as torchvision's ImageFolder walks them (``os.walk(followlinks=True)``),
-    so a linked sub-folder counts like a real one. Raises :class:`DatasetNotFoundError` naming
+    so a linked sub-folder counts like a real one, except hidden and system folders (``@eaDir``
+    thumbnails, ``.AppleDouble`` resource forks), which ImageFolder would read. Raises :class:`DatasetNotFoundError` naming
     links to image files that no longer exist, rather than training on fewer images unawares.
     Other visible files (not hidden or system files) are appended to ``skipped`` when given.
     """
-    paths = sorted(Path(folder) / name for folder, _, names in os.walk(class_dir, followlinks=True) for name in names)
+    paths = []
+    for folder, sub_folders, names in os.walk(class_dir, followlinks=True):
+        sub_folders[:] = [name for name in sub_folders if not is_skipped_folder(name)]  # os.walk does not enter these
+        paths += [Path(folder) / name for name in names]
+    paths.sort()
     dangling = [path for path in paths if has_image_name(path) and path.is_symlink() and not path.exists()]
     if dangling:
         raise DatasetNotFoundError(
