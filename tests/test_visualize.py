@@ -31,7 +31,7 @@ from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.evaluate import evaluate
 from cnnlab.tasks.inference import load_trained_network
-from cnnlab.tasks.predict import predict
+from cnnlab.tasks.predict import list_input_files, predict
 from cnnlab.tasks.summary import summary
 from cnnlab.tasks.train import train
 from cnnlab.tasks.visualize import visualize
@@ -624,3 +624,16 @@ def test_convolution_script_prints_the_worked_example_and_writes_the_kernel_figu
     assert "[[8 8 8]" in result.stdout and "[[-8 -8 -8]" in result.stdout
     out = only_run_dir(tmp_path, "convolution")
     assert png_size(out / "convolution.png") == (900, 660)  # 6 panels, 3 per row
+
+
+def test_predict_lists_the_files_training_would_read_as_images_not_thumbnails_or_resource_forks(tmp_path: Path):
+    photos = tmp_path / "photos"
+    (photos / "@eaDir" / "a.jpg").mkdir(parents=True)  # a Synology NAS's thumbnails of a.jpg
+    (photos / "@eaDir" / "a.jpg" / "SYNOPHOTO_THUMB_S.jpg").write_bytes(b"thumb")
+    (photos / ".AppleDouble").mkdir()
+    (photos / ".AppleDouble" / "a.jpg").write_bytes(b"resource fork")
+    (photos / "trip").mkdir()
+    for name in ("a.jpg", "._a.jpg", "trip/b.png", "notes.txt"):
+        (photos / name).write_bytes(b"x")
+    # Every other visible file is tried (and reported if it is not an image), in sub-folders too.
+    assert [p.relative_to(photos).as_posix() for p in list_input_files(photos)] == ["a.jpg", "notes.txt", "trip/b.png"]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from cnnlab.data.folder import decode_image_file
+from cnnlab.data.folder import decode_image_file, is_skipped_folder
 from cnnlab.errors import InputNotFoundError
 from cnnlab.tasks.inference import class_probabilities, load_trained_network, positive_count
 from cnnlab.utils.config import ensure_values_set, run_folder
@@ -50,7 +50,8 @@ class Prediction:
 
 
 def list_input_files(inputs: str | Path, recursive: bool = True) -> list[Path]:
-    """The files to classify: ``inputs`` itself, or every visible file under the folder ``inputs`` (sorted).
+    """The files to classify: ``inputs`` itself, or every visible file under the folder ``inputs`` (sorted),
+    outside hidden and system folders (thumbnails, resource forks), as training reads folders.
 
     Every file in a folder is tried, whatever its extension: one Pillow cannot read is
     reported as failed rather than silently skipped.
@@ -61,7 +62,8 @@ def list_input_files(inputs: str | Path, recursive: bool = True) -> list[Path]:
     if not path.is_dir():
         raise InputNotFoundError(f"inputs={inputs} is neither an image file nor a folder of images")
     pattern = path.rglob("*") if recursive else path.glob("*")
-    files = sorted(p for p in pattern if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = sorted(p for p in pattern if p.is_file() and not p.name.startswith(".")
+                   and not any(is_skipped_folder(part) for part in p.relative_to(path).parts[:-1]))
     if not files:
         raise InputNotFoundError(f"the folder {path} holds no files to classify")
     return files
