@@ -89,8 +89,9 @@ def image_files(class_dir: Path, skipped: list[Path] | None = None) -> list[Path
 
     Sub-folders are walked as torchvision's ImageFolder walks them (``os.walk(followlinks=True)``),
     so a linked sub-folder counts like a real one, except hidden and system folders (``@eaDir``
-    thumbnails, ``.AppleDouble`` resource forks), which ImageFolder would read. Raises :class:`DatasetNotFoundError` naming
-    links to image files that no longer exist, rather than training on fewer images unawares.
+    thumbnails, ``.AppleDouble`` resource forks), which ImageFolder would read. Raises
+    :class:`DatasetNotFoundError` naming links to image files that no longer exist, rather than
+    training on fewer images unawares.
     Other visible files (not hidden or system files) are appended to ``skipped`` when given.
     """
     paths = []

@@ -132,9 +132,10 @@ def _as_session_time(line: str) -> str | None:
 
 
 def logged_outcome(job_dir: Path) -> LoggedOutcome:
-    """What the job's log records: the error of a run that failed after the last finished one
-    ("" if none did), whether any run finished, the error of the last resumed session that
-    failed before training ("" if none did), and when those were logged."""
+    """What the job's log records: the error of a run that failed, or the line of one the user
+    interrupted, after the last finished one (whichever came later; "" if none), whether any run
+    finished, the error of the last resumed session that failed before training ("" if none
+    did), and when those were logged."""
     errors = {FAILED_LOG_MARK: "", INTERRUPTED_LOG_MARK: "", RESUME_REFUSED_LOG_MARK: ""}
     session_ends = (FAILED_LOG_MARK, INTERRUPTED_LOG_MARK)
     outcome = LoggedOutcome()
