@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.data.base import InMemoryImageDataModule
 from cnnlab.data.cifar10 import CIFAR10DataModule
-from cnnlab.data.folder import ImageFolderDataModule, image_files, is_image_file, list_class_dirs
+from cnnlab.data.folder import ImageFolderDataModule, image_files, list_class_dirs
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class FolderAsDataModuleReads(torchvision.datasets.ImageFolder):
     """
 
     def __init__(self, root: str, transform: T.Compose) -> None:
-        super().__init__(root, transform=transform, is_valid_file=is_image_file)
+        super().__init__(root, transform=transform)  # the files come from make_dataset below, not ImageFolder's filters
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         names = list_class_dirs(Path(directory))
