@@ -58,6 +58,10 @@ def test_ddp_on_two_cpu_processes_shares_each_epoch_syncs_metrics_and_writes_onc
     # Both processes load the data; its lines show once (conf/hydra/job_logging/cnnlab.yaml's log filter).
     assert output.count("][INFO] - data: 99 train, 21 val, 30 test images") == 1
     assert f"{FINISHED_LOG_MARK}{run}" in (run / "train.log").read_text()
+    # Lightning's own lines reach the job logs too (conf/hydra/job_logging/cnnlab.yaml's loggers):
+    # which checkpoint the test restored, and each process's place in the group.
+    assert "][INFO] - Restoring states from the checkpoint path at " in (run / "train.log").read_text()
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in (run / "train_ddp_process_1.log").read_text()
     assert FINISHED_LOG_MARK not in (run / "train_ddp_process_1.log").read_text()
     # Epoch-level values are logged synchronised: Lightning recommends nothing.
     assert "sync_dist" not in output
@@ -94,6 +98,7 @@ def test_ddp_spawn_workers_log_to_the_job_log(tmp_path: Path, cifar_root: Path):
     # Appended after the job's own lines, which are neither lost (the file truncated) nor repeated.
     assert job_log.count("[cnnlab.tasks.train][INFO] - model: ") == 1
     assert job_log.index(" parameters, ") < job_log.index(" - data: ") < job_log.index(FINISHED_LOG_MARK)
+    assert "][INFO] - `Trainer.fit` stopped: `max_epochs=1` reached." in job_log  # Lightning's, in a worker
 
     # Evaluation's test runs in spawned workers the same way.
     run_script(tmp_path, "eval.py", f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}", "trainer=ddp_cpu",

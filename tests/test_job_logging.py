@@ -79,6 +79,26 @@ def test_another_job_logging_choice_replaces_cnnlabs_whole(choice: str, tmp_path
         assert not set(filters) & {CnnlabLinesFromRankZero, JobLogOnly}  # the choice replaced cnnlab's config
 
 
+@pytest.mark.parametrize("name", ["lightning.pytorch", "lightning.fabric"])
+def test_lightnings_lines_reach_the_job_log_and_the_console_once(monkeypatch, capsys, tmp_path: Path, name: str):
+    # The state Lightning leaves its loggers in when it is imported before Hydra sets up logging,
+    # as every script imports it: a console handler of its own and no propagation to the root's.
+    logger = logging.getLogger(name)
+    own_handler = logging.StreamHandler()
+    monkeypatch.setattr(logger, "handlers", [own_handler])
+    monkeypatch.setattr(logger, "propagate", False)
+    configure_job_logging(tmp_path / "train.log")
+    try:
+        logging.getLogger(f"{name}.utilities.rank_zero").info("Restoring states from the checkpoint path at x.ckpt")
+    finally:
+        close_job_logging()
+    assert logger.handlers == []
+    logged = f"[{name}.utilities.rank_zero][INFO] - Restoring states from the checkpoint path at x.ckpt"
+    assert logged in (tmp_path / "train.log").read_text()
+    captured = capsys.readouterr()
+    assert captured.out.count(logged) == 1 and "Restoring" not in captured.err
+
+
 def test_cnnlabs_job_logging_filters_both_handlers(tmp_path: Path):
     configure_job_logging(tmp_path / "train.log")
     handlers = {type(handler).__name__: [type(f) for f in handler.filters] for handler in logging.getLogger().handlers}
