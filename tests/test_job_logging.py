@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.config
 import warnings
@@ -85,21 +86,20 @@ def test_another_job_logging_choice_replaces_cnnlabs_whole(choice: str, tmp_path
 @pytest.mark.parametrize("name", ["lightning.pytorch", "lightning.fabric"])
 def test_lightnings_lines_reach_the_job_log_and_the_console_once(monkeypatch, capsys, tmp_path: Path, name: str):
     # The state Lightning leaves its loggers in when it is imported before Hydra sets up logging,
-    # as every script imports it: a console handler of its own and no propagation to the root's.
-    logger = logging.getLogger(name)
-    own_handler = logging.StreamHandler()
-    monkeypatch.setattr(logger, "handlers", [own_handler])
-    monkeypatch.setattr(logger, "propagate", False)
+    # as every script imports it: the subpackage's logger with a console handler of its own and no
+    # propagation to the root's, the top `lightning` logger with a console handler too.
+    shown_by_lightning = io.StringIO()
+    for logger_name, propagate in ((name, False), ("lightning", True)):
+        monkeypatch.setattr(logging.getLogger(logger_name), "handlers", [logging.StreamHandler(shown_by_lightning)])
+        monkeypatch.setattr(logging.getLogger(logger_name), "propagate", propagate)
     configure_job_logging(tmp_path / "train.log")
     try:
         logging.getLogger(f"{name}.utilities.rank_zero").info("Restoring states from the checkpoint path at x.ckpt")
     finally:
         close_job_logging()
-    assert logger.handlers == []
     logged = f"[{name}.utilities.rank_zero][INFO] - Restoring states from the checkpoint path at x.ckpt"
     assert logged in (tmp_path / "train.log").read_text()
-    captured = capsys.readouterr()
-    assert captured.out.count(logged) == 1 and "Restoring" not in captured.err
+    assert capsys.readouterr().out.count(logged) == 1 and shown_by_lightning.getvalue() == ""
 
 
 def test_cnnlabs_job_logging_filters_both_handlers(tmp_path: Path):
