@@ -131,6 +131,28 @@ def test_an_interrupted_run_logs_how_to_continue_it(tmp_path: Path, cifar_root: 
     assert continuing == [*command[2:], f"hydra.run.dir={run_dir}", "ckpt_path=last"]
 
 
+def test_an_interrupted_sweep_logs_the_command_that_continues_it_and_that_command_does(tmp_path: Path,
+                                                                                        cifar_root: Path):
+    overrides = [*train_overrides(cifar_root), "trainer.max_epochs=2", "test=false", *LIGHT, "optimizer.lr=0.01,0.02"]
+    command = script_command("train.py", tmp_path, *overrides, multirun=True)
+    stopped = subprocess.run([sys.executable, "-c", INTERRUPTED_TRAIN, *command[1:]], capture_output=True, text=True,
+                             cwd=ROOT, timeout=300)
+    assert stopped.returncode == 1
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0"]  # Ctrl-C ends the whole sweep
+    told = "To continue the whole sweep, each job from its own folder's last checkpoint or from scratch where it has none: "
+    logged = next(line for line in (sweep / "0" / "train.log").read_text().splitlines() if told in line)
+    continuing = shlex.split(logged.split(told, 1)[1])
+    # The sweep's command (both values of the swept key), continued in its folder.
+    assert continuing == ["python", "scripts/train.py", "-m", *command[3:], f"hydra.sweep.dir={sweep}", "ckpt_path=last"]
+    continued = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *continuing[2:]],
+                               capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    first, second = (json.loads((sweep / job / "metrics.json").read_text()) for job in ("0", "1"))
+    assert first["resumed_from"] == str(sweep / "0" / "checkpoints" / "last.ckpt") and first["epochs"] == 2
+    assert "resumed_from" not in second and second["epochs"] == 2 and second["global_step"] == first["global_step"]
+
+
 QUICK = ["test=false", "~callbacks.confusion_matrix", *LIGHT]
 
 

@@ -324,6 +324,13 @@ def _train_session(cfg: DictConfig) -> dict[str, Any]:
 @rank_zero_only
 def log_interrupted(run: PreparedRun) -> None:
     """Log that the user interrupted the run (Ctrl-C): where it stopped, and the command that continues it."""
+    _log_job_interrupted(run)
+    if sweep_command := continuing_sweep_command():
+        log.warning("To continue the whole sweep, each job from its own folder's last checkpoint or from scratch "
+                    "where it has none: python scripts/train.py %s", " ".join(shlex.quote(arg) for arg in sweep_command))
+
+
+def _log_job_interrupted(run: PreparedRun) -> None:
     checkpoint = run.trainer.checkpoint_callback
     folder = Path(checkpoint.dirpath) if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath else None
     last = folder / LAST_CHECKPOINT if folder else None
@@ -350,6 +357,32 @@ def continuing_overrides(output_dir: Path) -> list[str]:
         return ["<the run's overrides>", f"hydra.run.dir={output_dir}", "ckpt_path=last"]
     given = [str(o) for o in HydraConfig.get().overrides.task if override_key(str(o)) != "ckpt_path"]
     return [*given, f"hydra.run.dir={output_dir}", "ckpt_path=last"]
+
+
+def continuing_sweep_command() -> list[str] | None:
+    """In a grid sweep's job, the arguments that continue the whole sweep in its folder; otherwise None.
+
+    They are the sweep's own command line, from the ``multirun.yaml`` Hydra wrote as the sweep
+    started (a job's config holds only its own values). None for a search (Optuna): run again,
+    it draws other trials, so the job numbers would not match the folders' runs.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.runtime.choices.get("hydra/sweeper") != "basic":
+        return None
+    sweep_dir = Path(hydra_cfg.sweep.dir).absolute()
+    try:
+        recorded = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides
+        task, launch = [str(o) for o in recorded.task], [str(o) for o in recorded.hydra]
+    except Exception:  # noqa: BLE001 - the record is gone or unreadable: no command rather than a wrong one
+        return None
+    dropped = {"ckpt_path", "hydra.mode", "hydra.sweep.dir"}
+    kept = [o for o in [*task, *launch] if override_key(o) not in dropped]
+    return ["-m", *kept, f"hydra.sweep.dir={sweep_dir}", "ckpt_path=last"]
 
 
 def _log_failure(mark: str, error: BaseException) -> None:
