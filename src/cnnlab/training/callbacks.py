@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,11 @@ class RunFolderCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Take the per-batch hook out of Lightning's loop where it would only check and return."""
-        super().setup(trainer, pl_module, stage)
+        with warnings.catch_warnings():
+            # The training task refuses to start a run in a folder that holds checkpoints, so the
+            # files Lightning would warn about here are the run's own, from the session it continues.
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty\.")
+            super().setup(trainer, pl_module, stage)
         # Read after the network's passes, its checks cost about 30 µs a step on a 2-core CPU
         # (docs/performance.md). Lightning's dispatcher passes by a hook that is not callable.
         if not self._saves_within_epoch:
