@@ -10,11 +10,13 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import LambdaCallback
+from lightning.pytorch.utilities.model_summary import ModelSummary
 from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
 from torch.utils.data import DataLoader
 
 from cnnlab.data.base import Batch
 from cnnlab.errors import ConfigValueError
+from cnnlab.tasks.train import build_run
 from cnnlab.training.classifier import ImageClassifier
 
 CLASSES = ["cat", "dog", "fox"]
@@ -176,3 +178,16 @@ def test_val_acc_best_is_the_best_epochs_accuracy_not_the_last():
     trainer(max_epochs=3, callbacks=[script]).fit(model, train_dataloaders=batches(1), val_dataloaders=val)
     assert [epoch["val/acc"] for epoch in seen] == [0.5, 1.0, 0.25]
     assert [epoch["val/acc_best"] for epoch in seen] == [0.5, 1.0, 1.0]  # the best so far, kept after a worse epoch
+
+
+def test_the_model_summary_shows_each_layers_output_size_and_flops_for_a_training_image(make_config):
+    datamodule, model, trainer = build_run(make_config(overrides=["trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                                                                  "trainer.limit_val_batches=0", "test=false"]))
+    trainer.fit(model, datamodule=datamodule)
+    assert model.example_input_array.shape == (1, 3, 32, 32) and model.example_input_array.dtype == torch.uint8
+    summary = ModelSummary(model, max_depth=2)
+    # simple_cnn on 32x32: 3x3 convolutions 3->32 at 32x32, 32->64 at 16x16, 64->128 at 8x8, then 2048->512->10;
+    # two FLOPs per multiply-add (torch's FlopCounterMode, as Lightning counts).
+    convolutions = 2 * 9 * (3 * 32 * 32 * 32 + 32 * 64 * 16 * 16 + 64 * 128 * 8 * 8)
+    assert summary.total_flops == convolutions + 2 * (2048 * 512 + 512 * 10) == 22_751_232
+    assert dict(zip(summary.layer_names, summary.out_sizes, strict=True))["net.classifier"] == [1, 10]

@@ -291,7 +291,9 @@ class InMemoryImageDataModule(L.LightningDataModule):
         non_blocking = device.type == "cuda"  # from pinned host memory, overlapping the copy with the step
         return Batch(*(tensor.to(device, non_blocking=non_blocking) for tensor in batch))
 
-    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not isinstance(batch, Batch):  # the model summary's example images (ImageClassifier.setup)
+            return batch
         training = self.trainer is not None and self.trainer.training
         return batch._replace(images=self.transform(batch.images, train=training))
 
