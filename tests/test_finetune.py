@@ -6,10 +6,13 @@ import functools
 import logging
 import math
 import urllib.error
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from test_classifier import batches
+from test_classifier import trainer as quiet_trainer
 from torch import nn
 from torchvision.models import get_model
 
@@ -223,3 +226,21 @@ def test_a_fully_frozen_backbone_gives_the_same_features_twice_in_train_mode_des
         cached = net.forward_cached(images, indices, split, data_fingerprint="four random images", split_size=4)
         torch.testing.assert_close(cached, logits, rtol=0, atol=1e-6)
     assert net.training and not any(m.training for m in net.backbone.modules())
+
+
+@pytest.mark.parametrize("trainable_stages", [0, 2])
+def test_lightning_warns_of_modules_in_eval_mode_only_beyond_the_frozen_stages(resnet_weights: Path,
+                                                                                trainable_stages: int):
+    shown_counts = []
+    for head_in_eval_mode in (False, True):
+        net = resnet18_ft(resnet_weights, trainable_stages=trainable_stages)
+        model = ImageClassifier(net, 10, optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+        if head_in_eval_mode:  # a module in eval mode by mistake: Lightning's warning must still show
+            net.head.eval()
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
+            quiet_trainer(max_steps=1).fit(model, batches(1))
+        shown_counts += [str(w.message).split(" module(s)")[0] for w in shown if "in eval mode" in str(w.message)]
+    # ResNet-18 without its fc has 68 modules; frozen up to layer2: the stem's conv1 and bn1, layer1's 13, layer2's 16.
+    frozen = 68 if trainable_stages == 0 else 2 + 13 + 16
+    assert shown_counts == [f"Found {frozen + len(list(net.head.modules()))}"]

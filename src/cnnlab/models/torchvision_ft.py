@@ -253,11 +253,16 @@ class TorchvisionFineTuner(nn.Module):
         our batches even without gradients, and the pretrained features would drift.
         """
         super().train(mode)
-        # A fully frozen backbone is a fixed feature extractor: all of it in eval mode (also
-        # dropout a family keeps before its head), so its features are the same every epoch.
-        for module in [self.backbone] if self.fully_frozen else self._frozen_stages:
+        for module in self.kept_in_eval_mode:
             module.eval()
         return self
+
+    @property
+    def kept_in_eval_mode(self) -> list[nn.Module]:
+        """The frozen stages, which stay in eval mode when the model trains (each with its submodules)."""
+        # A fully frozen backbone is a fixed feature extractor: all of it in eval mode (also
+        # dropout a family keeps before its head), so its features are the same every epoch.
+        return [self.backbone] if self.fully_frozen else list(self._frozen_stages)
 
     def cam_target_layer(self) -> nn.Module:
         """The layer Grad-CAM looks at by default: the last stage with convolutions."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, cast
@@ -14,6 +16,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -168,6 +171,7 @@ class ImageClassifier(L.LightningModule):
             self.example_input_array = split.images[:1]
 
     def on_fit_start(self) -> None:
+        self._expect_frozen_stages_in_eval_mode()
         if getattr(self.net, "cache_features", False):
             datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set outside Trainer.__init__
             if not hasattr(datamodule, "split_identity"):
@@ -185,6 +189,20 @@ class ImageClassifier(L.LightningModule):
                     "only the unflipped images' features): pass classifier.flip_tta=false, or "
                     "model.cache_features=false to run the backbone on every image and its mirror image"
                 )
+
+    def _expect_frozen_stages_in_eval_mode(self) -> None:
+        """Hide Lightning's warning about modules in eval mode when they are exactly the frozen stages.
+
+        The network keeps its frozen stages in eval mode on purpose (models/torchvision_ft.py), and
+        Lightning warns about every module it finds in eval mode as training starts ("Found 68
+        module(s) ... may lead to unexpected behavior"). Matched by that count, the warning still
+        shows when any other module is in eval mode.
+        """
+        kept = {id(module) for root in getattr(self.net, "kept_in_eval_mode", []) for module in root.modules()}
+        in_eval = {id(module) for module in self.modules() if not module.training}
+        if in_eval and in_eval <= kept:  # a stage may be a container of its own, outside the module tree
+            warnings.filterwarnings("ignore", category=PossibleUserWarning, message=re.escape(
+                f"Found {len(in_eval)} module(s) in eval mode at the start of training."))
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         """Note whether this step's logs reach the loggers; a subclass overriding this calls ``super()``."""
