@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from cnnlab.tasks.summarize import FAILED_LOG_MARK
 from cnnlab.tasks.train import train
 from cnnlab.utils.library_warnings import ignore_unactionable_library_warnings
-from cnnlab.utils.log_filters import CnnlabLinesFromRankZero, JobLogOnly
+from cnnlab.utils.log_filters import CnnlabLinesFromRankZero, JobLogOnly, LightningChatter
 from conftest import CONF_DIR
 
 
@@ -106,7 +106,24 @@ def test_cnnlabs_job_logging_filters_both_handlers(tmp_path: Path):
     configure_job_logging(tmp_path / "train.log")
     handlers = {type(handler).__name__: [type(f) for f in handler.filters] for handler in logging.getLogger().handlers}
     close_job_logging()
-    assert handlers == {"StreamHandler": [CnnlabLinesFromRankZero, JobLogOnly], "FileHandler": [CnnlabLinesFromRankZero]}
+    assert handlers == {"StreamHandler": [CnnlabLinesFromRankZero, JobLogOnly, LightningChatter],
+                        "FileHandler": [CnnlabLinesFromRankZero, LightningChatter]}
+
+
+def test_lightnings_product_tips_and_its_model_summary_note_are_dropped_and_nothing_else(capsys, tmp_path: Path):
+    configure_job_logging(tmp_path / "train.log")
+    try:
+        rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        rank_zero.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger](...)")
+        rank_zero.info("Trainer already configured with model summary callbacks: [ModelSummary]. Skipping ...")
+        rank_zero.info("GPU available: False, used: False")
+        rank_zero.warning("💡 Tip: a warning is never dropped")
+        logging.getLogger("my_project").info("💡 Tip: the user's own lines pass")
+    finally:
+        close_job_logging()
+    for shown in (capsys.readouterr().out, (tmp_path / "train.log").read_text()):
+        assert [line.split(" - ", 1)[1] for line in shown.splitlines()] == [
+            "GPU available: False, used: False", "💡 Tip: a warning is never dropped", "💡 Tip: the user's own lines pass"]
 
 
 def test_lightnings_leafspec_deprecation_is_hidden_and_nothing_else():

@@ -36,3 +36,20 @@ class JobLogOnly(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Whether ``record`` is shown."""
         return not getattr(record, "job_log_only", False)
+
+
+class LightningChatter(logging.Filter):
+    """Drop two kinds of Lightning's INFO lines that say nothing about the run.
+
+    Its product tips ("💡 Tip: For seamless cloud logging ..., try installing litlogger"), and
+    its note that the Trainer was given a ModelSummary callback, which cnnlab's config always
+    gives it (conf/callbacks/default.yaml). Shown on every run; Lightning's other lines pass.
+    """
+
+    CHATTER = ("💡 Tip:", "Trainer already configured with model summary callbacks")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` is shown."""
+        if record.levelno != logging.INFO or not record.name.startswith("lightning."):
+            return True
+        return not str(record.msg).startswith(self.CHATTER)
