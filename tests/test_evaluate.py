@@ -37,10 +37,13 @@ def evaluate_with(tmp_path: Path, *overrides: str) -> dict:
     return evaluate(compose_run_config("eval", tmp_path, tmp_path / "eval", list(overrides)))
 
 
-def test_other_data_is_preprocessed_as_in_training(trained_run: Path, image_folder: Path, tmp_path: Path):
+def test_other_data_is_preprocessed_as_in_training(trained_run: Path, image_folder: Path, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture):
     # data=folder's own default is image_size: 32, which the 40x40 network cannot take.
     last = trained_run / "checkpoints" / "last.ckpt"
+    caplog.set_level(logging.INFO, logger="cnnlab.tasks.evaluate")
     same = evaluate_with(tmp_path, f"ckpt_path={last}", "data=folder", f"data.root={image_folder}")
+    assert caplog.records[-1].getMessage() == f"results in {tmp_path / 'eval'}"  # the last line: where metrics.json is
     trained = json.loads((trained_run / "metrics.json").read_text())
     assert same["test/acc"] == trained["test/acc"] and same["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-6)
 

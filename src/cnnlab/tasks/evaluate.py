@@ -16,6 +16,7 @@ from cnnlab.data.base import InMemoryImageDataModule
 from cnnlab.data.folder import ImageFolderDataModule, list_class_dirs
 from cnnlab.errors import CheckpointError, ConfigValueError
 from cnnlab.tasks.results import metric_values, write_metrics
+from cnnlab.tasks.summarize import FINISHED_LOG_MARK
 from cnnlab.training.callbacks import CHECKPOINT_KEY
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.utils.config import RESULTS_FILE, instantiate_all, print_config, run_folder
@@ -71,6 +72,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = metric_values(trainer.callback_metrics, prefixes=("test/",))
     results.update(model.parameter_counts(), ckpt_path=str(Path(cfg.ckpt_path).resolve()))
     write_metrics(output_dir / RESULTS_FILE, results)
+    log.info("%s%s", FINISHED_LOG_MARK, output_dir)  # as training ends: where metrics.json is
     return results
 
 
