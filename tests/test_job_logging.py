@@ -139,3 +139,15 @@ def test_lightnings_leafspec_deprecation_is_hidden_and_nothing_else():
         warnings.warn_explicit("another deprecation", FutureWarning, "_pytree.py", 1,
                                module="lightning.pytorch.utilities._pytree")
     assert [(str(w.message), w.filename) for w in shown] == [(message, "trees.py"), ("another deprecation", "_pytree.py")]
+
+
+@pytest.mark.parametrize(("precision", "warned"), [("bf16-mixed", False), ("16-mixed", False), ("transformer-engine", True)])
+def test_the_model_summarys_size_warning_is_hidden_for_the_mixed_precisions_whose_weights_stay_float32(precision, warned):
+    summary_module = "lightning.pytorch.utilities.model_summary.model_summary"
+    message = (f"Precision {precision} is not supported by the model summary.  Estimated model size in MB will not be "
+               "accurate. Using 32 bits instead.")
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        ignore_unactionable_library_warnings()
+        warnings.warn_explicit(message, UserWarning, "model_summary.py", 242, module=summary_module)
+    assert [str(w.message) for w in shown] == ([message] if warned else [])
