@@ -168,7 +168,7 @@ class ImageClassifier(L.LightningModule):
         # Without an example input the summary prints a FLOPs column of zeros.
         split = getattr(self.trainer.datamodule, "train_split", None)  # type: ignore[attr-defined]  # set outside Trainer.__init__
         if stage == "fit" and self.example_input_array is None and split is not None and len(split):
-            self.example_input_array = split.images[:1]
+            self.example_input_array = split.images[:1].clone()  # not a view: it would hold (and pickle) every image
 
     def on_fit_start(self) -> None:
         self._expect_frozen_stages_in_eval_mode()
