@@ -244,3 +244,17 @@ def test_lightning_warns_of_modules_in_eval_mode_only_beyond_the_frozen_stages(r
     # ResNet-18 without its fc has 68 modules; frozen up to layer2: the stem's conv1 and bn1, layer1's 13, layer2's 16.
     frozen = 68 if trainable_stages == 0 else 2 + 13 + 16
     assert shown_counts == [f"Found {frozen + len(list(net.head.modules()))}"]
+
+
+def test_the_eval_mode_warning_is_hidden_for_one_fit_only(resnet_weights: Path, monkeypatch: pytest.MonkeyPatch):
+    # A sweep runs its jobs in one process: after a frozen fine-tuner's fit, a network with as many
+    # modules in eval mode by mistake (here: the same 68, then declared as none) still gets the warning.
+    first, second = (ImageClassifier(resnet18_ft(resnet_weights), 10, optimizer=functools.partial(torch.optim.Adam))
+                     for _ in range(2))
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        quiet_trainer(max_steps=1).fit(first, batches(1))
+        assert not [w for w in shown if "in eval mode" in str(w.message)]
+        monkeypatch.setattr(TorchvisionFineTuner, "kept_in_eval_mode", property(lambda self: []))
+        quiet_trainer(max_steps=1).fit(second, batches(1))
+    assert [str(w.message).split(" module(s)")[0] for w in shown if "in eval mode" in str(w.message)] == ["Found 68"]

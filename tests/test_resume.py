@@ -19,6 +19,7 @@ from cnnlab.checkpoint import ensure_training_left, read_checkpoint
 from cnnlab.errors import CheckpointError, RunDirectoryInUseError
 from cnnlab.tasks.summarize import FAILED_LOG_MARK, RESUME_REFUSED_LOG_MARK, summarize
 from cnnlab.tasks.train import train
+from cnnlab.training.callbacks import RunFolderCheckpoint
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.utils.config import resume_session
 from cnnlab.utils.hydra_callbacks import RefuseUsedRunFolder
@@ -82,6 +83,19 @@ def test_ckpt_path_last_continues_this_folder_or_starts_afresh(make_config, tmp_
     # the first session's results are kept beside the new ones.
     (kept,) = job.glob("metrics.before_resumed_*.json")
     assert json.loads(kept.read_text())["global_step"] == 7
+
+
+@pytest.mark.parametrize("continuing", [True, False])
+def test_a_folder_with_checkpoints_gets_lightnings_warning_unless_the_run_continues_there(tmp_path: Path,
+                                                                                          continuing: bool):
+    (tmp_path / "epoch_000.ckpt").write_bytes(b"another run's")  # a dirpath shared with another run, say
+    callback = RunFolderCheckpoint(dirpath=str(tmp_path), monitor="val/acc", mode="max")
+    callback.continuing_run = continuing
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        callback.setup(L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False), L.LightningModule(), "fit")
+    assert [str(w.message) for w in shown if "exists and is not empty" in str(w.message)] == (
+        [] if continuing else [f"Checkpoint directory {tmp_path} exists and is not empty."])
 
 
 def test_resuming_into_another_runs_folder_is_refused(make_config, tmp_path: Path):
@@ -288,8 +302,6 @@ def test_last_ckpt_is_updated_at_every_epoch_of_a_session_resumed_from_the_first
     from lightning.pytorch.callbacks import LambdaCallback
     from lightning.pytorch.demos.boring_classes import BoringModel
 
-    from cnnlab.training.callbacks import RunFolderCheckpoint
-
     folder = tmp_path / "checkpoints"
 
     def fit(max_epochs: int, ckpt_path: str | None = None, callbacks: tuple = ()) -> None:
@@ -330,8 +342,6 @@ def test_run_folder_checkpoint_leaves_the_loop_only_when_it_saves_per_epoch(tmp_
                                                                              saved):
     from lightning.pytorch.callbacks import LambdaCallback
     from lightning.pytorch.demos.boring_classes import BoringModel
-
-    from cnnlab.training.callbacks import RunFolderCheckpoint
 
     by_steps = every_n_train_steps is not None
     checkpoint = RunFolderCheckpoint(dirpath=tmp_path / "checkpoints", save_top_k=-1, save_last=not by_steps,

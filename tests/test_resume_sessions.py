@@ -13,15 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 from test_scripts import script_command, train_overrides
 
 from cnnlab.checkpoint import ensure_training_left
 from cnnlab.errors import CheckpointError
-from cnnlab.tasks.train import train
+from cnnlab.tasks.train import continuing_sweep_command, train
 from cnnlab.utils.config import run_dir_of_checkpoint
-from conftest import ROOT
+from conftest import CONF_DIR, ROOT
 
 LIGHT = ["~callbacks.feature_maps", "~callbacks.conv_filters"]
 
@@ -140,7 +142,8 @@ def test_an_interrupted_sweep_logs_the_command_that_continues_it_and_that_comman
     assert stopped.returncode == 1
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0"]  # Ctrl-C ends the whole sweep
-    told = "To continue the whole sweep, each job from its own folder's last checkpoint or from scratch where it has none: "
+    told = ("To continue the whole sweep, each job from its own folder's last checkpoint or from scratch where it has "
+            "none (a job that had finished is tested again, its results kept beside the new ones): ")
     logged = next(line for line in (sweep / "0" / "train.log").read_text().splitlines() if told in line)
     continuing = shlex.split(logged.split(told, 1)[1])
     # The sweep's command (both values of the swept key), continued in its folder.
@@ -177,3 +180,18 @@ def test_a_refused_resume_quotes_the_overrides_of_the_session_that_saved_the_che
     quoted = re.search(r"repeat the run's overrides \((.*?): (.*?)\),", str(refused.value))
     assert quoted and quoted.groups() == (str(run_dir / ".hydra" / session / "overrides.yaml"),
                                           "trainer.max_epochs=2 ckpt_path=last")
+
+
+@pytest.mark.parametrize("mode", ["RUN", "optuna", "basic without its record"])
+def test_no_sweep_command_for_a_single_run_a_search_or_a_sweep_without_its_record(tmp_path: Path, mode: str):
+    overrides = ["hparams_search=simple_cnn_optuna"] if mode == "optuna" else []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        hydra_cfg = compose("train", overrides=[*overrides, f"hydra.mode={'RUN' if mode == 'RUN' else 'MULTIRUN'}",
+                                                f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+    if mode != "basic without its record":  # the record Hydra writes as a sweep starts
+        (tmp_path / "multirun.yaml").write_text(OmegaConf.to_yaml(hydra_cfg))
+    HydraConfig.instance().set_config(hydra_cfg)
+    try:
+        assert continuing_sweep_command() is None
+    finally:
+        HydraConfig.instance().cfg = None

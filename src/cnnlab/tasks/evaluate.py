@@ -72,7 +72,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = metric_values(trainer.callback_metrics, prefixes=("test/",))
     results.update(model.parameter_counts(), ckpt_path=str(Path(cfg.ckpt_path).resolve()))
     write_metrics(output_dir / RESULTS_FILE, results)
-    log.info("%s%s", FINISHED_LOG_MARK, output_dir)  # as training ends: where metrics.json is
+    if trainer.is_global_zero:  # which wrote metrics.json; under DDP every process runs this
+        log.info("%s%s", FINISHED_LOG_MARK, output_dir)  # as training ends: where metrics.json is
     return results
 
 

@@ -33,7 +33,7 @@ from cnnlab.checkpoint import (
 from cnnlab.errors import ConfigValueError, single_hydra_run, user_error
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
 from cnnlab.tasks.summarize import FAILED_LOG_MARK, FINISHED_LOG_MARK, INTERRUPTED_LOG_MARK, RESUME_REFUSED_LOG_MARK
-from cnnlab.training.callbacks import EPOCH_SECONDS, EpochTimer, RunRecordInCheckpoint
+from cnnlab.training.callbacks import EPOCH_SECONDS, EpochTimer, RunFolderCheckpoint, RunRecordInCheckpoint
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
 from cnnlab.utils.config import (
@@ -152,6 +152,9 @@ def build_run(cfg: DictConfig, resuming: bool = False) -> tuple[L.LightningDataM
     if not any(isinstance(callback, ModelCheckpoint) for callback in callbacks):
         # Lightning would otherwise add its own checkpoint callback (the last epoch, under the logger's folder).
         extra["enable_checkpointing"] = False
+    for callback in callbacks:
+        if isinstance(callback, RunFolderCheckpoint):
+            callback.continuing_run = resuming
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     log_spawned_workers_to_job_log(trainer)
     return datamodule, model, trainer
@@ -327,7 +330,8 @@ def log_interrupted(run: PreparedRun) -> None:
     _log_job_interrupted(run)
     if sweep_command := continuing_sweep_command():
         log.warning("To continue the whole sweep, each job from its own folder's last checkpoint or from scratch "
-                    "where it has none: python scripts/train.py %s", " ".join(shlex.quote(arg) for arg in sweep_command))
+                    "where it has none (a job that had finished is tested again, its results kept beside the new ones): "
+                    "python scripts/train.py %s", " ".join(shlex.quote(arg) for arg in sweep_command))
 
 
 def _log_job_interrupted(run: PreparedRun) -> None:

@@ -56,13 +56,16 @@ class RunFolderCheckpoint(ModelCheckpoint):
         # ModelCheckpoint saves from its per-batch hook only every n training steps or every time
         # interval; without either, Lightning's call of that hook on every step only checks and returns.
         self._saves_within_epoch = bool(every_n_train_steps) or train_time_interval is not None
+        # Set by the training task when the session continues a run from a checkpoint: the files
+        # already in the folder are then that run's own.
+        self.continuing_run = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Take the per-batch hook out of Lightning's loop where it would only check and return."""
+        """Lightning's setup, without its "not empty" warning when continuing a run; the per-batch hook taken
+        out of Lightning's loop where it would only check and return."""
         with warnings.catch_warnings():
-            # The training task refuses to start a run in a folder that holds checkpoints, so the
-            # files Lightning would warn about here are the run's own, from the session it continues.
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty\.")
+            if self.continuing_run:  # a new run's folder holding checkpoints still gets Lightning's warning
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty\.")
             super().setup(trainer, pl_module, stage)
         # Read after the network's passes, its checks cost about 30 µs a step on a 2-core CPU
         # (docs/performance.md). Lightning's dispatcher passes by a hook that is not callable.

@@ -122,6 +122,8 @@ class ImageClassifier(L.LightningModule):
         self._resumed_epoch_metrics: dict[str, float] = {}
         self._resumed_scheduler_states: list[dict[str, Any]] | None = None
         self._log_this_step = False  # whether this training step's logs reach the loggers
+        # Open from the fit's start to its training's start: hides Lightning's eval-mode warning.
+        self._frozen_stages_warning_hidden: warnings.catch_warnings | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning records which hook is running (_current_fx_name) before and after each of
@@ -164,10 +166,15 @@ class ImageClassifier(L.LightningModule):
         return criterion(logits, batch.labels), logits, batch.labels
 
     def setup(self, stage: str) -> None:
-        """Give Lightning's model summary one training image, so it lists each layer's output size and FLOPs."""
-        # Without an example input the summary prints a FLOPs column of zeros.
+        """Give Lightning's model summary one training image, so it lists each layer's output size and FLOPs.
+
+        The summary runs the model in eval mode: with ``flip_tta`` its FLOPs are those of both passes.
+        """
+        # Without an example input the summary prints a FLOPs column of zeros. A compiled network
+        # is left without one: the summary's counting hooks would make torch warn on every run.
         split = getattr(self.trainer.datamodule, "train_split", None)  # type: ignore[attr-defined]  # set outside Trainer.__init__
-        if stage == "fit" and self.example_input_array is None and split is not None and len(split):
+        if (stage == "fit" and self.example_input_array is None and split is not None and len(split)
+                and self._run_net is self.net):
             self.example_input_array = split.images[:1].clone()  # not a view: it would hold (and pickle) every image
 
     def on_fit_start(self) -> None:
@@ -191,18 +198,29 @@ class ImageClassifier(L.LightningModule):
                 )
 
     def _expect_frozen_stages_in_eval_mode(self) -> None:
-        """Hide Lightning's warning about modules in eval mode when they are exactly the frozen stages.
+        """Hide Lightning's warning about modules in eval mode, until training starts, when they are exactly the frozen stages.
 
         The network keeps its frozen stages in eval mode on purpose (models/torchvision_ft.py), and
         Lightning warns about every module it finds in eval mode as training starts ("Found 68
-        module(s) ... may lead to unexpected behavior"). Matched by that count, the warning still
-        shows when any other module is in eval mode.
+        module(s) ... may lead to unexpected behavior"). Matched by that count, and only for this
+        fit (``on_train_start`` takes the filter out), the warning still shows when any other
+        module is in eval mode.
         """
+        self._show_eval_mode_warning_again()  # one left open by a fit that failed before training
         kept = {id(module) for root in getattr(self.net, "kept_in_eval_mode", []) for module in root.modules()}
         in_eval = {id(module) for module in self.modules() if not module.training}
-        if in_eval and in_eval <= kept:  # a stage may be a container of its own, outside the module tree
+        # <=, not ==: a stage may be a container of its own (the stem's conv1 and bn1 in a
+        # ModuleList), which is not in the model's module tree.
+        if in_eval and in_eval <= kept:
+            self._frozen_stages_warning_hidden = warnings.catch_warnings()
+            self._frozen_stages_warning_hidden.__enter__()
             warnings.filterwarnings("ignore", category=PossibleUserWarning, message=re.escape(
                 f"Found {len(in_eval)} module(s) in eval mode at the start of training."))
+
+    def _show_eval_mode_warning_again(self) -> None:
+        if self._frozen_stages_warning_hidden is not None:
+            self._frozen_stages_warning_hidden.__exit__(None, None, None)
+            self._frozen_stages_warning_hidden = None
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         """Note whether this step's logs reach the loggers; a subclass overriding this calls ``super()``."""
@@ -237,6 +255,7 @@ class ImageClassifier(L.LightningModule):
 
     # --- epoch ends: compute (synchronised across processes under DDP), log, reset ------------
     def on_train_start(self) -> None:
+        self._show_eval_mode_warning_again()  # Lightning has checked the modes
         # The sanity check's validation batches must not count as the best epoch.
         self.val_metrics.reset()
         self.val_acc_best.reset()
