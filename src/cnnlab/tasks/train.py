@@ -331,7 +331,7 @@ def log_interrupted(run: PreparedRun) -> None:
     if sweep_command := continuing_sweep_command():
         log.warning("To continue the whole sweep, each job from its own folder's last checkpoint or from scratch "
                     "where it has none (a job that had finished is tested again, its results kept beside the new ones): "
-                    "python scripts/train.py %s", " ".join(shlex.quote(arg) for arg in sweep_command))
+                    "python scripts/train.py %s", shlex.join(sweep_command))
 
 
 def _log_job_interrupted(run: PreparedRun) -> None:
@@ -350,7 +350,7 @@ def _log_job_interrupted(run: PreparedRun) -> None:
     # From the checkpoint, not this process's trainer, which under ddp_spawn never counted.
     log.warning("%s; its last checkpoint %s is from epoch %d (step %d). To continue the run from it: "
                 "python scripts/train.py %s", INTERRUPTED_LOG_MARK, last, int(saved["epoch"]) + 1, int(saved["global_step"]),
-                " ".join(shlex.quote(arg) for arg in continuing_overrides(run.output_dir)))
+                shlex.join(continuing_overrides(run.output_dir)))
 
 
 def continuing_overrides(output_dir: Path) -> list[str]:
@@ -373,10 +373,10 @@ def continuing_sweep_command() -> list[str] | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not HydraConfig.initialized():
         return None
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.runtime.choices.get("hydra/sweeper") != "basic":
+    if hydra_cfg.mode != RunMode.MULTIRUN or hydra_cfg.runtime.choices.get("hydra/sweeper") != "basic":
         return None
     sweep_dir = Path(hydra_cfg.sweep.dir).absolute()
     try:
