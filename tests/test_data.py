@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -482,6 +483,44 @@ def test_linked_folders_are_read_like_real_ones_and_a_dangling_link_is_named(tmp
         folder_module.scan_split(dm.train_dir, dm.class_names)
     assert str(error.value) == (f"1 link(s) under {root / 'train' / 'dog'} point to files that do not exist: "
                                 f"{root / 'train' / 'dog' / 'gone.jpg'}. Restore their targets or remove the links.")
+
+
+def test_a_linked_class_folder_whose_target_is_gone_is_named_not_dropped(tmp_path: Path):
+    root = write_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=2)
+    (root / "train" / "fox").symlink_to(tmp_path / "store" / "fxo", target_is_directory=True)  # a mistyped target
+    (root / "train" / ".old").symlink_to(tmp_path / "gone")  # hidden: skipped, as hidden folders are
+    with pytest.raises(DatasetNotFoundError) as error:
+        ImageFolderDataModule(str(root), cache_dir=None).class_names
+    assert str(error.value) == (f"{root / 'train'} has 1 link(s) whose target does not exist: "
+                                f"fox -> {tmp_path / 'store' / 'fxo'}. Point them at existing folders "
+                                f"(ln -sfn TARGET LINK) or remove them.")
+
+
+def test_images_outside_every_class_folder_are_said_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    root = write_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=2)
+    shutil.copy(root / "train" / "cat" / "000.jpg", root / "train" / "stray.jpg")
+    (root / "train" / "notes.txt").write_text("not an image, and not a class: no word about it")
+    dm = ImageFolderDataModule(str(root), cache_dir=None)
+    with caplog.at_level(logging.WARNING, logger="cnnlab.data.folder"):
+        samples = folder_module.scan_split(dm.train_dir, dm.class_names)
+    assert len(samples) == 4
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{root / 'train'}: 1 image file(s) directly in it, in no class folder, are not used (e.g. stray.jpg); "
+        f"move them into their class's folder"]
+
+
+def test_a_data_root_that_is_missing_or_a_file_is_named_as_such(tmp_path: Path):
+    write_image_folder(tmp_path / "small", classes=("cat", "dog"), per_class=1)
+    with pytest.raises(DatasetNotFoundError) as missing:
+        ImageFolderDataModule(str(tmp_path / "smal"), cache_dir=None).class_names
+    assert str(missing.value).endswith(f". data.root={tmp_path / 'smal'} does not exist (did you mean {tmp_path / 'small'}?)")
+    (tmp_path / "weights.pth").write_bytes(b"")
+    with pytest.raises(DatasetNotFoundError) as a_file:
+        ImageFolderDataModule(str(tmp_path / "weights.pth"), cache_dir=None).class_names
+    assert str(a_file.value).endswith(f". data.root={tmp_path / 'weights.pth'} is a file, not a folder")
+    with pytest.raises(DatasetNotFoundError) as far_off:
+        ImageFolderDataModule(str(tmp_path / "elsewhere"), cache_dir=None).class_names
+    assert str(far_off.value).endswith(f". data.root={tmp_path / 'elsewhere'} does not exist")
 
 
 def test_images_in_sub_folders_of_a_class_folder_are_read_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture):

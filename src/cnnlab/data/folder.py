@@ -11,6 +11,7 @@ and the decode settings, so an edited folder is decoded afresh and never served 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 import os
@@ -51,8 +52,33 @@ def is_skipped_folder(name: str) -> bool:
 
 
 def list_class_dirs(split_dir: Path) -> list[str]:
-    """Class names of a split folder: its sub-folders that are not hidden or system folders, sorted."""
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not is_skipped_folder(p.name))
+    """Class names of a split folder: its sub-folders that are not hidden or system folders, sorted.
+
+    Raises :class:`DatasetNotFoundError` naming any link in it whose target does not exist: a
+    linked class folder with a mistyped target would otherwise drop out of the classes in silence.
+    """
+    entries = [p for p in split_dir.iterdir() if not is_skipped_folder(p.name)]
+    dangling = [p for p in entries if p.is_symlink() and not p.exists()]
+    if dangling:
+        raise DatasetNotFoundError(
+            f"{split_dir} has {len(dangling)} link(s) whose target does not exist: "
+            f"{', '.join(f'{p.name} -> {os.readlink(p)}' for p in dangling[:5])}{' ...' if len(dangling) > 5 else ''}. "
+            f"Point them at existing folders (ln -sfn TARGET LINK) or remove them."
+        )
+    return sorted(p.name for p in entries if p.is_dir())
+
+
+def missing_root_advice(root: Path) -> str:
+    """A sentence for when ``root`` (``data.root``) is not a folder at all: it is a file, or does not exist
+    (naming folders beside it with a similar name), or the empty string when it is a folder."""
+    if root.is_dir():
+        return ""
+    if root.exists():
+        return f". data.root={root} is a file, not a folder"
+    parent = root.parent
+    similar = difflib.get_close_matches(root.name, [p.name for p in parent.iterdir() if p.is_dir()]) if parent.is_dir() else []
+    hint = f" (did you mean {', '.join(str(parent / name) for name in similar)}?)" if similar else ""
+    return f". data.root={root} does not exist{hint}"
 
 
 def split_folder_advice(root: Path) -> str:
@@ -120,6 +146,11 @@ def scan_split(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]
             f"{split_dir} has class folders {unknown} that train/ does not have; "
             f"every class in val/ or test/ needs a folder in train/ too"
         )
+    # Said, not dropped in silence: an image outside every class folder has no label.
+    stray = sorted(p.name for p in split_dir.iterdir() if is_image_file(p))
+    if stray:
+        log.warning("%s: %d image file(s) directly in it, in no class folder, are not used (e.g. %s); move them "
+                    "into their class's folder", split_dir, len(stray), stray[0])
     samples = []
     skipped: list[Path] = []
     for label, name in enumerate(class_names):
@@ -325,7 +356,7 @@ class ImageFolderDataModule(InMemoryImageDataModule):
                     f"no training images: {self.train_dir} does not exist. data=folder expects "
                     f"data.root=DIR with DIR/train/<class>/<image files> (and optionally DIR/val/, DIR/test/); "
                     f"scripts/eval.py and visualize.py also take DIR/test/<class>/<image files> alone"
-                    f"{split_folder_advice(self.root)}"
+                    f"{missing_root_advice(self.root) or split_folder_advice(self.root)}"
                 )
             names = list_class_dirs(self.train_dir)
             # A class without training images would be a class the model never sees, reported as 0% accurate.
