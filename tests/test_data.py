@@ -490,7 +490,7 @@ def test_a_linked_class_folder_whose_target_is_gone_is_named_not_dropped(tmp_pat
     (root / "train" / "fox").symlink_to(tmp_path / "store" / "fxo", target_is_directory=True)  # a mistyped target
     (root / "train" / ".old").symlink_to(tmp_path / "gone")  # hidden: skipped, as hidden folders are
     with pytest.raises(DatasetNotFoundError) as error:
-        ImageFolderDataModule(str(root), cache_dir=None).class_names
+        _ = ImageFolderDataModule(str(root), cache_dir=None).class_names
     assert str(error.value) == (f"{root / 'train'} has 1 link(s) whose target does not exist: "
                                 f"fox -> {tmp_path / 'store' / 'fxo'}. Point them at existing folders "
                                 f"(ln -sfn TARGET LINK) or remove them.")
@@ -512,14 +512,14 @@ def test_images_outside_every_class_folder_are_said_not_used(tmp_path: Path, cap
 def test_a_data_root_that_is_missing_or_a_file_is_named_as_such(tmp_path: Path):
     write_image_folder(tmp_path / "small", classes=("cat", "dog"), per_class=1)
     with pytest.raises(DatasetNotFoundError) as missing:
-        ImageFolderDataModule(str(tmp_path / "smal"), cache_dir=None).class_names
+        _ = ImageFolderDataModule(str(tmp_path / "smal"), cache_dir=None).class_names
     assert str(missing.value).endswith(f". data.root={tmp_path / 'smal'} does not exist (did you mean {tmp_path / 'small'}?)")
     (tmp_path / "weights.pth").write_bytes(b"")
     with pytest.raises(DatasetNotFoundError) as a_file:
-        ImageFolderDataModule(str(tmp_path / "weights.pth"), cache_dir=None).class_names
+        _ = ImageFolderDataModule(str(tmp_path / "weights.pth"), cache_dir=None).class_names
     assert str(a_file.value).endswith(f". data.root={tmp_path / 'weights.pth'} is a file, not a folder")
     with pytest.raises(DatasetNotFoundError) as far_off:
-        ImageFolderDataModule(str(tmp_path / "elsewhere"), cache_dir=None).class_names
+        _ = ImageFolderDataModule(str(tmp_path / "elsewhere"), cache_dir=None).class_names
     assert str(far_off.value).endswith(f". data.root={tmp_path / 'elsewhere'} does not exist")
 
 

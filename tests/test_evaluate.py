@@ -10,15 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 from test_scripts import run, script_command
 
 from cnnlab.checkpoint import ensure_same_model, read_checkpoint
-from cnnlab.errors import CheckpointError, ConfigValueError
+from cnnlab.errors import CheckpointError, ConfigValueError, DatasetNotFoundError
 from cnnlab.tasks.evaluate import evaluate
 from cnnlab.tasks.train import train
+from cnnlab.tasks.visualize import visualize
 from cnnlab.training.callbacks import CHECKPOINT_KEY
-from conftest import FAST, ROOT, compose_run_config, write_image_folder
+from conftest import CONF_DIR, FAST, ROOT, compose_run_config, write_image_folder
 
 CLASSES = ("cat", "dog", "fox")
 
@@ -65,6 +67,35 @@ def test_data_settings_without_a_data_group_change_the_checkpoints_own_data(trai
         evaluate_with(tmp_path / "b", f"ckpt_path={last}", "+data.rooot=/x")
     assert str(refused.value).startswith("data.rooot is not a setting of the data this checkpoint was trained on "
                                          "(cnnlab.data.folder.ImageFolderDataModule); set one of augment, batch_size,")
+
+
+def visualize_config(run_dir: Path, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("visualize", overrides=[f"paths.root_dir={run_dir.parent}", f"paths.output_dir={run_dir}",
+                                               *overrides])
+
+
+def test_eval_and_visualize_name_the_override_for_training_images_that_moved(image_folder: Path, tmp_path: Path):
+    images = shutil.copytree(image_folder, tmp_path / "imgs")
+    train(compose_run_config("train", tmp_path, tmp_path / "run", ["trainer.max_epochs=1", "data=folder",
+                                                                  f"data.root={images}", "data.image_size=40"]))
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    moved = images.rename(tmp_path / "moved")
+    expected = (f"the images {last} was trained on are not at data.root={images} any more: if they moved, pass "
+                f"+data.root=NEW_DIR (the same split, so the same test metrics), or test other images with "
+                f"data=folder data.root=DIR")
+    with pytest.raises(DatasetNotFoundError) as eval_error:
+        evaluate_with(tmp_path, f"ckpt_path={last}")
+    assert str(eval_error.value) == expected
+    with pytest.raises(DatasetNotFoundError) as visualize_error:
+        visualize(visualize_config(tmp_path / "vis", f"ckpt_path={last}", "image=0"))
+    assert str(visualize_error.value) == expected
+    # The override the message names works for both.
+    results = evaluate_with(tmp_path / "b", f"ckpt_path={last}", f"+data.root={moved}")
+    assert results["test/acc"] == trained["test/acc"]
+    shown = visualize(visualize_config(tmp_path / "vis2", f"ckpt_path={last}", "image=0", f"+data.root={moved}"))
+    assert (tmp_path / "vis2" / "feature_maps.png").is_file() and shown
 
 
 def test_the_training_images_named_with_a_data_group_keep_the_training_split(image_folder: Path, tmp_path: Path):

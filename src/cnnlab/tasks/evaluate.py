@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, ensure_same_model, read_checkpoint
 from cnnlab.data.base import InMemoryImageDataModule
 from cnnlab.data.folder import ImageFolderDataModule, list_class_dirs
-from cnnlab.errors import CheckpointError, ConfigValueError
+from cnnlab.errors import CheckpointError, ConfigValueError, DatasetNotFoundError
 from cnnlab.tasks.results import metric_values, write_metrics
 from cnnlab.tasks.summarize import FINISHED_LOG_MARK
 from cnnlab.training.callbacks import CHECKPOINT_KEY
@@ -25,6 +25,8 @@ from cnnlab.utils.host_memory import keep_freed_memory
 from cnnlab.utils.job_logging import log_spawned_workers_to_job_log
 
 log = logging.getLogger(__name__)
+
+FOLDER_DATA_TARGET = f"{ImageFolderDataModule.__module__}.{ImageFolderDataModule.__qualname__}"
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -49,14 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):
             cfg.trainer.precision = trained.get("trainer", {}).get("precision") or "32-true"
 
-    if not cfg.get("data"):
-        with open_dict(cfg):
-            cfg.data = trained.data
-    elif "_target_" not in cfg.data:
-        with open_dict(cfg):
-            cfg.data = with_data_settings(trained.data, cfg.data)
-    else:
-        preprocess_as_trained(cfg, trained)
+    choose_data_as_trained(cfg, trained)
     if cfg.get("model"):
         ensure_same_model(checkpoint, cfg.model, cfg.ckpt_path, advice="without model=, eval uses the checkpoint's own network")
     datamodule = data_labelled_as_trained(cfg.data, checkpoint[CHECKPOINT_KEY]["class_names"], cfg.ckpt_path)
@@ -114,6 +109,33 @@ def preprocess_as_trained(cfg: DictConfig, trained: DictConfig) -> None:
                      key, trained.data[key], key)
         with open_dict(cfg):
             cfg.data[key] = trained.data[key]
+
+
+def choose_data_as_trained(cfg: DictConfig, trained: DictConfig) -> None:
+    """Set ``cfg.data`` for testing the checkpoint ``cfg.ckpt_path``, whose stored run config is ``trained``.
+
+    Without ``data=`` it is the run's own data (so its own test split); settings without a
+    group (``+data.root=NEW``) change that data; other data (``data=...``) gets the training's
+    preprocessing. Raises :class:`DatasetNotFoundError` when the run's own image folder is gone,
+    naming the override for where it moved.
+    """
+    if cfg.get("data"):
+        if "_target_" in cfg.data:
+            preprocess_as_trained(cfg, trained)
+        else:
+            with open_dict(cfg):
+                cfg.data = with_data_settings(trained.data, cfg.data)
+        return
+    # Only a folder of images: CIFAR-10's data module downloads into a missing root.
+    root = trained.data.get("root")
+    if trained.data.get("_target_") == FOLDER_DATA_TARGET and not Path(str(root)).exists():
+        raise DatasetNotFoundError(
+            f"the images {cfg.ckpt_path} was trained on are not at data.root={root} any more: if they moved, pass "
+            f"+data.root=NEW_DIR (the same split, so the same test metrics), or test other images with "
+            f"data=folder data.root=DIR"
+        )
+    with open_dict(cfg):
+        cfg.data = trained.data
 
 
 def with_data_settings(trained_data: DictConfig, settings: DictConfig) -> DictConfig:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from cnnlab.errors import InputNotFoundError, LayerNotFoundError
-from cnnlab.tasks.evaluate import data_labelled_as_trained, preprocess_as_trained, wrong_size_error
+from cnnlab.tasks.evaluate import choose_data_as_trained, data_labelled_as_trained, wrong_size_error
 from cnnlab.tasks.inference import TrainedNetwork, class_probabilities, load_trained_network, positive_count, read_image
 from cnnlab.utils.config import ensure_values_set, run_folder
 from cnnlab.utils.io import atomic_write_json
@@ -41,10 +41,8 @@ def dataset_image(cfg: DictConfig, trained: TrainedNetwork, index: int) -> tuple
     split_name = cfg.get("split", "test")
     if split_name not in SPLITS:
         raise InputNotFoundError(f"split={split_name} is not one of {', '.join(SPLITS)}")
-    if cfg.get("data"):
-        preprocess_as_trained(cfg, trained.config)
-    datamodule = data_labelled_as_trained(cfg.data if cfg.get("data") else trained.config.data, trained.class_names,
-                                          trained.ckpt_path)
+    choose_data_as_trained(cfg, trained.config)
+    datamodule = data_labelled_as_trained(cfg.data, trained.class_names, trained.ckpt_path)
     datamodule.setup("test")
     split = getattr(datamodule, f"{split_name}_split")
     if not 0 <= index < len(split):
