@@ -19,7 +19,7 @@ register_resolvers()
 def main(cfg: DictConfig) -> float | None:
     from cnnlab.tasks.train import optimized_value, train
 
-    with plain_user_errors():
+    with plain_user_errors(record_in_job_log=False):  # train records its failures itself
         # The value a Hydra sweeper (e.g. Optuna) optimises.
         return optimized_value(cfg, train(cfg))
 

@@ -162,6 +162,11 @@ def test_an_image_size_the_network_cannot_take_is_refused(trained_run: Path, ima
     assert result.returncode != 0
     assert "was trained on 40x40 images and cannot take data.image_size=32" in result.stderr
     assert "leave data.image_size out to evaluate at the trained size" in result.stderr
+    # The run's log says why it ended too, once; the console shows the error only as the script ends.
+    (run_dir,) = (tmp_path / "logs" / "eval" / "runs").iterdir()
+    (failure,) = [line for line in (run_dir / "eval.log").read_text().splitlines() if "failed: " in line]
+    assert failure.split(" - ", 1)[1].startswith("failed: CheckpointError: ") and "cannot take data.image_size=32" in failure
+    assert "failed: " not in result.stdout
 
 
 def test_data_whose_class_names_differ_is_refused(trained_run: Path, tmp_path: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -70,7 +71,7 @@ def user_error(error: BaseException) -> CnnlabError | None:
 
 
 @contextlib.contextmanager
-def plain_user_errors() -> Iterator[None]:
+def plain_user_errors(record_in_job_log: bool = True) -> Iterator[None]:
     """Show a :class:`CnnlabError` (also one a library wrapped) as its message, without a traceback.
 
     Our messages are written to be read, and say what to fix. In a single Hydra run the error
@@ -82,11 +83,21 @@ def plain_user_errors() -> Iterator[None]:
     ``hydra.utils.instantiate`` wraps whatever a constructor raises in an
     ``InstantiationException`` whose text is the error's repr, newlines escaped. Other errors
     keep their tracebacks.
+
+    With ``record_in_job_log``, a single run's error of either kind is also recorded in the job
+    log (``<run>/<task>.log``), which otherwise would end without a word of why; the training
+    task records its failures itself, with the marks ``scripts/summarize.py`` reads.
     """
     try:
         yield
     except Exception as error:
         cause = user_error(error)
+        if record_in_job_log and single_hydra_run():
+            from cnnlab.utils.log_filters import JOB_LOG_ONLY  # not at the top: it imports this module
+
+            shown = error if cause is None else cause
+            # The console shows the error itself as the script ends.
+            logging.getLogger(__name__).error("failed: %s: %s", type(shown).__name__, shown, extra=JOB_LOG_ONLY)
         if cause is None:
             raise
         if single_hydra_run() and os.environ.get("HYDRA_FULL_ERROR") != "1":
