@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab.errors import InputNotFoundError
+from cnnlab.tasks.predict import list_input_files
 from cnnlab.tasks.summarize import summarize
 from conftest import FAST, ROOT
 
@@ -190,3 +198,68 @@ def test_eval_predict_and_benchmark_refuse_any_used_folder_before_writing(tmp_pa
         assert result.returncode == 1, script
         assert f"RunDirectoryInUseError: {run_dir} already holds results of another run (.hydra, checkpoints" in result.stderr
         assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before, script
+
+
+def _photo_folder(folder: Path) -> list[str]:
+    """Four images (one in a sub-folder) among the files systems leave and a text file; returns the images."""
+    (folder / "trip").mkdir(parents=True)
+    (folder / "@eaDir" / "a.jpg").mkdir(parents=True)  # a Synology NAS's thumbnails
+    images = ["a.jpg", "b.PNG", "d.bmp", "trip/c.jpeg"]
+    for i, name in enumerate(images):
+        Image.fromarray(np.full((30, 40, 3), 60 * i, dtype=np.uint8)).save(folder / name)
+    for name in ("Thumbs.db", "desktop.ini", ".DS_Store", "trip/._c.jpeg", "@eaDir/a.jpg/SYNOPHOTO_THUMB_S.jpg"):
+        (folder / name).write_bytes(b"left by the system")
+    (folder / "notes.txt").write_text("not an image\n")
+    return images
+
+
+def test_predict_reads_a_folder_as_training_does_skipping_system_files_and_naming_other_files(tmp_path: Path,
+                                                                                              cifar_root: Path):
+    run(script_command("train.py", tmp_path, *train_overrides(cifar_root), "test=false",
+                       f"hydra.run.dir={tmp_path / 'run'}"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    photos = tmp_path / "photos"
+    images = _photo_folder(photos)
+
+    result = run(script_command("predict.py", tmp_path, f"ckpt_path={ckpt}", f"inputs={photos}",
+                                f"hydra.run.dir={tmp_path / 'folder'}"))  # exit status 0: nothing failed
+    output = result.stdout + result.stderr
+    assert "4 classified, 0 failed" in output
+    with (tmp_path / "folder" / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(row["file"]).relative_to(photos).as_posix() for row in rows] == images
+    assert not any(row["error"] for row in rows)
+    # The system's files without a word; the other file counted, as training counts it.
+    assert (f"{photos}: 1 file(s) skipped, not of the image types read here (.txt: 1; e.g. notes.txt); images "
+            f"among them are classified once converted to JPEG or PNG") in output
+    assert not any(name in output for name in ("Thumbs.db", "desktop.ini", "DS_Store", "SYNOPHOTO", "._c"))
+
+    # A file named on the command line is tried whatever its name, and reported when it is no image.
+    thumbs = photos / "Thumbs.db"
+    result = subprocess.run(script_command("predict.py", tmp_path, f"ckpt_path={ckpt}", f"inputs={thumbs}",
+                                           f"hydra.run.dir={tmp_path / 'file'}"),
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "0 classified, 1 failed" in result.stdout
+    with (tmp_path / "file" / "predictions.csv").open() as f:
+        (row,) = csv.DictReader(f)
+    assert row["file"] == str(thumbs) and row["error"].startswith("not a readable image: ")
+
+
+def test_predict_lists_only_the_folder_itself_without_recursion_and_refuses_a_folder_of_no_images(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    photos = tmp_path / "photos"
+    _photo_folder(photos)
+    with caplog.at_level(logging.WARNING, logger="cnnlab.tasks.predict"):
+        assert [p.name for p in list_input_files(photos, recursive=False)] == ["a.jpg", "b.PNG", "d.bmp"]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{photos}: 1 file(s) skipped, not of the image types read here (.txt: 1; e.g. notes.txt); images among "
+        f"them are classified once converted to JPEG or PNG"]
+
+    caplog.clear()
+    (photos / "trip" / "c.jpeg").unlink()
+    with pytest.raises(InputNotFoundError) as refused:
+        list_input_files(photos / "trip")  # only ._c.jpeg, a macOS resource fork, is left there
+    assert str(refused.value).startswith(f"the folder {photos / 'trip'} holds no image files to classify (.bmp, ")
+    assert str(refused.value).endswith("): pass inputs= a folder of images or one image file")
+    assert not caplog.records

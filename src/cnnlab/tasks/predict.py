@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from cnnlab.data.folder import decode_image_file, is_skipped_folder
+from cnnlab.data.folder import (
+    IMAGE_EXTENSIONS,
+    SYSTEM_FILES,
+    decode_image_file,
+    has_image_name,
+    image_files,
+    is_image_file,
+)
 from cnnlab.errors import InputNotFoundError
 from cnnlab.tasks.inference import class_probabilities, load_trained_network, positive_count
 from cnnlab.utils.config import ensure_values_set, run_folder
@@ -50,22 +58,42 @@ class Prediction:
 
 
 def list_input_files(inputs: str | Path, recursive: bool = True) -> list[Path]:
-    """The files to classify: ``inputs`` itself, or every visible file under the folder ``inputs`` (sorted),
-    outside hidden and system folders (thumbnails, resource forks), as training reads folders.
+    """The files to classify: ``inputs`` itself, or the image files under the folder ``inputs`` (sorted),
+    read as training reads a class folder (:func:`cnnlab.data.folder.image_files`).
 
-    Every file in a folder is tried, whatever its extension: one Pillow cannot read is
-    reported as failed rather than silently skipped.
+    A file named as ``inputs`` is tried whatever its name or extension, and reported if unreadable.
+    In a folder, hidden and system files and folders (``Thumbs.db``, ``desktop.ini``, ``.DS_Store``,
+    ``@eaDir`` thumbnails, ``.AppleDouble`` resource forks) are skipped without a word; other files
+    without an image extension are skipped with one warning that counts them by extension, as
+    training warns. A corrupt file with an image extension is still tried and reported as failed.
     """
     path = Path(str(inputs)).expanduser()
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise InputNotFoundError(f"inputs={inputs} is neither an image file nor a folder of images")
-    pattern = path.rglob("*") if recursive else path.glob("*")
-    files = sorted(p for p in pattern if p.is_file() and not p.name.startswith(".")
-                   and not any(is_skipped_folder(part) for part in p.relative_to(path).parts[:-1]))
+    skipped: list[Path] = []
+    if recursive:
+        files = image_files(path, skipped)
+    else:
+        entries = sorted(p for p in path.iterdir() if p.is_file())
+        files = [p for p in entries if is_image_file(p)]
+        skipped = [p for p in entries if not has_image_name(p) and not p.name.startswith(".")
+                   and p.name.lower() not in SYSTEM_FILES]
+    if skipped:
+        # Said, as training says it: a phone's .heic photos would otherwise just be missing from the results.
+        kinds = Counter(p.suffix.lower() or "(no extension)" for p in skipped)
+        log.warning(
+            "%s: %d file(s) skipped, not of the image types read here (%s; e.g. %s); images among them are "
+            "classified once converted to JPEG or PNG", path, len(skipped),
+            ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()), skipped[0].relative_to(path),
+        )
     if not files:
-        raise InputNotFoundError(f"the folder {path} holds no files to classify")
+        where = "" if recursive else " outside its sub-folders (recursive=false)"
+        raise InputNotFoundError(
+            f"the folder {path} holds no image files to classify{where} ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
+            f"pass inputs= a folder of images or one image file"
+        )
     return files
 
 
@@ -118,9 +146,10 @@ def write_predictions(predictions: list[Prediction], csv_path: Path, json_path: 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Classify ``cfg.inputs`` (a file or a folder) with the checkpoint ``cfg.ckpt_path``.
 
-    Writes ``predictions.csv`` and ``predictions.json`` into the run folder. Files that are
-    not images or are corrupt are reported by name and listed with their error; the others
-    are still classified. Returns the counts and the output paths.
+    Writes ``predictions.csv`` and ``predictions.json`` into the run folder. Files that cannot
+    be decoded (a corrupt image, or a file named as ``inputs`` that is not one) are reported by
+    name and listed with their error; the others are still classified. A folder is read as
+    :func:`list_input_files` says. Returns the counts and the output paths.
     """
     ensure_values_set(cfg)
     # Before the checkpoint is read and the run folder made, so a typo costs nothing.
