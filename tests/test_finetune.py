@@ -128,6 +128,34 @@ def test_bad_weights_arch_and_stage_count_are_clear_errors(tmp_path: Path):
         TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, trainable_stages=1, cache_features=True)
 
 
+def test_a_folder_or_a_training_checkpoint_as_weights_path_says_what_it_is_and_what_to_pass(tmp_path: Path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(WeightsUnavailableError) as refused:
+        TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, weights_path=str(tmp_path / "run"))
+    assert str(refused.value) == (f"model.weights_path={tmp_path / 'run'} is a folder, not a weights file: pass the path "
+                                  f"of a .pth or .pt file holding a state_dict of resnet18's weights "
+                                  f"(there is none in {tmp_path / 'run'})")
+    torch.save(get_model("resnet18").state_dict(), tmp_path / "resnet18.pth")
+    with pytest.raises(WeightsUnavailableError, match=r"a state_dict of resnet18's weights: .*resnet18\.pth$"):
+        TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, weights_path=str(tmp_path))
+
+    # A checkpoint as scripts/train.py writes it: Lightning's dict, the classifier's weights named net.*.
+    net = TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, input_size=32, trainable_stages=-1)
+    classifier = ImageClassifier(net, num_classes=10, optimizer=functools.partial(torch.optim.Adam, lr=1e-3))
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"epoch": 0, "global_step": 1, "state_dict": classifier.state_dict(), "cnnlab": {"format": 1}}, ckpt)
+    with pytest.raises(WeightsUnavailableError) as refused:
+        TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, weights_path=str(ckpt))
+    assert str(refused.value) == (
+        f"model.weights_path={ckpt} is a cnnlab training checkpoint, not a weights file: pass it as ckpt_path={ckpt} "
+        f"to scripts/train.py (to continue that run) or scripts/eval.py (to test it); model.weights_path takes a "
+        f".pth or .pt file holding a state_dict of resnet18's weights"
+    )
+    # A state dict under "state_dict" of the network's own names still loads (a common wrapper).
+    torch.save({"state_dict": get_model("resnet18").state_dict()}, tmp_path / "wrapped.pth")
+    TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, weights_path=str(tmp_path / "wrapped.pth"))
+
+
 @pytest.mark.parametrize(("arch", "native"), [("vit_b_16", 224), ("inception_v3", 299)])
 def test_an_input_size_the_backbone_cannot_take_is_refused_at_start_naming_the_fix(arch, native):
     # e.g. model=resnet18_ft model.arch=vit_b_16: the preset's input_size=32 would otherwise

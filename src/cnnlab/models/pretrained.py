@@ -34,13 +34,35 @@ def torchvision_cache_file(weights: Weights) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
-def _read_local_weights(path: Path) -> dict[str, Any]:
+def _is_training_checkpoint(state: object) -> bool:
+    """Whether a loaded file is a cnnlab training checkpoint: Lightning's dict whose ``state_dict``
+    holds the classifier's weights, every name under its network ``net.``."""
+    inner = state.get("state_dict") if isinstance(state, dict) else None
+    return isinstance(inner, dict) and bool(inner) and all(str(name).startswith("net.") for name in inner)
+
+
+def _read_local_weights(path: Path, arch: str) -> dict[str, Any]:
+    if path.is_dir():
+        found = sorted(str(p) for p in path.iterdir() if p.suffix in (".pth", ".pt") and p.is_file())
+        listing = (f": {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}" if found
+                   else f" (there is none in {path})")
+        raise WeightsUnavailableError(
+            f"model.weights_path={path} is a folder, not a weights file: pass the path of a .pth or .pt file "
+            f"holding a state_dict of {arch}'s weights{listing}"
+        )
     if not path.is_file():
         raise WeightsUnavailableError(f"model weights file {path} does not exist (model.weights_path)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001
         raise WeightsUnavailableError(f"cannot read weights file {path}: {error}") from error
+    if _is_training_checkpoint(state):
+        # Its weights are the whole classifier's, named net.*: loading them here would list every name as missing.
+        raise WeightsUnavailableError(
+            f"model.weights_path={path} is a cnnlab training checkpoint, not a weights file: pass it as "
+            f"ckpt_path={path} to scripts/train.py (to continue that run) or scripts/eval.py (to test it); "
+            f"model.weights_path takes a .pth or .pt file holding a state_dict of {arch}'s weights"
+        )
     # Accept a bare state dict or the common {"state_dict": ...} / {"model": ...} wrappers.
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -78,7 +100,7 @@ def load_pretrained(model: nn.Module, arch: str, weights: str | None, weights_pa
     """
     if weights_path:
         source = str(weights_path)
-        state = _read_local_weights(Path(weights_path).expanduser())
+        state = _read_local_weights(Path(weights_path).expanduser(), arch)
     else:
         resolved = resolve_weights(arch, weights)
         if resolved is None:
