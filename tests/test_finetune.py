@@ -16,7 +16,7 @@ from test_classifier import trainer as quiet_trainer
 from torch import nn
 from torchvision.models import get_model
 
-from cnnlab.errors import ConfigValueError, WeightsUnavailableError
+from cnnlab.errors import ConfigValueError, WeightsUnavailableError, user_error
 from cnnlab.models.resnet_cifar import CifarResNet
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
@@ -96,6 +96,33 @@ def test_offline_without_weights_names_the_file_and_both_fixes(arch, tmp_path: P
     # The cache is what works in a sweep with the scratch CNNs, whose configs refuse model.* overrides.
     assert f"set TORCH_HOME=DIR and put the file at DIR/hub/checkpoints/{expected_file}" in message
     assert "not in a sweep that also has the scratch CNNs, such as experiment=compare_models" in message
+
+
+def test_offline_linear_probe_suggests_training_from_scratch_with_overrides_the_probe_accepts(
+        make_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    # experiment=linear_probe sets model.cache_features=true, which refuses a backbone that trains.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    probe = ["experiment=linear_probe", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false"]
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - Hydra's instantiate wraps it: user_error unwraps
+        train(make_config(overrides=probe, run_dir=tmp_path / "offline"))
+    error = user_error(raised.value)
+    assert isinstance(error, WeightsUnavailableError)
+    (advice,) = [line for line in str(error).splitlines() if "train from random initialisation: " in line]
+    suggested = advice.partition("train from random initialisation: ")[2].split()
+    assert suggested == ["model.weights=null", "model.trainable_stages=-1", "model.cache_features=false"]
+    assert "(a backbone that trains needs model.cache_features=false; model.weights=null alone" in str(error)
+    metrics = train(make_config(overrides=[*probe, *suggested], run_dir=tmp_path / "scratch"))  # the same command, taken
+    assert math.isfinite(metrics["train/loss"])
+
+    # model.weights=null alone: a probe of random features, whose warning names the overrides that train it all.
+    with caplog.at_level(logging.WARNING, logger="cnnlab.models.torchvision_ft"):
+        TorchvisionFineTuner(num_classes=10, arch="resnet18", weights=None, input_size=32, cache_features=True)
+    assert "pass model.trainable_stages=-1 model.cache_features=false to train the whole network" in caplog.text
 
 
 def test_random_weights_with_a_frozen_backbone_warn_that_only_the_head_trains(caplog: pytest.LogCaptureFixture):

@@ -72,8 +72,10 @@ def _read_local_weights(path: Path, arch: str) -> dict[str, Any]:
     return state
 
 
-def _download_weights(arch: str, weights: Weights) -> dict[str, Any]:
+def _download_weights(arch: str, weights: Weights, cache_features: bool = False) -> dict[str, Any]:
     cache_file = torchvision_cache_file(weights)
+    # A backbone that trains cannot have its features cached (model.cache_features=true: a linear probe).
+    scratch = "model.weights=null model.trainable_stages=-1" + (" model.cache_features=false" if cache_features else "")
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except Exception as error:  # noqa: BLE001 - offline, proxy, corrupt partial file: same remedy
@@ -87,16 +89,20 @@ def _download_weights(arch: str, weights: Weights) -> dict[str, Any]:
             f"Where every job of the command has this model's options (not in a sweep that also has the scratch "
             f"CNNs, such as experiment=compare_models: Hydra refuses the override there), you may instead:\n"
             f"  - pass model.weights_path=/path/to/{cache_file.name}, or\n"
-            f"  - train from random initialisation: model.weights=null model.trainable_stages=-1\n"
-            f"    (model.weights=null alone keeps the backbone frozen at its random weights: only the head would train)."
+            f"  - train from random initialisation: {scratch}\n"
+            f"    ({'a backbone that trains needs model.cache_features=false; ' if cache_features else ''}"
+            f"model.weights=null alone keeps the backbone frozen at its random weights: only the head would train)."
         ) from error
 
 
-def load_pretrained(model: nn.Module, arch: str, weights: str | None, weights_path: str | None) -> None:
+def load_pretrained(model: nn.Module, arch: str, weights: str | None, weights_path: str | None,
+                    cache_features: bool = False) -> None:
     """Load pretrained weights into a freshly built torchvision ``model`` of architecture ``arch``.
 
     ``weights_path`` (a local file) wins over ``weights`` (a torchvision weights name, fetched
     into torchvision's cache when online). With neither, the model keeps its random init.
+    ``cache_features`` (``model.cache_features``, which needs a frozen backbone) makes the
+    error's advice to train from scratch turn the cache off too.
     """
     if weights_path:
         source = str(weights_path)
@@ -107,7 +113,7 @@ def load_pretrained(model: nn.Module, arch: str, weights: str | None, weights_pa
             log.info("%s: no pretrained weights, random initialisation", arch)
             return
         source = f"{type(resolved).__name__}.{resolved.name}"
-        state = _download_weights(arch, resolved)
+        state = _download_weights(arch, resolved, cache_features)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -147,7 +147,7 @@ class TorchvisionFineTuner(nn.Module):
         self.arch = arch
         self.backbone = self._build_backbone(arch, pretrained)
         if load_weights:
-            load_pretrained(self.backbone, arch, weights, weights_path)
+            load_pretrained(self.backbone, arch, weights, weights_path, cache_features=cache_features)
         reference = self._reference_weights(arch, weights)
         self.feature_dim = _replace_head(self.backbone, arch)
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.feature_dim, num_classes))
@@ -187,8 +187,8 @@ class TorchvisionFineTuner(nn.Module):
             # Legitimate as a random-features baseline, but far more often a forgotten trainable_stages.
             log.warning(
                 "%s: model.weights=null with a frozen backbone: the backbone keeps its random initialisation and "
-                "only the head trains; pass model.trainable_stages=-1 to train the whole network from scratch",
-                arch,
+                "only the head trains; pass model.trainable_stages=-1%s to train the whole network from scratch",
+                arch, " model.cache_features=false" if cache_features else "",  # a backbone that trains has no cache
             )
         if cache_features and feature_cache_dir:
             ensure_cache_folder_usable(feature_cache_dir, "model.feature_cache_dir")
