@@ -137,7 +137,7 @@ def resnet_ckpt(tmp_path_factory: pytest.TempPathFactory, cifar_root: Path, resn
 
 @pytest.fixture
 def image_inputs(tmp_path: Path) -> Path:
-    """Good images of several sizes and formats, a corrupt JPEG and a text file, one in a sub-folder."""
+    """Good images of several sizes and formats, one in a sub-folder, two corrupt ones and a text file."""
     folder = tmp_path / "inputs"
     (folder / "more").mkdir(parents=True)
     rng = np.random.default_rng(3)
@@ -146,7 +146,8 @@ def image_inputs(tmp_path: Path) -> Path:
     Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(folder / "more" / "c_grey.bmp")
     Image.fromarray(rng.integers(0, 255, (17, 23, 4), dtype=np.uint8)).save(folder / "d_rgba.webp")
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(rng.integers(0, 255, 200, dtype=np.uint8)))
-    (folder / "notes.txt").write_text("not an image\n")
+    (folder / "z_cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 255, 50, dtype=np.uint8)))
+    (folder / "notes.txt").write_text("not an image\n")  # skipped with a warning, as training skips it
     return folder
 
 
@@ -434,14 +435,16 @@ def test_visualize_the_frozen_resnet_at_its_last_conv_block(resnet_ckpt, tmp_pat
 def test_predict_script_classifies_good_files_and_reports_bad_ones_by_name(cnn_run, image_inputs, tmp_path):
     result = run_script("predict.py", tmp_path, f"ckpt_path={cnn_run.ckpt}", f"inputs={image_inputs}", "top_k=3",
                         expect=2)
-    assert "corrupt.jpg" in result.stderr + result.stdout and "notes.txt" in result.stderr + result.stdout
+    shown = result.stderr + result.stdout
+    assert "corrupt.jpg" in shown and "z_cut.png" in shown
+    assert "1 file(s) skipped, not of the image types read here (.txt: 1; e.g. notes.txt)" in shown
     out = only_run_dir(tmp_path, "predict")
     with (out / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [Path(r["file"]).name for r in rows] == ["a_wide.png", "b_tall.jpg", "corrupt.jpg", "d_rgba.webp",
-                                                    "c_grey.bmp", "notes.txt"]
+                                                    "c_grey.bmp", "z_cut.png"]
     failed = {Path(r["file"]).name for r in rows if r["error"]}
-    assert failed == {"corrupt.jpg", "notes.txt"}
+    assert failed == {"corrupt.jpg", "z_cut.png"}
     records = {Path(r["file"]).name: r for r in json.loads((out / "predictions.json").read_text())}
     trained = load_trained_network(cnn_run.ckpt)
     for row in rows:
@@ -528,7 +531,7 @@ def test_predict_refuses_bad_decode_workers_before_reading_the_checkpoint(image_
 
 
 def test_predict_in_batches_smaller_than_the_files_with_unreadable_files_among_them(cnn_run, image_inputs, tmp_path):
-    # Six files, the 3rd (corrupt.jpg) and the 6th (notes.txt) unreadable: batches of 2 mix good
+    # Six files, the 3rd (corrupt.jpg) and the 6th (z_cut.png) unreadable: batches of 2 mix good
     # and bad files, batches of 1 hold a bad file alone; each file must keep its own result.
     def predictions(batch_size: int) -> list[dict]:
         out = tmp_path / str(batch_size)
@@ -539,8 +542,8 @@ def test_predict_in_batches_smaller_than_the_files_with_unreadable_files_among_t
 
     whole = predictions(256)
     assert [Path(r["file"]).name for r in whole] == ["a_wide.png", "b_tall.jpg", "corrupt.jpg", "d_rgba.webp",
-                                                     "c_grey.bmp", "notes.txt"]
-    assert [Path(r["file"]).name for r in whole if "error" in r] == ["corrupt.jpg", "notes.txt"]
+                                                     "c_grey.bmp", "z_cut.png"]
+    assert [Path(r["file"]).name for r in whole if "error" in r] == ["corrupt.jpg", "z_cut.png"]
     for batch_size in (1, 2, 4):
         batched = predictions(batch_size)
         assert [(r["file"], r.get("error"), r.get("predicted_class")) for r in batched] == [
@@ -635,5 +638,5 @@ def test_predict_lists_the_files_training_would_read_as_images_not_thumbnails_or
     (photos / "trip").mkdir()
     for name in ("a.jpg", "._a.jpg", "trip/b.png", "notes.txt"):
         (photos / name).write_bytes(b"x")
-    # Every other visible file is tried (and reported if it is not an image), in sub-folders too.
-    assert [p.relative_to(photos).as_posix() for p in list_input_files(photos)] == ["a.jpg", "notes.txt", "trip/b.png"]
+    # Image files are read, in sub-folders too; other visible files are skipped with a warning, as training does.
+    assert [p.relative_to(photos).as_posix() for p in list_input_files(photos)] == ["a.jpg", "trip/b.png"]
