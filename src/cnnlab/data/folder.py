@@ -133,9 +133,30 @@ def image_files(class_dir: Path, skipped: list[Path] | None = None) -> list[Path
             f"Restore their targets or remove the links."
         )
     if skipped is not None:
-        skipped += [path for path in paths if not has_image_name(path) and not path.name.startswith(".")
-                    and path.name.lower() not in SYSTEM_FILES]
+        skipped += [path for path in paths if is_other_file(path)]
     return [path for path in paths if is_image_file(path)]
+
+
+def is_other_file(path: Path) -> bool:
+    """Whether a file is neither an image this reads nor one that systems leave (hidden, ``Thumbs.db``):
+    skipped, but said (:func:`warn_skipped_files`)."""
+    return not has_image_name(path) and not path.name.startswith(".") and path.name.lower() not in SYSTEM_FILES
+
+
+def warn_skipped_files(folder: Path, skipped: list[Path], used_as: str) -> None:
+    """Warn once that the files ``skipped`` under ``folder`` are not read, counted by extension.
+
+    Said, not dropped in silence: a phone's .heic photos would otherwise just be missing.
+    ``used_as`` ends the line: images among them are ``used_as`` once converted.
+    """
+    if not skipped:
+        return
+    kinds = Counter(path.suffix.lower() or "(no extension)" for path in skipped)
+    log.warning(
+        "%s: %d file(s) skipped, not of the image types read here (%s; e.g. %s); images among them are %s once "
+        "converted to JPEG or PNG", folder, len(skipped), ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()),
+        skipped[0].relative_to(folder), used_as,
+    )
 
 
 def scan_split(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]]:
@@ -158,14 +179,7 @@ def scan_split(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]
         if not class_dir.is_dir():
             continue
         samples += [(path, label) for path in image_files(class_dir, skipped)]
-    if skipped:
-        # Said, not dropped in silence: a phone's .heic photos would otherwise just be missing.
-        kinds = Counter(path.suffix.lower() or "(no extension)" for path in skipped)
-        log.warning(
-            "%s: %d file(s) skipped, not of the image types read here (%s; e.g. %s); images among them are used once "
-            "converted to JPEG or PNG", split_dir, len(skipped), ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()),
-            skipped[0].relative_to(split_dir),
-        )
+    warn_skipped_files(split_dir, skipped, "used")
     # Said, as it is easy to miss: sub-folders of a class folder are read too, with its label.
     nested = [path for path, label in samples if path.parent != split_dir / class_names[label]]
     if nested:

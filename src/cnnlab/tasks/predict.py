@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +15,11 @@ from omegaconf import DictConfig
 
 from cnnlab.data.folder import (
     IMAGE_EXTENSIONS,
-    SYSTEM_FILES,
     decode_image_file,
-    has_image_name,
     image_files,
     is_image_file,
+    is_other_file,
+    warn_skipped_files,
 )
 from cnnlab.errors import InputNotFoundError
 from cnnlab.tasks.inference import class_probabilities, load_trained_network, positive_count
@@ -78,16 +77,8 @@ def list_input_files(inputs: str | Path, recursive: bool = True) -> list[Path]:
     else:
         entries = sorted(p for p in path.iterdir() if p.is_file())
         files = [p for p in entries if is_image_file(p)]
-        skipped = [p for p in entries if not has_image_name(p) and not p.name.startswith(".")
-                   and p.name.lower() not in SYSTEM_FILES]
-    if skipped:
-        # Said, as training says it: a phone's .heic photos would otherwise just be missing from the results.
-        kinds = Counter(p.suffix.lower() or "(no extension)" for p in skipped)
-        log.warning(
-            "%s: %d file(s) skipped, not of the image types read here (%s; e.g. %s); images among them are "
-            "classified once converted to JPEG or PNG", path, len(skipped),
-            ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()), skipped[0].relative_to(path),
-        )
+        skipped = [p for p in entries if is_other_file(p)]
+    warn_skipped_files(path, skipped, "classified")
     if not files:
         where = "" if recursive else " outside its sub-folders (recursive=false)"
         raise InputNotFoundError(
