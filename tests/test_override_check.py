@@ -52,10 +52,10 @@ def test_a_mistyped_key_of_a_plain_section_is_refused(override: str):
     ("train", "+classifier.flip=true", "did you mean classifier.flip_tta=true?"),
     ("train", "+paths.foo=1", "(the keys in paths: cache_dir, data_dir, log_dir, output_dir, root_dir;"),
     ("train", "+scheduler.T_max=3", "(the keys in scheduler: interval, scheduler;"),  # its constructor is a level down
-    ("visualize", "+data.root=/x", "no key there is close to data."),  # visualize needs data=NAME for other data
+    ("predict", "+data.root=/x", "no key there is close to data."),  # predict reads files, not a data module
 ])
 def test_other_unread_additions_are_refused(name: str, override: str, part: str):
-    required = {"visualize": ["ckpt_path=x.ckpt", "image=7"]}.get(name, [])
+    required = {"visualize": ["ckpt_path=x.ckpt", "image=7"], "predict": ["ckpt_path=x.ckpt", "inputs=x"]}.get(name, [])
     with pytest.raises(ConfigValueError, match="adds .* that nothing reads") as refused:
         check(name, *required, override)
     assert part in str(refused.value)
@@ -71,6 +71,7 @@ def test_other_unread_additions_are_refused(name: str, override: str, part: str)
     ("train", ["experiment=tutorial", "++seed=3", "++classifier.flip_tta=true"]),  # ++ over keys that are there
     ("visualize", ["ckpt_path=x.ckpt", "image=7", "+target_class=cat"]),  # the key is there (null): Hydra takes +
     ("eval", ["ckpt_path=x.ckpt", "+data.root=/x", "+data.eval_batch_size=50"]),  # eval checks these itself
+    ("visualize", ["ckpt_path=x.ckpt", "image=7", "+data.root=/x"]),  # as eval does
 ])
 def test_additions_something_reads_are_allowed(name: str, overrides: list[str]):
     check(name, *overrides)

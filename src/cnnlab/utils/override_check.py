@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.errors import ConfigValueError
 
 # Nodes (by the config's name) whose added keys a task reads without a ``_target_``, and checks
-# itself: eval without ``data=`` merges ``+data.KEY=VALUE`` into the checkpoint's own data config,
-# and refuses a key that config lacks (tasks/evaluate.py, with_data_settings).
-FREE_FORM: dict[str, tuple[str, ...]] = {"eval": ("data",)}
+# itself: eval and visualize without ``data=`` merge ``+data.KEY=VALUE`` into the checkpoint's own
+# data config, and refuse a key that config lacks (tasks/evaluate.py, with_data_settings).
+FREE_FORM: dict[str, tuple[str, ...]] = {"eval": ("data",), "visualize": ("data",)}
 
 
 def refuse_unread_additions(config: DictConfig) -> None:
