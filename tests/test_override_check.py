@@ -65,7 +65,9 @@ def test_other_unread_additions_are_refused(name: str, override: str, part: str)
     ("train", ["+callbacks.stop={_target_: lightning.pytorch.callbacks.EarlyStopping, monitor: val/loss}"]),
     ("train", ["+callbacks.ema._target_=lightning.pytorch.callbacks.EMAWeightAveraging", "+callbacks.ema.decay=0.9"]),
     ("eval", ["ckpt_path=x.ckpt", "+callbacks.stop={_target_: lightning.pytorch.callbacks.EarlyStopping}"]),
-    ("train", ["+optimizer.betas=[0.8,0.99]", "+model.foo=1", "+data.augment.bar=2"]),  # their constructors judge them
+    ("train", ["+optimizer.betas=[0.8,0.99]", "+optimizer.amsgrad=true", "++data.augment.rotation_degrees=5"]),
+    ("train", ["++trainer.max_epochs=3", "+trainer.enable_checkpointing=false"]),  # arguments their constructors take
+    ("train", ["+model._convert_=all"]),  # Hydra's own instantiate option, not an argument
     ("train", ["+hydra.launcher.foo=1", "++hydra.job.env_set.FOO=1"]),  # Hydra's own
     ("train", ["model=torchvision_ft", "+model/normalize=cifar10"]),  # a config group choice, not a key
     ("train", ["experiment=tutorial", "++seed=3", "++classifier.flip_tta=true"]),  # ++ over keys that are there
@@ -77,9 +79,27 @@ def test_additions_something_reads_are_allowed(name: str, overrides: list[str]):
     check(name, *overrides)
 
 
-def test_an_added_trainer_argument_reaches_lightnings_own_error(tmp_path: Path):
-    config = check("train", "+trainer.foo=1")
-    with pytest.raises(InstantiationException, match="unexpected keyword argument 'foo'"):
+@pytest.mark.parametrize(("override", "part"), [
+    ("+trainer.max_epoch=1", "lightning.pytorch.trainer.Trainer has no argument max_epoch; did you mean "
+                             "trainer.max_epochs=1 or"),
+    ("+optimizer.beta=[0.8,0.99]", "torch.optim.Adam has no argument beta; did you mean optimizer.betas=[0.8,0.99]? "
+                                   "(its arguments: amsgrad, betas,"),
+    ("+model.dropuot=0.2", "cnnlab.models.simple_cnn.SimpleCNN has no argument dropuot; did you mean model.dropout=0.2?"),
+    ("+callbacks.stop={_target_: lightning.pytorch.callbacks.EarlyStopping, patiense: 3}",
+     "adds the key callbacks.stop.patiense that nothing reads: lightning.pytorch.callbacks.EarlyStopping has no "
+     "argument patiense; did you mean callbacks.stop.patience?"),
+])
+def test_an_added_argument_the_constructor_lacks_is_refused_before_the_run(override: str, part: str):
+    with pytest.raises(ConfigValueError, match="adds .* that nothing reads") as refused:
+        check("train", override)
+    assert part in str(refused.value)
+    assert str(refused.value).endswith("nothing was run)")
+
+
+def test_the_constructor_still_judges_what_the_check_lets_through(tmp_path: Path):
+    # A key deeper in an argument (a dict the constructor takes whole) is not judged by the check.
+    config = check("train", "+trainer.plugins.foo=1")
+    with pytest.raises(InstantiationException, match="invalid type for plugin foo"):
         instantiate(config.trainer, default_root_dir=str(tmp_path))
 
 

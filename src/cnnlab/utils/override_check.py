@@ -2,12 +2,15 @@
 
 Hydra refuses ``targetclass=cat`` when the config has no such key, and its hint says to write
 ``+targetclass=cat``; that is accepted, and the run then goes on without the setting, since the
-script reads ``target_class``. :func:`refuse_unread_additions` stops such a run before it starts.
+script reads ``target_class``. ``+trainer.max_epoch=1`` is accepted too, and fails only when the
+Trainer is built, after the run folder, the log and the seed. :func:`refuse_unread_additions`
+stops both before the run starts.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +31,8 @@ def refuse_unread_additions(config: DictConfig) -> None:
 
     ``config`` is the composed config with its ``hydra`` node (as Hydra's callbacks get it). An
     added key is read when it, or a node above it, has a ``_target_``: ``hydra.utils.instantiate``
-    passes it on, and the constructor refuses an argument it does not take. Keys under ``hydra.``
+    passes it on. A key added right under a ``_target_`` is refused here when that constructor
+    takes no argument of its name (nor ``**kwargs``), as it would refuse it later. Keys under ``hydra.``
     (Hydra checks them), those of the :data:`FREE_FORM` nodes, and keys the config already had
     (``++benchmark.rounds=2``, ``+target_class=cat`` over its ``null``) are left alone, as are
     config group choices (``+model/normalize=cifar10``). Sweep overrides (``+foo=1,2``) are checked
@@ -49,7 +53,8 @@ def refuse_unread_additions(config: DictConfig) -> None:
                 if (override.is_add() or override.is_force_add()) and not override.is_sweep_override()
                 and override.key_or_group not in choices and override.package is None
                 for path in _added_paths(override.key_or_group, override.value())
-                if path[0] not in ("hydra", *free_form) and not _instantiated(composed, path)]
+                if path[0] not in ("hydra", *free_form)
+                and (not _instantiated(composed, path) or _constructor_refuses(composed, path))]
     if not suspects:
         return
     from hydra import compose
@@ -59,18 +64,25 @@ def refuse_unread_additions(config: DictConfig) -> None:
     base.pop("hydra", None)
     for override, path in suspects:
         level, missing = _first_missing(base, path)
-        if missing is not None:
-            raise ConfigValueError(_message(override, path, level, missing))
+        if missing is None:
+            continue
+        arguments = _constructor_refuses(composed, path)
+        if arguments is not None:
+            raise ConfigValueError(_message(override, path, arguments[1], len(path) - 1, constructor=arguments[0]))
+        raise ConfigValueError(_message(override, path, level, missing))
 
 
 def _added_paths(key: str, value: Any) -> Iterator[list[str]]:
     # A mapping without a _target_ (+benchmark={round: 2}) is merged key by key: each is an addition.
+    # One with a _target_ (+callbacks.stop={_target_: ..., patience: 3}) is added whole, and its keys are its arguments.
     path = key.split(".")
     if isinstance(value, dict) and value and "_target_" not in value:
         for name, item in value.items():
             yield from _added_paths(f"{key}.{name}", item)
-    else:
-        yield path
+        return
+    yield path
+    if isinstance(value, dict):
+        yield from ([*path, str(name)] for name in value)
 
 
 def _instantiated(composed: dict[Any, Any], path: list[str]) -> bool:
@@ -85,6 +97,25 @@ def _instantiated(composed: dict[Any, Any], path: list[str]) -> bool:
     return False
 
 
+def _constructor_refuses(composed: dict[Any, Any], path: list[str]) -> tuple[str, list[str]] | None:
+    """The target and its argument names, when ``path`` is added right under a ``_target_`` that takes no such argument."""
+    node: Any = composed
+    for name in path[:-1]:
+        node = node.get(name) if isinstance(node, dict) else None
+    key = path[-1]
+    if not isinstance(node, dict) or "_target_" not in node or (key.startswith("_") and key.endswith("_")):
+        return None  # deeper in a constructor's argument, or Hydra's own (_partial_, _convert_): not judged here
+    try:
+        from hydra.utils import get_object
+
+        parameters = inspect.signature(get_object(str(node["_target_"]))).parameters
+    except Exception:  # an unimportable target, or one without a signature, fails in instantiate with its own error
+        return None
+    if key in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return str(node["_target_"]), [name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+
+
 def _first_missing(base: dict[Any, Any], path: list[str]) -> tuple[dict[Any, Any], int | None]:
     """The node where ``path`` leaves the config, and the index of the first name it lacks (None: all there)."""
     node: Any = base
@@ -95,7 +126,8 @@ def _first_missing(base: dict[Any, Any], path: list[str]) -> tuple[dict[Any, Any
     return {}, None
 
 
-def _message(override: Override, path: list[str], level: dict[str, Any], missing: int) -> str:
+def _message(override: Override, path: list[str], level: dict[str, Any] | list[str], missing: int,
+             constructor: str | None = None) -> str:
     whole = path == override.key_or_group.split(".")  # else one key of a mapping the override merges
     keys = sorted(str(k) for k in level if k != "hydra")
     close = difflib.get_close_matches(path[missing], keys, n=3)
@@ -106,5 +138,9 @@ def _message(override: Override, path: list[str], level: dict[str, Any], missing
     hint = f"did you mean {' or '.join(fixes)}?" if fixes else f"no key there is close to {path[missing]}."
     place = f"the keys in {'.'.join(path[:missing])}" if missing else "the top-level keys"
     added = "a key" if whole else f"the key {'.'.join(path)}"
+    if constructor is not None:  # the Trainer's ~50 arguments would bury the hint: long lists are left to its docs
+        listed = f"its arguments: {', '.join(keys)}; " if len(keys) <= 20 else ""
+        return (f"{override.input_line} adds {added} that nothing reads: {constructor} has no argument "
+                f"{path[-1]}; {hint} ({listed}nothing was run)")
     return (f"{override.input_line} adds {added} that nothing reads (no option of this task, and no constructor is "
             f"given it); {hint} ({place}: {', '.join(keys) or 'none'}; nothing was run)")
