@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from cnnlab.data.folder import decode_image_file
-from cnnlab.errors import CheckpointError, ConfigValueError, InputNotFoundError, LayerNotFoundError
+from cnnlab.errors import CheckpointError, CnnlabError, ConfigValueError, InputNotFoundError, LayerNotFoundError
 from cnnlab.models.normalize import NormalizeBatch
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
@@ -558,6 +558,12 @@ def test_visualize_refuses_a_layer_grad_cam_cannot_use_and_no_channels(cnn_run, 
     assert ("cam_layer=classifier.1: layer 'classifier.1' outputs shape (1, 512), not feature maps, so Grad-CAM "
             "cannot look at it; choose a convolutional layer or block, such as features.0, features.3, features.6; "
             "or leave cam_layer out for the network's default, features.6") in str(refused.value)
+    with pytest.raises(LayerNotFoundError, match="no layer named 'featrues.6'; did you mean features.6"):
+        visualize(compose_config("visualize", [*base, "cam_layer=featrues.6"]))
+    with pytest.raises(CnnlabError, match="zebra"):
+        visualize(compose_config("visualize", [*base, "target_class=zebra"]))
+    # A refused setting leaves no figure of the image behind (the feature maps were written first).
+    assert not list((tmp_path / "out").glob("*.png")) and not (tmp_path / "out" / "visualization.json").exists()
     with pytest.raises(ConfigValueError, match="channels=0, but it must be a whole number of at least 1"):
         visualize(compose_config("visualize", [*base, "channels=0"]))
 

@@ -107,13 +107,9 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     if maps.ndim != 4:
         raise LayerNotFoundError(f"layer {layer_name!r} outputs shape {tuple(maps.shape)}, not feature maps; "
                                  f"choose a conv, ReLU or pooling layer (layer=...)")
-    shown = maps[0, : cfg.channels]
-    feature_png = save_png(
-        feature_map_figure(shown, columns=cfg.columns,
-                           title=f"{layer_name}: channels 0-{len(shown) - 1} of {maps.shape[1]}, {source}"),
-        output_dir / "feature_maps.png",
-    )
 
+    # Every setting is checked (target_class, cam_layer) before the first figure is written, so a
+    # refused one leaves no half-written visualization behind.
     if cfg.get("cam_layer"):
         cam_name, cam_layer = find_layer(net, cfg.cam_layer)
     else:
@@ -138,6 +134,12 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     if flip_tta:
         lines.insert(1, "mean of the image's and its mirror image's maps (flip TTA)")
     title = "\n".join(lines)
+    shown = maps[0, : cfg.channels]
+    feature_png = save_png(
+        feature_map_figure(shown, columns=cfg.columns,
+                           title=f"{layer_name}: channels 0-{len(shown) - 1} of {maps.shape[1]}, {source}"),
+        output_dir / "feature_maps.png",
+    )
     gradcam_png = save_png(gradcam_figure(image, cam.heatmaps[0], title=title, alpha=cfg.cam_alpha),
                            output_dir / "gradcam.png")
 
