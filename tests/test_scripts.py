@@ -132,6 +132,23 @@ def test_a_user_error_fails_its_sweep_job_and_the_sweep_goes_on(tmp_path: Path, 
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     assert "training failed: DatasetNotFoundError" in (sweep / "0" / "train.log").read_text()
     assert (sweep / "1" / "metrics.json").is_file()
+    # The sweep ends with the failed job's message and where to look, not a traceback through cnnlab's frames.
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"(job 0 of the sweep, in {sweep / '0'}; every job's result: python scripts/summarize.py {sweep})" in (
+        result.stderr.splitlines())
+
+
+def test_a_failed_sweep_job_of_another_task_records_its_error_in_its_log(tmp_path: Path):
+    missing = [tmp_path / "a.ckpt", tmp_path / "b.ckpt"]
+    result = subprocess.run(script_command("eval.py", tmp_path, f"ckpt_path={missing[0]},{missing[1]}", multirun=True),
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    (sweep,) = (tmp_path / "logs" / "eval" / "multiruns").iterdir()
+    assert f"CheckpointError: checkpoint {missing[0]} does not exist" in result.stderr
+    assert f"(job 0 of the sweep, in {sweep / '0'})" in result.stderr.splitlines()
+    assert "summarize.py" not in result.stderr  # it reads training runs
+    for job, checkpoint in enumerate(missing):  # both jobs ran; each log says why it failed
+        assert f"failed: CheckpointError: checkpoint {checkpoint} does not exist" in (sweep / str(job) / "eval.log").read_text()
 
 
 def test_moving_only_paths_output_dir_is_refused_with_the_override_that_moves_the_run(tmp_path: Path, cifar_root: Path):

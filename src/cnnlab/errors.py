@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Iterator
 
+from hydra.errors import CompactHydraException
+
 
 class CnnlabError(Exception):
     """Base class of the errors a user can act on."""
@@ -62,6 +64,14 @@ class InputSizeError(ConfigValueError):
         self.fitting_sizes = fitting_sizes
 
 
+class SweepJobError(CompactHydraException):
+    """A multirun job's :class:`CnnlabError` (its ``__cause__``), as the sweep reports it when it ends.
+
+    Hydra ends a sweep with a failed job by printing that job's exception; an exception of this
+    kind (Hydra's ``CompactHydraException``) it prints as its text alone, without a traceback.
+    """
+
+
 def user_error(error: BaseException) -> CnnlabError | None:
     """The :class:`CnnlabError` that ``error`` is or wraps (a library may have chained it), else None."""
     cause: BaseException | None = error
@@ -76,15 +86,17 @@ def plain_user_errors(record_in_job_log: bool = True) -> Iterator[None]:
 
     Our messages are written to be read, and say what to fix. In a single Hydra run the error
     is printed as ``<ErrorType>: <message>`` on stderr and the process exits with status 1
-    (``SystemExit``; Hydra's ``on_job_end`` callbacks then do not run, and cnnlab has none). Everywhere else it is re-raised: in a multirun, Hydra's launchers catch a
-    job's ``Exception`` to record the job as failed, but a ``SystemExit`` would end the whole
-    sweep (the basic launcher runs the jobs in this process). ``HYDRA_FULL_ERROR=1`` keeps the
-    traceback, as it does for Hydra's own errors. A wrapped error is re-raised as itself:
-    ``hydra.utils.instantiate`` wraps whatever a constructor raises in an
+    (``SystemExit``; Hydra's ``on_job_end`` callbacks then do not run, and cnnlab has none). In a
+    multirun job it is raised as a :class:`SweepJobError` with that text and the job's folder:
+    Hydra's launchers catch a job's ``Exception`` to record the job as failed (a ``SystemExit``
+    would end the whole sweep: the basic launcher runs the jobs in this process), and when the
+    sweep ends Hydra prints it without a traceback. ``HYDRA_FULL_ERROR=1`` keeps the traceback,
+    as it does for Hydra's own errors. Outside Hydra it is re-raised as itself, also when a
+    library wrapped it: ``hydra.utils.instantiate`` wraps whatever a constructor raises in an
     ``InstantiationException`` whose text is the error's repr, newlines escaped. Other errors
     keep their tracebacks.
 
-    With ``record_in_job_log``, a single run's error of either kind is also recorded in the job
+    With ``record_in_job_log``, a Hydra job's error of either kind is also recorded in the job
     log (``<run>/<task>.log``), which otherwise would end without a word of why; the training
     task records its failures itself, with the marks ``scripts/summarize.py`` reads.
     """
@@ -92,7 +104,7 @@ def plain_user_errors(record_in_job_log: bool = True) -> Iterator[None]:
         yield
     except Exception as error:
         cause = user_error(error)
-        if record_in_job_log and single_hydra_run():
+        if record_in_job_log and _hydra_job() is not None:
             from cnnlab.utils.log_filters import JOB_LOG_ONLY  # not at the top: it imports this module
 
             shown = error if cause is None else cause
@@ -100,12 +112,32 @@ def plain_user_errors(record_in_job_log: bool = True) -> Iterator[None]:
             logging.getLogger(__name__).error("failed: %s: %s", type(shown).__name__, shown, extra=JOB_LOG_ONLY)
         if cause is None:
             raise
-        if single_hydra_run() and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            print(f"{type(cause).__name__}: {cause}", file=sys.stderr)
-            raise SystemExit(1) from None
+        if os.environ.get("HYDRA_FULL_ERROR") != "1":
+            if single_hydra_run():
+                print(f"{type(cause).__name__}: {cause}", file=sys.stderr)
+                raise SystemExit(1) from None
+            job = _hydra_job()
+            if job is not None:
+                raise SweepJobError(f"{type(cause).__name__}: {cause}\n({job})") from cause
         if cause is error:
             raise
         raise cause.with_traceback(None) from None
+
+
+def _hydra_job() -> str | None:
+    """Where this Hydra job runs, as a sweep's end names it (``job 1 of the sweep, in <folder>; ...``); None outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN:
+        return f"in {hydra.runtime.output_dir}"
+    where = f"job {hydra.job.num} of the sweep, in {hydra.runtime.output_dir}"
+    if hydra.job.name == "train":  # summarize reads training runs
+        where += f"; every job's result: python scripts/summarize.py {hydra.sweep.dir}"
+    return where
 
 
 def single_hydra_run() -> bool:
