@@ -360,3 +360,19 @@ def test_a_run_stopped_with_ctrl_c_is_shown_as_interrupted_with_the_command_that
     table = {row["job"]: (row["status"], row["rank"]) for row in csv.DictReader(io.StringIO(to_csv(summary)))}
     assert table == {"0": ("interrupted", ""), "1": ("ok", "1"), "2": ("ok", "2"), "3": ("interrupted", ""),
                      "4": ("failed", ""), "5": ("interrupted", ""), "6": ("interrupted", "")}
+
+
+def test_a_run_that_left_a_swept_key_at_its_default_shows_the_value_it_ran_with(tmp_path: Path):
+    # summarize.py logs/train/runs: some runs chose model= and optimizer.lr=, one ran the defaults.
+    runs = tmp_path / "runs"
+    make_job(runs, 0, ["model=simple_cnn_bn", "optimizer.lr=0.01"], {"val/acc_best": 0.7})
+    default = make_job(runs, 1, [], {"val/acc_best": 0.6})
+    (default / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
+        {"hydra": {"runtime": {"choices": {"model": "simple_cnn", "optimizer": "adam"}}}}))
+    (default / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"optimizer": {"lr": 0.001}}))
+    summary = summarize(runs)
+    assert summary.swept == ["model", "optimizer.lr"]
+    rows = [line for line in to_markdown(summary).splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert rows[1].startswith("| 2 | 1 | simple_cnn (default) | 0.001 (default) | 0.6000 |")
+    table = list(csv.DictReader(io.StringIO(to_csv(summary))))
+    assert (table[1]["model"], table[1]["optimizer.lr"]) == ("simple_cnn", "0.001")

@@ -62,6 +62,14 @@ class Job:
     # resumed session): the metrics are the finished run's, so the job still counts, with that shown.
     later_failure: str = ""
     later_interrupted: bool = False
+    # The Hydra record (.hydra/ or a resumed session's) the overrides came from, and the values
+    # its config had for swept keys this job left at their default (filled in by summarize()).
+    record_dir: Path | None = None
+    defaults: dict[str, str] = field(default_factory=dict)
+
+    def setting(self, key: str) -> str:
+        """The job's value of an override key: its own override, else its config's default ('' if unknown)."""
+        return self.overrides.get(key, self.defaults.get(key, ""))
 
     @property
     def unranked(self) -> bool:
@@ -217,7 +225,7 @@ def read_job(job_dir: Path) -> Job:
             error = f"unreadable {RESULTS_FILE}: {decode_error}"
     overrides_file = session_overrides_file(job_dir, metrics if isinstance(metrics, dict) else None, outcome)
     overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
-    job = Job(job_dir.name, job_dir, overrides, error=error)
+    job = Job(job_dir.name, job_dir, overrides, error=error, record_dir=overrides_file.parent)
     if not results.is_file():
         # A resumed session's early failure leaves a finished run as it was; without results it is the news.
         job.interrupted = bool(outcome.interruption)
@@ -233,6 +241,23 @@ def read_job(job_dir: Path) -> Job:
         # The run wrote its metrics, then failed before finishing: Hydra counted the job as failed.
         job.error = job.error or f"{failure} (after writing {RESULTS_FILE})"
     return job
+
+
+def configured_value(record_dir: Path, key: str) -> str | None:
+    """What a run's Hydra record says ``key`` was: a config group's choice (``model``), else the
+    config's value (``optimizer.lr``, as written: interpolations unresolved); None if it has none."""
+    hydra_file, config_file = record_dir / "hydra.yaml", record_dir / "config.yaml"
+    if hydra_file.is_file():
+        choices = ((((yaml.safe_load(hydra_file.read_text()) or {}).get("hydra") or {}).get("runtime") or {})
+                   .get("choices") or {})
+        if key in choices:
+            return None if choices[key] is None else str(choices[key])
+    node: Any = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
+    for name in key.split("."):
+        if not isinstance(node, dict) or name not in node:
+            return None
+        node = node[name]
+    return None if node is None or isinstance(node, dict) else str(node)
 
 
 def sweep_settings(jobs: Sequence[Job]) -> tuple[str | None, str | None, list[str]]:
@@ -308,6 +333,13 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str |
     # A searched parameter is swept even where every trial drew the same value: the user did not set it.
     swept = [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1 or key in searched]
     common = {key: jobs[0].overrides[key] for key in keys if key not in swept}
+    # A job that left a swept key at its default (summarize.py logs/train/runs, where some runs
+    # chose model= and some did not) shows the value it ran with, not a blank.
+    for job in jobs:
+        for key in swept:
+            value = configured_value(job.record_dir, key) if key not in job.overrides and job.record_dir else None
+            if value is not None:
+                job.defaults[key] = value
     ranked = sorted(jobs, key=lambda job: _sort_key(job, ranked_by, direction))  # stable: ties keep job order
     return SweepSummary(sweep_dir, ranked_by, direction, ranked, swept, common, best_found)
 
@@ -324,6 +356,12 @@ def _format_override(value: str) -> str:
     return f"{number:.4g}" if number is not None else value
 
 
+def _shown_setting(job: Job, key: str) -> str:
+    if key in job.defaults:
+        return f"{_format_override(job.defaults[key])} (default)"
+    return _format_override(job.overrides.get(key, ""))
+
+
 def table_metrics(summary: SweepSummary) -> list[str]:
     """The metric columns of the Markdown table: the optimised metric first, then the usual ones present."""
     present = {key for job in summary.finished for key in job.metrics}
@@ -336,7 +374,7 @@ def to_markdown(summary: SweepSummary) -> str:
     header = ["rank", "job", *summary.swept, *metrics, "status"]
     rows = []
     for rank, job in enumerate(summary.jobs, start=1):
-        cells = [str(rank) if not job.unranked else "-", job.name, *(_format_override(job.overrides.get(k, "")) for k in summary.swept),
+        cells = [str(rank) if not job.unranked else "-", job.name, *(_shown_setting(job, k) for k in summary.swept),
                  *(_format(job.metrics.get(m)) for m in metrics), job.status]
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     interrupted = sum(job.interrupted for job in summary.jobs)
@@ -365,7 +403,7 @@ def to_csv(summary: SweepSummary) -> str:
     writer.writerow(["rank", "job", "status", "error", *override_keys, summary.metric, *metric_keys, "path"])
     for rank, job in enumerate(summary.jobs, start=1):
         writer.writerow([rank if not job.unranked else "", job.name, "interrupted" if job.interrupted else "failed" if job.failed else "ok", job.error or job.later_failure,
-                         *(job.overrides.get(k, "") for k in override_keys),
+                         *(job.setting(k) for k in override_keys),
                          *(job.metrics.get(k, "") for k in [summary.metric, *metric_keys]), str(job.path)])
     return buffer.getvalue()
 
@@ -388,7 +426,7 @@ def plot(summary: SweepSummary, path: Path) -> Path:
     params = summary.swept or ["job"]
     fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.6), squeeze=False)
     for ax, param in zip(axes[0], params, strict=True):
-        points = [(job.name if param == "job" else job.overrides.get(param, ""), job.metrics.get(summary.metric))
+        points = [(job.name if param == "job" else job.setting(param), job.metrics.get(summary.metric))
                   for job in summary.finished]
         points = [(x, y) for x, y in points if isinstance(y, (int, float)) and math.isfinite(y)]
         numbers = [_as_number(x) for x, _ in points]
