@@ -215,10 +215,14 @@ def test_resuming_with_the_runs_length_continues_its_schedule(make_config, tmp_p
     stops = ["+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.stop.monitor=val/acc",
              "+callbacks.stop.mode=max", "+callbacks.stop.stopping_threshold=-1"]
     overrides = [*ONECYCLE, "trainer.max_epochs=2", *stops]
-    assert train(make_config(overrides=overrides, run_dir=run_dir))["global_step"] == 7
+    stopped = train(make_config(overrides=overrides, run_dir=run_dir))
+    assert stopped["global_step"] == 7
     last = run_dir / "checkpoints" / "last.ckpt"
     resumed = train(make_config(overrides=[*overrides, f"ckpt_path={last}"], run_dir=run_dir))
     assert resumed["epochs"] == 2 and resumed["global_step"] == 14
+    # The run's times cover both sessions: one per epoch, the first the stopped session's.
+    assert len(resumed["epoch_seconds"]) == 2 and resumed["epoch_seconds"][0] == stopped["epoch_seconds"][0]
+    assert resumed["fit_seconds"] > sum(resumed["epoch_seconds"])
 
     (session,) = (run_dir / "tensorboard").glob("resumed_*")
     rates = scalar_events(run_dir / "tensorboard", "lr-SGD") + scalar_events(session, "lr-SGD")

@@ -48,6 +48,12 @@ def test_a_resume_with_nothing_left_to_train_tests_and_records_the_checkpoints_m
     assert trained_metrics(again) == trained_metrics(first)
     assert again["test/acc"] == first["test/acc"] and again["global_step"] == first["global_step"]
     assert json.loads((run_dir / "metrics.json").read_text())["val/acc_best"] == first["val/acc_best"]
+    # The run's time is the training session's, not that of the session that only tested.
+    assert len(again["epoch_seconds"]) == len(first["epoch_seconds"]) == first["epochs"]
+    assert again["epoch_seconds"][:-1] == first["epoch_seconds"][:-1]
+    # A checkpoint saved at the validation's end holds its epoch's time up to then.
+    assert 0 < again["epoch_seconds"][-1] <= first["epoch_seconds"][-1]
+    assert sum(first["epoch_seconds"]) < again["fit_seconds"] < first["fit_seconds"] + 60
     epochs, steps = first["epochs"], first["global_step"]
     assert (f"training was already complete: {run_dir / 'checkpoints' / 'last.ckpt'} is from the end of the run "
             f"(epoch {epochs}, step {steps}), so only the test runs; the train/ and val/ metrics are the checkpoint's\n"

@@ -33,7 +33,13 @@ from cnnlab.checkpoint import (
 from cnnlab.errors import ConfigValueError, single_hydra_run, user_error
 from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
 from cnnlab.tasks.summarize import FAILED_LOG_MARK, FINISHED_LOG_MARK, INTERRUPTED_LOG_MARK, RESUME_REFUSED_LOG_MARK
-from cnnlab.training.callbacks import EPOCH_SECONDS, EpochTimer, RunFolderCheckpoint, RunRecordInCheckpoint
+from cnnlab.training.callbacks import (
+    EARLIER_FIT_SECONDS,
+    EPOCH_SECONDS,
+    EpochTimer,
+    RunFolderCheckpoint,
+    RunRecordInCheckpoint,
+)
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
 from cnnlab.utils.config import (
@@ -190,8 +196,9 @@ def fit_progress(trainer: L.Trainer) -> tuple[int, int]:
     return trainer.current_epoch, trainer.global_step
 
 
-def epoch_times(trainer: L.Trainer) -> list[float] | None:
-    """The seconds of each epoch of this ``trainer.fit``, or None when the run has no EpochTimer.
+def epoch_times(trainer: L.Trainer) -> tuple[list[float], float] | None:
+    """The seconds of each epoch of the run (a resumed run's earlier sessions' too) and the fit
+    seconds of its sessions before this one, or None when the run has no EpochTimer.
 
     Read from the fit's ``callback_metrics`` (gone after ``trainer.test``): with ``ddp_spawn``
     the timer ran in worker processes, and those metrics are what came back from them.
@@ -200,7 +207,8 @@ def epoch_times(trainer: L.Trainer) -> list[float] | None:
     if not any(isinstance(callback, EpochTimer) for callback in trainer.callbacks):  # type: ignore[attr-defined]
         return None
     times = trainer.callback_metrics.get(EPOCH_SECONDS)
-    return times.tolist() if times is not None else []
+    earlier = trainer.callback_metrics.get(EARLIER_FIT_SECONDS)
+    return (times.tolist() if times is not None else []), (float(earlier) if earlier is not None else 0.0)
 
 
 @rank_zero_only
@@ -482,7 +490,9 @@ def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
                  "training was already complete: %s is from the end of the run (epoch %d, step %d), so only the test "
                  "runs; the train/ and val/ metrics are the checkpoint's%s", ckpt_path, resumed.epoch + 1, global_step,
                  "" if resumed.all_metrics else ", which (from an older cnnlab) holds only val/acc_best of them")
-    epoch_seconds = epoch_times(trainer)
+    timed = epoch_times(trainer)
+    if timed is not None:  # a resumed run's time is that of all its sessions (up to the checkpoint it resumed)
+        fit_seconds += timed[1]
     warn_if_last_checkpoint_lags(trainer, global_step)
 
     if cfg.get("test", True):
@@ -495,8 +505,8 @@ def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
         results["best_checkpoint"] = best
 
     results.update(counts)
-    if epoch_seconds is not None:
-        results["epoch_seconds"] = epoch_seconds
+    if timed is not None:
+        results["epoch_seconds"] = timed[0]
     results.update(epochs=epochs, global_step=global_step, fit_seconds=round(fit_seconds, 2))
     if ckpt_path:
         results["resumed_from"] = str(Path(ckpt_path).absolute())  # the path as given: last.ckpt may be a link

@@ -138,6 +138,7 @@ def _reroot(state: dict[str, Any], old: str | Path, new: str | Path) -> dict[str
 
 # The trainer's callback_metrics key of the epoch times so far (see EpochTimer).
 EPOCH_SECONDS = "time/epoch_seconds"
+EARLIER_FIT_SECONDS = "time/earlier_fit_seconds"
 
 
 class EpochTimer(Callback):
@@ -148,26 +149,74 @@ class EpochTimer(Callback):
     They are kept in ``epoch_seconds`` and, as a tensor, in the trainer's ``callback_metrics``
     under ``EPOCH_SECONDS``: with a spawn-based strategy (``ddp_spawn``) this callback runs in
     the worker processes, and those metrics are what Lightning hands back to the main process.
+
+    The times live in the run's checkpoints too, so that a resumed run's ``epoch_seconds`` has
+    one entry per epoch of the whole run, and ``EARLIER_FIT_SECONDS`` (in ``callback_metrics``)
+    is the fit time of the sessions before this one, up to the checkpoint it resumed.
     """
 
     def __init__(self) -> None:
         self.epoch_seconds: list[float] = []
+        self.earlier_fit_seconds = 0.0
         self._started: float | None = None
+        self._epoch: int | None = None  # the epoch being timed, as Lightning counts it
+        self._fit_started: float | None = None
+        self._restored_epoch: tuple[int, float] | None = None  # from a checkpoint saved before its epoch's end hook
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_started = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._started = time.perf_counter()
+        now = time.perf_counter()
+        self._started, self._epoch = now, trainer.current_epoch
+        if self._restored_epoch is not None:
+            epoch, seconds = self._restored_epoch
+            if epoch == trainer.current_epoch:  # a checkpoint from within this epoch: its time so far counts
+                self._started = now - seconds
+            else:  # saved at its epoch's end (after validation, before this hook): that epoch is done
+                self._record(trainer, seconds)
+            self._restored_epoch = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning runs the epoch's validation before this hook, so the time includes it.
         if self._started is None:
             return
         seconds = time.perf_counter() - self._started
-        self._started = None
-        self.epoch_seconds.append(round(seconds, 3))
+        self._started = self._epoch = None
+        self._record(trainer, seconds)
         # The slowest process's time is the epoch's (and logging it synced keeps Lightning from warning under DDP).
         pl_module.log("time/epoch", seconds, sync_dist=True, reduce_fx="max")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._restored_epoch is not None:  # a resume with nothing left to train: the checkpoint's epoch is done
+            self._record(trainer, self._restored_epoch[1])
+            self._restored_epoch = None
+        self._publish(trainer)
+
+    def _record(self, trainer: L.Trainer, seconds: float) -> None:
+        self.epoch_seconds.append(round(seconds, 3))
+        self._publish(trainer)
+
+    def _publish(self, trainer: L.Trainer) -> None:
         # float64, so that the main process reads back exactly the rounded values.
         trainer.callback_metrics[EPOCH_SECONDS] = torch.tensor(self.epoch_seconds, dtype=torch.float64)
+        trainer.callback_metrics[EARLIER_FIT_SECONDS] = torch.tensor(self.earlier_fit_seconds, dtype=torch.float64)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The finished epochs' times, the epoch under way (a checkpoint is saved before its end hook) and the fit time so far."""
+        now = time.perf_counter()
+        in_progress = None if self._started is None or self._epoch is None else [self._epoch, now - self._started]
+        if in_progress is None and self._restored_epoch is not None:
+            in_progress = list(self._restored_epoch)
+        session = now - self._fit_started if self._fit_started is not None else 0.0
+        return {"epoch_seconds": list(self.epoch_seconds), "epoch_in_progress": in_progress,
+                "fit_seconds": self.earlier_fit_seconds + session}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epoch_seconds = [float(seconds) for seconds in state_dict.get("epoch_seconds", [])]
+        in_progress = state_dict.get("epoch_in_progress")
+        self._restored_epoch = (int(in_progress[0]), float(in_progress[1])) if in_progress else None
+        self.earlier_fit_seconds = float(state_dict.get("fit_seconds", 0.0))
 
 
 # The callback hooks Lightning calls at every batch: six per training step, two per evaluation batch.
