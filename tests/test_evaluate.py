@@ -228,6 +228,22 @@ def test_a_folder_or_a_file_that_is_no_checkpoint_is_named_as_such(trained_run: 
     with pytest.raises(CheckpointError, match="half.ckpt is not a PyTorch checkpoint file, or it is corrupt or truncated"):
         read_checkpoint(truncated)
 
+    # A mistyped name: the folder's checkpoints, the closest first.
+    checkpoints = trained_run / "checkpoints"
+    saved = sorted(p.name for p in checkpoints.glob("*.ckpt"))
+    with pytest.raises(CheckpointError) as refused:
+        read_checkpoint(checkpoints / "lats.ckpt")
+    assert str(refused.value) == (f"checkpoint {checkpoints / 'lats.ckpt'} does not exist; did you mean "
+                                  f"{checkpoints / 'last.ckpt'}? {checkpoints} holds: {', '.join(saved)}")
+
+    # A network's weights alone (torch.save(net.state_dict())): no training checkpoint.
+    weights = tmp_path / "weights.pth"
+    torch.save(torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"], weights)
+    with pytest.raises(CheckpointError) as refused:
+        read_checkpoint(weights)
+    assert str(refused.value).startswith(f"{weights} holds a network's weights alone (")
+    assert "not a training checkpoint: ckpt_path= takes a .ckpt file that a run of scripts/train.py saved" in str(refused.value)
+
 
 class Touches:
     """Unpickling it opens ``path`` for writing, which creates the file: code run from a checkpoint."""

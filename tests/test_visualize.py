@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -461,10 +462,17 @@ def test_predict_script_classifies_good_files_and_reports_bad_ones_by_name(cnn_r
         assert row["predicted_class"] == CIFAR_CLASSES[int(probabilities.argmax())]
 
 
-def test_predict_one_file_and_refuse_a_missing_input(cnn_run, image_inputs, tmp_path):
+def test_predict_one_file_and_refuse_a_missing_input(cnn_run, image_inputs, tmp_path, caplog):
     base = [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}", f"ckpt_path={cnn_run.ckpt}"]
     results = predict(compose_config("predict", [*base, f"inputs={image_inputs / 'b_tall.jpg'}"]))
     assert results["classified"] == 1 and results["failed"] == []
+    # More classes asked for than the model has: all of them, and a word that it is so.
+    caplog.set_level(logging.WARNING, logger="cnnlab")
+    predict(compose_config("predict", [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'k'}",
+                                       f"ckpt_path={cnn_run.ckpt}", f"inputs={image_inputs / 'b_tall.jpg'}", "top_k=20"]))
+    (record,) = json.loads((tmp_path / "k" / "predictions.json").read_text())
+    assert len(record["top_k"]) == 10
+    assert "top_k=20, but the model has 10 classes: listing all 10" in caplog.text
     with pytest.raises(InputNotFoundError, match="missing.jpg"):
         predict(compose_config("predict", [*base, f"inputs={image_inputs / 'missing.jpg'}"]))
 

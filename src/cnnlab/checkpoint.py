@@ -33,7 +33,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"ckpt_path={path} is a folder, not a checkpoint file; pass one of the .ckpt files "
                               f"in a run's checkpoints/ folder{listing}")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass ckpt_path=<a .ckpt file from a run's checkpoints/ folder>")
+        raise CheckpointError(f"checkpoint {path} does not exist; {_checkpoints_beside(path)}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch.load fails on a bad file in many ways (KeyError, EOFError, ...)
@@ -42,6 +42,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(path):
             raise CheckpointError(f"cannot read checkpoint {path} safely (weights_only=True): {error}") from error
         raise _not_a_checkpoint(path, error) from error
+    if isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise CheckpointError(
+            f"{path} holds a network's weights alone ({len(checkpoint)} tensors, e.g. {next(iter(checkpoint))}), not a "
+            f"training checkpoint: ckpt_path= takes a .ckpt file that a run of scripts/train.py saved in its "
+            f"checkpoints/ folder (the fine-tuners take such weights for training as model.weights_path=)")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
     if CHECKPOINT_KEY not in checkpoint:
@@ -55,6 +60,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def _checkpoints_beside(path: Path) -> str:
+    """What to pass instead of a missing checkpoint: the .ckpt files in its folder, closest name first, if any."""
+    import difflib
+
+    found = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
+    if not found:
+        return "pass ckpt_path=<a .ckpt file from a run's checkpoints/ folder>"
+    close = difflib.get_close_matches(path.name, found, n=1)
+    hint = f"did you mean {path.parent / close[0]}? " if close else ""
+    return f"{hint}{path.parent} holds: {', '.join(found)}"
 
 
 def _not_a_checkpoint(path: Path, error: Exception) -> CheckpointError:

@@ -103,6 +103,8 @@ def predict_files(model: torch.nn.Module, class_names: list[str], files: list[Pa
     as the model has are listed per file. ``decode_workers`` threads decode the files (at least 1).
     """
     k = min(positive_count(top_k, "top_k"), len(class_names))
+    if k < top_k:
+        log.warning("top_k=%d, but the model has %d classes: listing all %d", top_k, len(class_names), k)
     batch_size = positive_count(batch_size, "batch_size")
     results: list[Prediction] = []
     with ThreadPoolExecutor(max_workers=positive_count(decode_workers, "decode_workers")) as pool:
