@@ -373,6 +373,6 @@ def test_a_run_that_left_a_swept_key_at_its_default_shows_the_value_it_ran_with(
     summary = summarize(runs)
     assert summary.swept == ["model", "optimizer.lr"]
     rows = [line for line in to_markdown(summary).splitlines() if line.startswith("| ") and not line.startswith("| rank")]
-    assert rows[1].startswith("| 2 | 1 | simple_cnn (default) | 0.001 (default) | 0.6000 |")
+    assert rows[1].startswith("| 2 | 1 | simple_cnn (config) | 0.001 (config) | 0.6000 |")
     table = list(csv.DictReader(io.StringIO(to_csv(summary))))
     assert (table[1]["model"], table[1]["optimizer.lr"]) == ("simple_cnn", "0.001")

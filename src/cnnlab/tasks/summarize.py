@@ -68,7 +68,7 @@ class Job:
     defaults: dict[str, str] = field(default_factory=dict)
 
     def setting(self, key: str) -> str:
-        """The job's value of an override key: its own override, else its config's default ('' if unknown)."""
+        """The job's value of an override key: its own override, else its config's value ('' if unknown)."""
         return self.overrides.get(key, self.defaults.get(key, ""))
 
     @property
@@ -333,8 +333,8 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str |
     # A searched parameter is swept even where every trial drew the same value: the user did not set it.
     swept = [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1 or key in searched]
     common = {key: jobs[0].overrides[key] for key in keys if key not in swept}
-    # A job that left a swept key at its default (summarize.py logs/train/runs, where some runs
-    # chose model= and some did not) shows the value it ran with, not a blank.
+    # A job that did not override a swept key (summarize.py logs/train/runs, where some runs chose
+    # model= and some did not) shows the value its config gave it (an experiment's or the default).
     for job in jobs:
         for key in swept:
             value = configured_value(job.record_dir, key) if key not in job.overrides and job.record_dir else None
@@ -358,7 +358,7 @@ def _format_override(value: str) -> str:
 
 def _shown_setting(job: Job, key: str) -> str:
     if key in job.defaults:
-        return f"{_format_override(job.defaults[key])} (default)"
+        return f"{_format_override(job.defaults[key])} (config)"
     return _format_override(job.overrides.get(key, ""))
 
 
