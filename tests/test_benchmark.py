@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import mmap
 import random
+import re
 import statistics
 import time
 import warnings
@@ -16,13 +17,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision
 
 from cnnlab.benchmark.measure import Measurement, PeakMemory
 from cnnlab.benchmark.rounds import median_interval
-from cnnlab.errors import ConfigValueError
+from cnnlab.errors import ConfigValueError, user_error
 from cnnlab.tasks.benchmark import (
     CEILING,
     TRAINER,
@@ -167,7 +168,17 @@ def test_the_report_describes_the_plain_loop_only_where_it_ran():
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("benchmark.rounds=0", "benchmark.rounds and benchmark.steps must be at least 1"),
+    ("benchmark.rounds=0", "benchmark.rounds must be a whole number of at least 1, got 0"),
+    ("benchmark.rounds=2.5", "benchmark.rounds must be a whole number of at least 1, got 2.5"),
+    ("benchmark.steps=abc", "benchmark.steps must be a whole number of at least 1, got 'abc'"),
+    ("benchmark.warmup_steps=-5", "benchmark.warmup_steps must be a whole number of at least 0, got -5"),
+    ("benchmark.window_warmup_steps=-1", "benchmark.window_warmup_steps must be a whole number of at least 0, got -1"),
+    ("benchmark.plain_loop_workers=-1", "benchmark.plain_loop_workers must be a whole number of at least 0, got -1"),
+    ("data.batch_size=0", "data.batch_size must be a whole number of at least 1, got 0"),
+    # The plain loop drops an incomplete batch: with none whole, its empty loader ended the Trainer's epochs.
+    ("data.batch_size=50000", r"the training split has 40000 images, fewer than one batch \(data.batch_size=50000\)"),
+    # Only the Trainer's path would read cached features.
+    ("model=resnet18_ft", "model.cache_features=true trains the head on stored features, which only the Trainer"),
     ("benchmark.split_overhead=flase", "benchmark.split_overhead must be true or false, got 'flase'"),
     ("benchmark.paired_steps=-5", "benchmark.paired_steps must be 0 \\(off\\) or at least 2 pairs, got -5"),
     ("benchmark.paired_steps=1", "benchmark.paired_steps must be 0 \\(off\\) or at least 2 pairs, got 1"),
@@ -179,8 +190,31 @@ def test_the_report_describes_the_plain_loop_only_where_it_ran():
     ("trainer.limit_train_batches=3", "does not take trainer.limit_train_batches=3 \\(the whole epoch would not be whole"),
 ])
 def test_a_bad_benchmark_setting_is_named(make_config, override, message):
-    with pytest.raises(ConfigValueError, match=message):
-        benchmark(make_config("benchmark", [override]))
+    extra = ["model.cache_features=true", "model.weights=null"] if override == "model=resnet18_ft" else []
+    with pytest.raises(Exception) as refused:  # noqa: PT011 - a constructor's error comes wrapped by instantiate
+        benchmark(make_config("benchmark", [override, *extra]))
+    assert isinstance(user_error(refused.value), ConfigValueError) and re.search(message, str(user_error(refused.value)))
+
+
+QUICK_BENCH = ["data.num_images=300", "data.val_split=40", "data.test_split=40", "data.batch_size=16",
+               "benchmark.warmup_steps=1", "benchmark.window_warmup_steps=0", "benchmark.steps=1", "benchmark.rounds=1",
+               "benchmark.epoch=false", "benchmark.plain_loop=false", "benchmark.split_overhead=false",
+               "~callbacks.progress_bar"]
+
+
+def test_a_benchmark_without_a_logger_runs_and_a_failed_one_leaves_no_empty_tensorboard_run(make_config, tmp_path,
+                                                                                          monkeypatch):
+    # As in training, ~logger leaves out the learning-rate monitor, which refuses to start without one.
+    results = benchmark(make_config("benchmark", [*QUICK_BENCH, "~logger"], run_dir=tmp_path / "a"))
+    assert results["rows"] and sorted(p.name for p in (tmp_path / "a").iterdir()) == ["benchmark.json", "benchmark.md"]
+
+    def fail(*args):
+        raise RuntimeError("failed before the first step")
+
+    monkeypatch.setattr(InterleavedWindows, "on_train_start", fail)
+    with pytest.raises(RuntimeError, match="failed before the first step"):
+        benchmark(make_config("benchmark", [*QUICK_BENCH, "logger=tensorboard"], run_dir=tmp_path / "b"))
+    assert not list((tmp_path / "b").rglob("events.out.tfevents.*"))  # the folder can be used again
 
 
 def test_the_medians_interval_covers_the_true_median_and_narrows_with_more_rounds():
@@ -272,9 +306,10 @@ class _SleepyStepper:
     def __init__(self, seconds: float) -> None:
         self.seconds, self.steps = seconds, 0
 
-    def step(self) -> None:
+    def step(self) -> int:
         time.sleep(self.seconds)
         self.steps += 1
+        return 1
 
 
 def test_every_path_gets_one_window_per_round_and_the_trainer_windows_swap_places(tmp_path):
@@ -291,6 +326,27 @@ def test_every_path_gets_one_window_per_round_and_the_trainer_windows_swap_place
     # Each other path: its warm-up steps, then per round its untimed and timed steps.
     assert first.steps == second.steps == 1 + 2 + 2 * (1 + 2)
     assert windows.rounds_done == 3 and trainer.global_step < windows.steps_needed
+
+
+class _SevenSamples(BoringModel):
+    """Batches of 3, 3 and 1 samples in every epoch: a split that is no multiple of the batch size."""
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(RandomDataset(32, 7), batch_size=3)
+
+
+def test_the_windows_count_the_images_of_a_last_partial_batch(tmp_path):
+    # Speeds are images over seconds: counting steps x batch size put a small split's Trainer above its ceiling.
+    other = _SleepyStepper(0)
+    windows = InterleavedWindows(lambda trainer: {"other": lambda: other}, torch.device("cpu"), rounds=2, steps=2,
+                                 warmup_steps=1, window_warmup_steps=1)
+    trainer = L.Trainer(accelerator="cpu", callbacks=[windows], logger=False, max_epochs=-1, max_steps=windows.steps_needed,
+                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(_SevenSamples())
+    # Steps 0 (warm-up), 1-2 (window: 3 + 1), 3 (closes it), 4 (untimed), 5-6 (window: 1 + 3).
+    assert windows.times[TRAINER].images == [4, 4]
+    assert windows.times["other"].images == [2, 2]  # its steps' own counts
 
 
 def test_paired_steps_time_each_trainer_step_apart_from_its_bare_step(tmp_path):
@@ -406,8 +462,8 @@ class _BigStepper:
     def __init__(self) -> None:
         self.memory = _resident(256)
 
-    def step(self) -> None:
-        pass
+    def step(self) -> int:
+        return 1
 
 
 @needs_peak_reset

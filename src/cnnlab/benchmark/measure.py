@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import lightning as L
 import torch
@@ -36,7 +36,15 @@ class Measurement:
 class Stepper(Protocol):
     """A training path that the benchmark advances one step at a time."""
 
-    def step(self) -> None: ...
+    def step(self) -> int:
+        """One training step; returns how many images it trained on (a last partial batch has fewer)."""
+        ...
+
+
+def images_in(batch: Any) -> int:
+    """The images in a training batch: cnnlab's (``.labels``), or any batch ``len()`` counts."""
+    labels = getattr(batch, "labels", None)
+    return len(labels if labels is not None else batch)
 
 
 def synchronize(device: torch.device) -> None:
@@ -45,14 +53,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable[[], object], count: int, device: torch.device) -> float:
-    """Seconds that ``count`` calls of ``step`` take, the device's queued work included."""
+def time_steps(step: Callable[[], int], count: int, device: torch.device) -> tuple[float, int]:
+    """Seconds that ``count`` calls of ``step`` take, the device's queued work included, and the images they trained on."""
     synchronize(device)
+    images = 0
     start = time.perf_counter()
     for _ in range(count):
-        step()
+        images += step()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, images
 
 
 class CallbacksAside:

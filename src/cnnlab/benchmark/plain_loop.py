@@ -141,8 +141,8 @@ class PlainLoop:
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         self._batches = iter(self.loader)
 
-    def step(self) -> None:
-        """One training step on the next batch."""
+    def step(self) -> int:
+        """One training step on the next batch; returns its size."""
         try:
             images, labels = next(self._batches)
         except StopIteration:
@@ -153,3 +153,4 @@ class PlainLoop:
         loss = self.criterion(self.net(images), labels)
         loss.backward()
         self.optimizer.step()
+        return len(labels)

@@ -161,8 +161,9 @@ class InMemoryImageDataModule(L.LightningDataModule):
         device_resident: bool = False,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        for key, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+                raise ConfigValueError(f"data.{key} must be a whole number of at least 1, got {size!r}")
         self.augment = augment
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size

@@ -41,7 +41,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-from cnnlab.benchmark.measure import CallbacksAside, Measurement, PeakMemory, Stepper, synchronize, time_steps
+from cnnlab.benchmark.measure import (
+    CallbacksAside,
+    Measurement,
+    PeakMemory,
+    Stepper,
+    images_in,
+    synchronize,
+    time_steps,
+)
 from cnnlab.benchmark.paired import PairedSteps
 from cnnlab.benchmark.plain_loop import PlainLoop, reference_datasets
 from cnnlab.benchmark.rounds import (
@@ -60,6 +68,7 @@ from cnnlab.benchmark.rounds import (
 )
 from cnnlab.data.base import InMemoryImageDataModule
 from cnnlab.errors import ConfigValueError
+from cnnlab.tasks.train import no_empty_logger_run, without_logging_callbacks
 from cnnlab.training.callbacks import EpochTimer
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
@@ -123,8 +132,9 @@ class ComputeOnly:
         self.labels = batch.labels.to(device)
         self.precision = precision
 
-    def step(self) -> None:
+    def step(self) -> int:
         _train_step(self.model, self.optimizer, self.images, self.labels, self.precision)
+        return len(self.labels)
 
 
 class BareDataPath:
@@ -136,7 +146,7 @@ class BareDataPath:
         self.datamodule, self.device, self.precision = datamodule, device, precision
         self._batches = iter(datamodule.train_dataloader())
 
-    def step(self) -> None:
+    def step(self) -> int:
         try:
             batch = next(self._batches)
         except StopIteration:
@@ -145,6 +155,7 @@ class BareDataPath:
         images = self.datamodule.transform(batch.images.to(self.device, non_blocking=True), train=True)
         _train_step(self.model, self.optimizer, images, batch.labels.to(self.device, non_blocking=True),
                     self.precision, with_metrics=True)
+        return len(batch.labels)
 
 
 def _fresh_model(cfg: DictConfig, datamodule: InMemoryImageDataModule, device: torch.device,
@@ -159,10 +170,11 @@ def _fresh_model(cfg: DictConfig, datamodule: InMemoryImageDataModule, device: t
 
 
 class _PathTimes:
-    """One path's timing windows (seconds each) and its peak memory."""
+    """One path's timing windows (seconds each, and the images each trained on) and its peak memory."""
 
     def __init__(self) -> None:
         self.windows: list[float] = []
+        self.images: list[int] = []
         self.peak_host_mb: float | None = None
         self.peak_device_mb: float | None = None
 
@@ -204,6 +216,7 @@ class InterleavedWindows(Callback):
         self._untimed = warmup_steps  # Trainer steps still to run before its next window
         self._timed = -1  # Trainer steps run in the open window; -1: no window open
         self._window_start = 0.0
+        self._window_images = 0  # images of the open Trainer window's steps (a last partial batch has fewer)
         self.trainer_memory = PeakMemory(device)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -225,13 +238,16 @@ class InterleavedWindows(Callback):
             return
         if self._timed < 0:  # this step opens a window
             synchronize(self.device)
-            self._window_start, self._timed = time.perf_counter(), 1
+            self._window_start, self._timed, self._window_images = time.perf_counter(), 1, images_in(batch)
             return
         if self._timed < self.steps:
             self._timed += 1
+            self._window_images += images_in(batch)
             return
         synchronize(self.device)
-        self.times[self._round_order[self._current]].windows.append(time.perf_counter() - self._window_start)
+        times = self.times[self._round_order[self._current]]
+        times.windows.append(time.perf_counter() - self._window_start)
+        times.images.append(self._window_images)
         self.order.append(self._round_order[self._current])
         self._timed = -1
         self._untimed = self.window_warmup_steps
@@ -272,7 +288,9 @@ class InterleavedWindows(Callback):
             for path in self._paths.values():
                 time_steps(path.step, self.window_warmup_steps, self.device)
         for name, path in self._paths.items():
-            self.times[name].windows.append(time_steps(path.step, self.steps, self.device))
+            seconds, images = time_steps(path.step, self.steps, self.device)
+            self.times[name].windows.append(seconds)
+            self.times[name].images.append(images)
             self.order.append(name)
 
     @property
@@ -297,7 +315,10 @@ def _trainer(cfg: DictConfig, output_dir: Path, callbacks: list[Callback], **ove
     cnnlab's scripts refuse them. A fit without validation (``limit_val_batches=0``: the timing
     fits, by design) is not warned that the checkpoints' monitored metric is missing.
     """
-    configured = [c for c in instantiate_all(cfg.get("callbacks")) if not isinstance(c, EpochTimer)]
+    loggers = instantiate_all(cfg.get("logger"))
+    # As in training: without a logger (~logger) the learning-rate monitor, which refuses to start, is left out.
+    configured = [c for c in without_logging_callbacks(instantiate_all(cfg.get("callbacks")), loggers)
+                  if not isinstance(c, EpochTimer)]
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".benchmark-checkpoints-", dir=output_dir) as scratch, \
             warnings.catch_warnings():
@@ -308,8 +329,10 @@ def _trainer(cfg: DictConfig, output_dir: Path, callbacks: list[Callback], **ove
             if overrides.get("limit_val_batches") == 0 and checkpoint.monitor is not None:
                 warnings.filterwarnings("ignore", message=re.escape(
                     f"`ModelCheckpoint(monitor={checkpoint.monitor!r})` could not find the monitored key"))
-        yield instantiate(cfg.trainer, callbacks=[*configured, *callbacks], logger=instantiate_all(cfg.get("logger")) or False,
-                          default_root_dir=str(output_dir), **overrides)
+        trainer = instantiate(cfg.trainer, callbacks=[*configured, *callbacks], logger=loggers or False,
+                              default_root_dir=str(output_dir), **overrides)
+        with no_empty_logger_run(trainer):  # a failed fit leaves no TensorBoard run without data
+            yield trainer
 
 
 def time_one_epoch(cfg: DictConfig, datamodule: InMemoryImageDataModule, output_dir: Path) -> float:
@@ -467,8 +490,11 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     ensure_accelerator_available(cfg.trainer.get("accelerator", "auto"))
     device = _device(str(cfg.trainer.get("accelerator", "auto")))
     bench = cfg.benchmark
-    if bench.rounds < 1 or bench.steps < 1:
-        raise ConfigValueError(f"benchmark.rounds and benchmark.steps must be at least 1 (got {bench.rounds} and {bench.steps})")
+    for key, least in (("rounds", 1), ("steps", 1), ("warmup_steps", 0), ("window_warmup_steps", 0),
+                       ("plain_loop_workers", 0)):
+        value = bench[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigValueError(f"benchmark.{key} must be a whole number of at least {least}, got {value!r}")
     for switch in ("epoch", "plain_loop", "split_overhead"):  # a mistyped value would be a truthy string
         if not isinstance(bench[switch], bool):
             raise ConfigValueError(f"benchmark.{switch} must be true or false, got {bench[switch]!r}")
@@ -477,6 +503,11 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         # A standard error needs two pairs at least.
         raise ConfigValueError(f"benchmark.paired_steps must be 0 (off) or at least 2 pairs, got {paired_steps!r}")
     ensure_same_step_on_every_path(cfg.trainer)
+    if cfg.model.get("cache_features") is True:
+        raise ConfigValueError(
+            "model.cache_features=true trains the head on stored features, which only the Trainer's path would read "
+            "(the compute-only and bare-loop paths run the backbone on every batch); the benchmark compares the same "
+            "step on every path: pass model.cache_features=false")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed)
     datamodule: InMemoryImageDataModule = instantiate(cfg.data)
@@ -487,6 +518,12 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     train_split, val_split = datamodule.train_split, datamodule.val_split
     assert train_split is not None and val_split is not None, "setup() loads the splits"
     image_size = train_split.images.shape[-1]
+    if bench.plain_loop and len(train_split) < batch_size:
+        # (A StopIteration from its empty loader would end the Trainer's epochs as if its own data had run out.)
+        raise ConfigValueError(f"the training split has {len(train_split)} images, fewer than one batch "
+                               f"(data.batch_size={batch_size}), so the plain loop, which drops an incomplete batch as "
+                               f"the reference always has, would have none: pass data.batch_size={len(train_split)} or "
+                               f"lower, more data, or benchmark.plain_loop=false")
 
     # Process-wide settings apply to every path, the tutorial's loop included (they can only
     # help it): the allocator setting, and no NVML probe on every optimizer step where there is
@@ -524,9 +561,8 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
                                  bench.window_warmup_steps, time_loop_only=bench.split_overhead)
     with _trainer(cfg, output_dir, [windows], max_epochs=-1, max_steps=windows.steps_needed, limit_val_batches=0) as trainer:
         trainer.fit(build_classifier(cfg, datamodule.class_names), datamodule=datamodule)
-    if windows.rounds_done < bench.rounds:
-        raise RuntimeError(f"only {windows.rounds_done} of {bench.rounds} timing rounds ran; is the training split "
-                           f"smaller than one batch?")
+        if windows.rounds_done < bench.rounds:
+            raise RuntimeError(f"only {windows.rounds_done} of {bench.rounds} timing rounds ran")
     memory = trainer_memory if bench.epoch else windows.trainer_memory
     for name in (TRAINER, TRAINER_LOOP_ONLY):  # one fit runs both Trainer paths: one peak
         if name in windows.times:
@@ -541,7 +577,9 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
 
     order = [CEILING, BARE, TRAINER_LOOP_ONLY, TRAINER]
     names = [name for name in order if name in windows.times] + sorted(name for name in windows.times if name not in order)
-    speeds = {name: [bench.steps * batch_size / seconds for seconds in windows.times[name].windows] for name in names}
+    # Images counted, not steps x batch size: a split that is no multiple of the batch ends each epoch in a smaller batch.
+    speeds = {name: [images / seconds for images, seconds in zip(windows.times[name].images, windows.times[name].windows,
+                                                                 strict=True)] for name in names}
     rows = [
         Measurement(name, statistics.median(speeds[name]), batch_size, bench.steps,
                     windows.times[name].peak_host_mb, windows.times[name].peak_device_mb,
