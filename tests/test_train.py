@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -270,10 +271,12 @@ def test_hook_bookkeeping_bypasses_module_checks_and_submodules_still_register()
         model.scale = torch.zeros(1)
 
 
-def test_fast_dev_run_smoke_test(make_config, tmp_path):
+def test_fast_dev_run_smoke_test(make_config, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="cnnlab")
     results = train(make_config(overrides=["debug=fast_dev_run"]))
     assert results["best_checkpoint"] == ""  # fast_dev_run saves no checkpoint; the run still tests
     assert results["global_step"] == 1 and "test/acc" in results
+    assert "no best checkpoint was saved" not in caplog.text  # by design, not worth a warning
 
 
 @pytest.mark.parametrize(("overrides", "steps"), [

@@ -271,7 +271,7 @@ def test_epoch_schedule_of_the_callbacks():
     assert not due(0, 1, sanity=True)
 
 
-def test_the_drawing_callbacks_warn_without_tensorboard_but_not_under_fast_dev_run(tmp_path):
+def test_the_drawing_callbacks_warn_without_tensorboard_but_not_under_fast_dev_run_or_without_loggers(tmp_path):
     def setup(fast_dev_run: int | bool, loggers: list) -> None:
         trainer = SimpleNamespace(is_global_zero=True, fast_dev_run=fast_dev_run, loggers=loggers)
         ConfusionMatrixLogger().setup(trainer, None, "fit")
@@ -282,6 +282,7 @@ def test_the_drawing_callbacks_warn_without_tensorboard_but_not_under_fast_dev_r
         warnings.simplefilter("error")
         setup(True, [])  # fast_dev_run swaps the configured loggers for a dummy
         setup(False, [TensorBoardLogger(tmp_path)])
+        setup(False, [])  # ~logger: no logs were asked for
 
 
 # ---------------------------------------------------------------------------------------------

@@ -498,7 +498,7 @@ def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
     if cfg.get("test", True):
         checkpoint_callback = trainer.checkpoint_callback
         best = checkpoint_callback.best_model_path if isinstance(checkpoint_callback, ModelCheckpoint) else ""
-        if not best:
+        if not best and not trainer.fast_dev_run:  # type: ignore[attr-defined]  # fast_dev_run saves none, by design
             log_once(logging.WARNING, "no best checkpoint was saved; testing the weights as they are after training")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         results.update(metric_values(trainer.callback_metrics, prefixes=("test/",)))

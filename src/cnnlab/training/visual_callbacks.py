@@ -106,9 +106,10 @@ def figure_title(trainer: L.Trainer, stage: str) -> str:
 
 
 def _warn_without_tensorboard(trainer: L.Trainer, what: str) -> None:
-    # fast_dev_run swaps every logger for a dummy on purpose: nothing to warn about there.
-    # (Lightning sets trainer.fast_dev_run outside Trainer.__init__, where mypy does not see it.)
-    if trainer.is_global_zero and not trainer.fast_dev_run and not any(  # type: ignore[attr-defined]
+    # fast_dev_run swaps every logger for a dummy on purpose, and ~logger asks for no logs at all:
+    # nothing to warn about there. (Lightning sets trainer.fast_dev_run outside Trainer.__init__,
+    # where mypy does not see it.)
+    if trainer.is_global_zero and not trainer.fast_dev_run and trainer.loggers and not any(  # type: ignore[attr-defined]
             isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
         rank_zero_warn(f"{what}: no TensorBoard logger is configured (logger=tensorboard), so nothing is drawn")
 
