@@ -136,7 +136,7 @@ def test_one_round_or_step_is_said_in_the_singular(make_config):
 
     cfg = make_config("benchmark", ["benchmark.rounds=1", "benchmark.steps=1", "benchmark.window_warmup_steps=1"])
     datamodule = instantiate(cfg.data)
-    windows = _header(cfg, datamodule, torch.device("cpu"), False)["windows"]
+    windows = _header(cfg, datamodule, torch.device("cpu"), False, "32-true")["windows"]
     assert windows.startswith("1 round; in each, every path runs 1 timed step in turn, after 1 untimed one (the Trainer 2:")
     assert WINDOW_NUMBERS.search(windows).groups() == ("1", "1", "30")  # pooling still reads the numbers
 
@@ -205,8 +205,10 @@ QUICK_BENCH = ["data.num_images=300", "data.val_split=40", "data.test_split=40",
 def test_a_benchmark_without_a_logger_runs_and_a_failed_one_leaves_no_empty_tensorboard_run(make_config, tmp_path,
                                                                                           monkeypatch):
     # As in training, ~logger leaves out the learning-rate monitor, which refuses to start without one.
-    results = benchmark(make_config("benchmark", [*QUICK_BENCH, "~logger"], run_dir=tmp_path / "a"))
+    results = benchmark(make_config("benchmark", [*QUICK_BENCH, "~logger", "trainer.precision=16-mixed"],
+                                    run_dir=tmp_path / "a"))
     assert results["rows"] and sorted(p.name for p in (tmp_path / "a").iterdir()) == ["benchmark.json", "benchmark.md"]
+    assert results["header"]["precision"] == "bf16-mixed"  # what Lightning runs on a CPU for 16-mixed
 
     def fail(*args):
         raise RuntimeError("failed before the first step")
