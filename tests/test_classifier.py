@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from typing import Any
 
 import lightning as L
@@ -18,6 +19,8 @@ from cnnlab.data.base import Batch
 from cnnlab.errors import ConfigValueError
 from cnnlab.tasks.train import build_run
 from cnnlab.training.classifier import ImageClassifier
+from cnnlab.training.factory import build_classifier
+from cnnlab.utils.config import ensure_switch
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -142,6 +145,51 @@ def test_label_smoothing_outside_0_to_1_is_refused_naming_the_setting(smoothing)
     with pytest.raises(ConfigValueError, match="scheduler.interval must be step or epoch, got 'batch'"):
         ImageClassifier(net, len(CLASSES), scheduler_interval="batch")
     assert ImageClassifier(net, len(CLASSES), label_smoothing=0.2).criterion.label_smoothing == 0.2
+
+
+@pytest.mark.parametrize("option", ["flip_tta", "channels_last", "compile"])
+@pytest.mark.parametrize("value", ["no", "off", "yes", "false", 0, None])
+def test_a_switch_that_is_not_true_or_false_is_refused_naming_its_key(option, value):
+    # A YAML 'no' is the string 'no', which is truthy: classifier.flip_tta=no used to turn flip TTA on.
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, len(CLASSES)))
+    with pytest.raises(ConfigValueError, match=rf"^classifier\.{option} must be true or false, got {re.escape(repr(value))}"):
+        ImageClassifier(net, len(CLASSES), **{option: value})
+
+
+def test_real_true_and_false_switches_are_taken_as_they_are():
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, len(CLASSES)))
+    off = ImageClassifier(net, len(CLASSES), flip_tta=False, channels_last=False, compile=False)
+    assert (off.flip_tta, off.channels_last, off._run_net) == (False, False, net)
+    on = ImageClassifier(net, len(CLASSES), flip_tta=True, channels_last=True)
+    assert (on.flip_tta, on.channels_last) == (True, True)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("classifier.flip_tta=no", "classifier.flip_tta must be true or false, got 'no': pass classifier.flip_tta=false"),
+    ("classifier.channels_last=off", "classifier.channels_last must be true or false, got 'off': pass "
+                                     "classifier.channels_last=false"),
+    # `'yes' and train` is True: the factory checks this one before the classifier could see it.
+    ("classifier.compile=yes", "classifier.compile must be true or false, got 'yes': pass classifier.compile=true"),
+    ("classifier.compile=no", "classifier.compile must be true or false, got 'no': pass classifier.compile=false"),
+])
+def test_a_switch_given_as_a_yaml_word_on_the_command_line_is_refused_when_the_classifier_is_built(make_config, override,
+                                                                                                  message):
+    cfg = make_config(overrides=["model=simple_cnn", override])
+    with pytest.raises(ConfigValueError) as refused:
+        build_classifier(cfg, [str(i) for i in range(10)])
+    assert str(refused.value) == message
+    if override.startswith("classifier.compile"):  # evaluation never compiles, nor reads the recorded value
+        evaluated = build_classifier(cfg, [str(i) for i in range(10)], train=False)
+        assert evaluated._run_net is evaluated.net
+
+
+def test_ensure_switch_passes_a_bool_and_suggests_the_value_a_yaml_word_meant():
+    assert ensure_switch(True, "a.b") is True and ensure_switch(False, "a.b") is False
+    for word, meant in (("no", "false"), ("Off", "false"), ("YES", "true"), ("on", "true"), (1, "true")):
+        with pytest.raises(ConfigValueError, match=rf"^a\.b must be true or false, got .*: pass a\.b={meant}$"):
+            ensure_switch(word, "a.b")
+    with pytest.raises(ConfigValueError, match=r"^a\.b must be true or false, got 'maybe'$"):
+        ensure_switch("maybe", "a.b")
 
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from cnnlab.checkpoint import read_checkpoint
-from cnnlab.errors import ConfigValueError
+from cnnlab.errors import ConfigValueError, user_error
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.train import train
+from cnnlab.training.factory import build_classifier
 
 
 def probe(weights: Path, **kwargs) -> TorchvisionFineTuner:
@@ -72,6 +73,22 @@ def test_cache_refuses_augmentation_and_a_trainable_backbone(make_config, resnet
         train(make_config(overrides=["model=resnet18_ft", f"model.weights_path={resnet_weights}", "model.cache_features=true"]))
     with pytest.raises(ValueError, match="fully frozen"):
         TorchvisionFineTuner(10, arch="resnet18", weights=None, trainable_stages=1, cache_features=True)
+
+
+@pytest.mark.parametrize("value", ["no", "off", "yes", 0, None])
+def test_cache_features_must_be_true_or_false(value, resnet_weights: Path):
+    # model.cache_features=no arrived as the truthy string 'no' and switched the cache on.
+    with pytest.raises(ConfigValueError, match=rf"^model\.cache_features must be true or false, got {value!r}"):
+        TorchvisionFineTuner(10, arch="resnet18", weights=None, input_size=32, cache_features=value)
+    assert TorchvisionFineTuner(10, arch="resnet18", weights=None, input_size=32, cache_features=False).cache_features is False
+
+
+def test_cache_features_no_on_the_command_line_is_refused(make_config, resnet_weights: Path):
+    cfg = make_config(overrides=["model=resnet18_ft", f"model.weights_path={resnet_weights}", "model.cache_features=no"])
+    with pytest.raises(Exception) as refused:  # hydra's instantiate wraps the network's error
+        build_classifier(cfg, [str(i) for i in range(10)])
+    assert str(user_error(refused.value)) == ("model.cache_features must be true or false, got 'no': "
+                                              "pass model.cache_features=false")
 
 
 def test_cache_refuses_flip_tta_it_cannot_apply(make_config, resnet_weights):

@@ -79,6 +79,14 @@ def test_local_weights_file_is_loaded(resnet_weights: Path):
     assert torch.equal(net.backbone.layer3[0].bn1.running_var, stored["layer3.0.bn1.running_var"])
 
 
+@pytest.mark.parametrize("value", ["no", "yes", 0])
+def test_load_weights_must_be_true_or_false(value, tmp_path: Path):
+    # 'no' is truthy: the weights file (here missing) would have been read.
+    with pytest.raises(ConfigValueError, match=rf"^model\.load_weights must be true or false, got {value!r}"):
+        TorchvisionFineTuner(10, arch="resnet18", weights_path=str(tmp_path / "missing.pth"), load_weights=value)
+    TorchvisionFineTuner(10, arch="resnet18", weights_path=str(tmp_path / "missing.pth"), load_weights=False)
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "inception_v3"])
 def test_offline_without_weights_names_the_file_and_both_fixes(arch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

@@ -10,11 +10,12 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from cnnlab.errors import ConfigValueError, InputSizeError
+from cnnlab.errors import ConfigValueError, InputSizeError, user_error
 from cnnlab.models.normalize import NormalizeBatch
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.train import train
+from cnnlab.training.factory import build_classifier
 
 
 def count(module: nn.Module, trainable_only: bool = False) -> int:
@@ -97,6 +98,22 @@ def test_widths_that_build_no_usable_network_are_refused():
     for channels in ([], [16, 0]):
         with pytest.raises(ConfigValueError, match="^" + re.escape(f"model.channels={channels}: give one width of at least 1")):
             SimpleCNN(channels=channels)
+
+
+@pytest.mark.parametrize("value", ["no", "yes", "false", 1, None])
+def test_simple_cnn_batch_norm_must_be_true_or_false(value):
+    with pytest.raises(ConfigValueError, match=rf"^model\.batch_norm must be true or false, got {re.escape(repr(value))}"):
+        SimpleCNN(batch_norm=value)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in SimpleCNN(batch_norm=False).modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in SimpleCNN(batch_norm=True).modules())
+
+
+def test_model_batch_norm_no_on_the_command_line_is_refused_not_taken_for_true(make_config):
+    # YAML 1.2 reads `no` as the string 'no', which is truthy: it used to build the BatchNorm network.
+    cfg = make_config(overrides=["model=simple_cnn_bn", "model.batch_norm=no"])
+    with pytest.raises(Exception) as refused:  # hydra's instantiate wraps the network's error
+        build_classifier(cfg, [str(i) for i in range(10)])
+    assert str(user_error(refused.value)) == "model.batch_norm must be true or false, got 'no': pass model.batch_norm=false"
 
 
 def test_cam_target_layer_is_the_last_conv_block():

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from cnnlab.errors import ConfigValueError, InputSizeError
 from cnnlab.models.normalize import NormalizeBatch
+from cnnlab.utils.config import ensure_switch
 
 
 class SimpleCNN(nn.Module):
@@ -40,6 +41,7 @@ class SimpleCNN(nn.Module):
         normalize: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        batch_norm = ensure_switch(batch_norm, "model.batch_norm")
         # Zero widths build without complaint in torch: a zero-width layer (or no convolution at
         # all) would train a network that cannot learn the images, or fail later with a shape error.
         if not channels or any(int(width) < 1 for width in channels):

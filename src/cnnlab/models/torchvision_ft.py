@@ -21,6 +21,7 @@ from cnnlab.errors import ConfigValueError
 from cnnlab.models.feature_cache import FeatureCache, module_fingerprint
 from cnnlab.models.normalize import NormalizeBatch
 from cnnlab.models.pretrained import load_pretrained, resolve_weights
+from cnnlab.utils.config import ensure_switch
 from cnnlab.utils.io import ensure_cache_folder_usable
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,8 @@ class TorchvisionFineTuner(nn.Module):
         feature_cache_dir: str | None = None,
     ) -> None:
         super().__init__()
+        load_weights = ensure_switch(load_weights, "model.load_weights")
+        cache_features = ensure_switch(cache_features, "model.cache_features")
         pretrained = weights is not None or weights_path is not None
         self.arch = arch
         self.backbone = self._build_backbone(arch, pretrained)

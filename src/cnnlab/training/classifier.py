@@ -27,6 +27,7 @@ from cnnlab.data.base import Batch
 from cnnlab.errors import CheckpointError, ConfigValueError
 from cnnlab.tasks.results import metric_values
 from cnnlab.training.metrics import TopKAccuracy
+from cnnlab.utils.config import ensure_switch
 
 OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
@@ -85,6 +86,9 @@ class ImageClassifier(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        flip_tta = ensure_switch(flip_tta, "classifier.flip_tta")
+        channels_last = ensure_switch(channels_last, "classifier.channels_last")
+        compile = ensure_switch(compile, "classifier.compile")
         if scheduler_interval not in ("step", "epoch"):
             raise ConfigValueError(f"scheduler.interval must be step or epoch, got {scheduler_interval!r}")
         # torch accepts a negative smoothing silently and refuses one above 1 only at the first

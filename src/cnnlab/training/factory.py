@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from cnnlab.errors import ConfigValueError, InputSizeError, user_error
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.training.classifier import ImageClassifier, OptimizerFactory
+from cnnlab.utils.config import ensure_switch
 
 
 def checked_optimizer(optimizer_cfg: DictConfig) -> OptimizerFactory:
@@ -77,5 +78,7 @@ def build_classifier(cfg: DictConfig, class_names: Sequence[str], train: bool = 
         label_smoothing=options.get("label_smoothing", 0.0),
         flip_tta=options.get("flip_tta", False),
         channels_last=options.get("channels_last", False),
-        compile=options.get("compile", False) and train,
+        # Checked here: `'yes' and True` is True, so ImageClassifier would never see the string. Evaluation
+        # never compiles (nor checks the value its checkpoint recorded).
+        compile=ensure_switch(options.get("compile", False), "classifier.compile") if train else False,
     )

@@ -71,6 +71,28 @@ def ensure_values_set(cfg: DictConfig, filled_at_run_time: frozenset[str] = froz
                                f"on the command line ({how})")
 
 
+# What a YAML 1.1 reader (and many users) take for a switch, and the value each means.
+_SWITCH_WORDS = {word: False for word in ("no", "n", "off", "false", "0")} | {
+    word: True for word in ("yes", "y", "on", "true", "1")}
+
+
+def ensure_switch(value: object, key: str) -> bool:
+    """``value`` itself when it is a real bool; else a :class:`ConfigValueError` naming ``key``.
+
+    OmegaConf reads YAML 1.2, where only ``true`` and ``false`` are booleans: ``key=no``,
+    ``key=off`` or ``key=yes`` on the command line arrives as the string ``'no'``, ``'off'`` or
+    ``'yes'``, and any non-empty string is truthy, so ``if value:`` would silently switch an
+    option on that the user meant to turn off. A number or null is refused too, for a switch
+    has no third state. ``key`` is the config key the user types (``classifier.flip_tta``,
+    ``model.cache_features``). Called once per option in constructors, never per step.
+    """
+    if isinstance(value, bool):
+        return value
+    meant = _SWITCH_WORDS.get(str(value).strip().lower()) if isinstance(value, (str, int)) else None
+    hint = f": pass {key}={str(meant).lower()}" if meant is not None else ""
+    raise ConfigValueError(f"{key} must be true or false, got {value!r}{hint}")
+
+
 def run_folder(cfg: DictConfig) -> Path:
     """This run's folder, ``paths.output_dir``, where a task writes its results.
 
