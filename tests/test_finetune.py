@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from test_classifier import batches
 from test_classifier import trainer as quiet_trainer
 from torch import nn
@@ -77,6 +78,36 @@ def test_local_weights_file_is_loaded(resnet_weights: Path):
     stored = torch.load(resnet_weights, weights_only=True)
     assert torch.equal(net.backbone.conv1.weight, stored["conv1.weight"])
     assert torch.equal(net.backbone.layer3[0].bn1.running_var, stored["layer3.0.bn1.running_var"])
+
+
+def test_a_file_that_is_no_weights_file_says_so_without_torchs_weights_only_advice(resnet_weights: Path, tmp_path: Path):
+    # torch.load's own text advised re-running with weights_only=False and filing an issue, even for a JPEG.
+    jpeg, text, truncated = tmp_path / "cat.jpg", tmp_path / "notes.txt", tmp_path / "resnet18.pth"
+    Image.new("RGB", (8, 8)).save(jpeg)
+    text.write_text("not weights\n")
+    truncated.write_bytes(resnet_weights.read_bytes()[:5000])  # an unfinished copy
+    # torch's error for the text (read as pickle opcodes) depends on its first byte, for the truncated archive on where it ends.
+    for path, detail in ((jpeg, "UnpicklingError: Unsupported operand"), (text, ""), (truncated, "")):
+        with pytest.raises(WeightsUnavailableError) as refused:
+            TorchvisionFineTuner(10, arch="resnet18", weights="IMAGENET1K_V1", weights_path=str(path))
+        message = str(refused.value)
+        assert message.startswith(
+            f"model.weights_path={path} is not a PyTorch weights file (or it is corrupt or truncated); pass the .pth "
+            f"file of the network's weights, e.g. torchvision's resnet18-f37072fd.pth ({detail}"), message
+        assert "weights_only" not in message and "issue" not in message and "\n" not in message and len(message) < 400
+
+
+def test_a_weights_file_holding_code_is_refused_as_unsafe_to_read(tmp_path: Path):
+    whole_model = tmp_path / "resnet18_model.pth"
+    torch.save(get_model("resnet18"), whole_model)  # the module pickled whole, not its state_dict
+    with pytest.raises(WeightsUnavailableError) as refused:
+        TorchvisionFineTuner(10, arch="resnet18", weights=None, weights_path=str(whole_model))
+    message = str(refused.value)
+    assert message.startswith(f"model.weights_path={whole_model} cannot be read safely (torch.load with weights_only=True): "
+                              f"it holds objects other than tensors (UnpicklingError: Unsupported global: "), message
+    assert "torchvision.models.resnet.ResNet" in message
+    assert message.endswith("pass a file holding only the state_dict of resnet18's weights, as "
+                            "torch.save(model.state_dict(), path) writes it")
 
 
 @pytest.mark.parametrize("value", ["no", "yes", 0])

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import textwrap
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,27 @@ def _is_training_checkpoint(state: object) -> bool:
     return isinstance(inner, dict) and bool(inner) and all(str(name).startswith("net.") for name in inner)
 
 
-def _read_local_weights(path: Path, arch: str) -> dict[str, Any]:
+def _torch_load_detail(error: Exception) -> str:
+    """One short line of why ``torch.load`` refused a file, e.g. ``UnpicklingError: Unsupported operand 255``.
+
+    torch's text is a paragraph whose telling part follows ``WeightsUnpickler error:`` (the rest
+    advises ``weights_only=False`` and filing an issue: no advice for a file that is no weights file).
+    """
+    text = str(error).rpartition("WeightsUnpickler error:")[2].strip()
+    line = textwrap.shorten((text.splitlines() or [""])[0], 100, placeholder="...")
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def _example_weights_file(arch: str, weights: str | None) -> str:
+    """The name of torchvision's file of ``arch``'s weights (e.g. ``resnet18-f37072fd.pth``), for a message."""
+    try:
+        resolved = resolve_weights(arch, weights or "DEFAULT")
+    except (ValueError, KeyError, WeightsUnavailableError):  # no weights for arch, or a mistyped name
+        resolved = None
+    return f"torchvision's {os.path.basename(resolved.url)}" if resolved else f"a torchvision {arch}'s .pth file"
+
+
+def _read_local_weights(path: Path, arch: str, weights: str | None = None) -> dict[str, Any]:
     if path.is_dir():
         found = sorted(str(p) for p in path.iterdir() if p.suffix in (".pth", ".pt") and p.is_file())
         listing = (f": {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}" if found
@@ -53,9 +76,27 @@ def _read_local_weights(path: Path, arch: str) -> dict[str, Any]:
     if not path.is_file():
         raise WeightsUnavailableError(f"model weights file {path} does not exist (model.weights_path)")
     try:
+        with path.open("rb"):
+            pass
+    except OSError as error:  # the file itself cannot be opened (permissions): no matter what it holds
+        raise WeightsUnavailableError(f"cannot read weights file {path} (model.weights_path): {error}") from error
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001
-        raise WeightsUnavailableError(f"cannot read weights file {path}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - torch.load fails on a bad file in many ways (KeyError, EOFError, ...)
+        detail = _torch_load_detail(error)
+        # torch.save writes a zip archive. Only a complete one can hold objects that weights_only
+        # refuses (a whole pickled module, say); any other file (an image, text: read as pickle
+        # opcodes) or a truncated one is no weights file.
+        if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+            raise WeightsUnavailableError(
+                f"model.weights_path={path} cannot be read safely (torch.load with weights_only=True): it holds "
+                f"objects other than tensors ({detail}); pass a file holding only the state_dict of {arch}'s "
+                f"weights, as torch.save(model.state_dict(), path) writes it"
+            ) from error
+        raise WeightsUnavailableError(
+            f"model.weights_path={path} is not a PyTorch weights file (or it is corrupt or truncated); pass the .pth "
+            f"file of the network's weights, e.g. {_example_weights_file(arch, weights)} ({detail})"
+        ) from error
     if _is_training_checkpoint(state):
         # Its weights are the whole classifier's, named net.*: loading them here would list every name as missing.
         raise WeightsUnavailableError(
@@ -106,7 +147,7 @@ def load_pretrained(model: nn.Module, arch: str, weights: str | None, weights_pa
     """
     if weights_path:
         source = str(weights_path)
-        state = _read_local_weights(Path(weights_path).expanduser(), arch)
+        state = _read_local_weights(Path(weights_path).expanduser(), arch, weights)
     else:
         resolved = resolve_weights(arch, weights)
         if resolved is None:
