@@ -17,7 +17,7 @@ register_resolvers()
 def main(cfg: DictConfig) -> None:
     from cnnlab.tasks.summary import summary
 
-    with plain_user_errors():
+    with plain_user_errors(record_in_job_log=False):  # it writes no run folder, so no job log: the console has the error
         summary(cfg)
 
 

@@ -627,6 +627,16 @@ def test_summary_of_a_checkpoint_uses_its_network_and_image_size(cnn_run, capsys
     assert "for one 3x32x32 image" in capsys.readouterr().out
 
 
+def test_summary_refuses_another_model_for_a_checkpoint_and_sizes_below_one_once_each(cnn_run, tmp_path):
+    result = run_script("summary.py", tmp_path, f"ckpt_path={cnn_run.ckpt}", "model=simple_cnn_bn", expect=1)
+    (line,) = result.stderr.strip().splitlines()  # once, not also as the job log's "failed:" line
+    assert line.startswith(f"CheckpointError: {cnn_run.ckpt} holds a SimpleCNN model with batch_norm=False")
+    assert line.endswith("(without model=, summary shows the checkpoint's own network)")
+    for override in ("input_size=0", "num_classes=0", "num_classes=-3", "input_size=abc"):
+        with pytest.raises(ConfigValueError, match=f"{override.split('=')[0]}=.*, but it must be a whole number"):
+            summary(compose_config("summary", [override]))
+
+
 def test_summary_of_the_frozen_resnet_shows_its_small_trainable_head(capsys):
     counts = summary(compose_config("summary", ["model=resnet18_ft", "model.input_size=224"]))
     assert counts == {"params_total": 11_181_642, "params_trainable": 5_130}

@@ -80,7 +80,7 @@ PREPROCESSING = ("image_size",)
 SPLIT = ("val_split", "test_split", "split_seed")
 
 
-def _command_line_keys() -> set[str]:
+def command_line_keys() -> set[str]:
     """The config keys this command sets on its command line (none outside a Hydra run)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -97,7 +97,7 @@ def preprocess_as_trained(cfg: DictConfig, trained: DictConfig) -> None:
     images; the data group's defaults (``image_size: 32``) are not a choice the user made.
     ``data.root`` naming the training's own images keeps the training's split of them too.
     """
-    explicit = _command_line_keys()
+    explicit = command_line_keys()
     same_images = (cfg.data.get("_target_") == trained.data.get("_target_") and cfg.data.get("root") is not None
                    and trained.data.get("root") is not None
                    and Path(str(cfg.data.root)).expanduser().resolve() == Path(str(trained.data.root)).resolve())

@@ -10,8 +10,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, read_checkpoint
+from cnnlab.checkpoint import build_model_from_checkpoint, checkpoint_config, ensure_same_model, read_checkpoint
 from cnnlab.errors import ConfigValueError, InputSizeError, user_error
+from cnnlab.tasks.evaluate import command_line_keys
+from cnnlab.tasks.inference import positive_count
 from cnnlab.visualize.feature_maps import evaluation_mode
 
 
@@ -29,10 +31,16 @@ def build_network(cfg: DictConfig) -> tuple[nn.Module, int]:
     for its images (``simple_cnn``: ``model.input_size: ${data.image_size}``) is built for
     ``cfg.input_size``, as training at ``data.image_size=<input_size>`` would build it.
     """
+    if cfg.get("input_size") is not None:
+        positive_count(cfg.input_size, "input_size")
     if cfg.get("ckpt_path"):
         checkpoint = read_checkpoint(cfg.ckpt_path)
+        if "model" in command_line_keys():  # summary.yaml always composes a model: only a chosen one is a mistake
+            ensure_same_model(checkpoint, cfg.model, cfg.ckpt_path,
+                              advice="without model=, summary shows the checkpoint's own network")
         trained = checkpoint_config(checkpoint)
         return build_model_from_checkpoint(checkpoint).net, int(trained.data.image_size)
+    positive_count(cfg.num_classes, "num_classes")
     image_size = int(cfg.get("input_size") or cfg.data.image_size)
     sized = OmegaConf.merge(cfg, {"data": {"image_size": image_size}})
     model_cfg = OmegaConf.to_container(sized.model, resolve=True)
