@@ -663,3 +663,15 @@ def test_a_cache_folder_that_cannot_be_written_only_costs_the_cache(tmp_path: Pa
     with caplog.at_level(logging.WARNING, logger=folder_module.__name__):
         dm.setup("fit")  # a shared, read-only cache folder is not a reason to stop
     assert len(dm.train_split) == 7 and "could not cache the decoded images" in caplog.text
+
+
+@pytest.mark.parametrize(("build", "key"), [
+    (lambda: SyntheticDataModule(num_images=40, drop_last="no"), "data.drop_last"),
+    (lambda: SyntheticDataModule(num_images=40, device_resident="off"), "data.device_resident"),
+    (lambda: CIFAR10DataModule(root="x", download="no"), "data.download"),
+    (lambda: RandomBatchAugment(hflip="no"), "data.augment.hflip"),
+])
+def test_a_switch_given_as_a_yes_no_word_is_refused_not_taken_as_true(build, key):
+    # OmegaConf reads data.drop_last=no as the string 'no', which is truthy.
+    with pytest.raises(ConfigValueError, match=f"{key} must be true or false, got '(no|off)': pass {key}=false"):
+        build()

@@ -418,3 +418,11 @@ def test_a_data_error_leaves_no_empty_logger_run_and_keeps_what_was_there(make_c
     with pytest.raises(CorruptImageError):
         train(make_config(overrides=overrides, run_dir=tmp_path / "again"))
     assert list(earlier.parent.iterdir()) == [earlier]
+
+
+@pytest.mark.parametrize("override", ["test=no", "tune_host_malloc=off"])
+def test_a_top_level_switch_given_as_a_yes_no_word_is_refused_before_the_run(make_config, tmp_path, override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigValueError, match=f"{key} must be true or false, got '(no|off)': pass {key}=false"):
+        train(make_config(overrides=[override], run_dir=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # refused before the run folder

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnlab.errors import ConfigValueError
+from cnnlab.utils.config import ensure_switch
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale uses for contrast.
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -66,7 +67,7 @@ class RandomBatchAugment(nn.Module):
                 f"from [1 - x, 1 + x]; 0.2 is usual)"
             )
         self.crop_padding = int(crop_padding)
-        self.hflip = bool(hflip)
+        self.hflip = ensure_switch(hflip, "data.augment.hflip")
         self.rotation_degrees = float(rotation_degrees)
         self.brightness = float(brightness)
         self.contrast = float(contrast)

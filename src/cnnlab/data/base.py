@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.data.augment import RandomBatchAugment
 from cnnlab.errors import ConfigValueError
+from cnnlab.utils.config import ensure_switch
 from cnnlab.utils.fingerprint import tensor_fingerprint
 
 log = logging.getLogger(__name__)
@@ -168,8 +169,8 @@ class InMemoryImageDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.drop_last = drop_last
-        self.device_resident = device_resident
+        self.drop_last = ensure_switch(drop_last, "data.drop_last")
+        self.device_resident = ensure_switch(device_resident, "data.device_resident")
         self.train_split: ImageSplit | None = None
         self.val_split: ImageSplit | None = None
         self.test_split: ImageSplit | None = None

@@ -17,6 +17,7 @@ from torchvision.transforms.v2 import functional as TF
 from cnnlab.data.augment import RandomBatchAugment
 from cnnlab.data.base import ImageSplit, InMemoryImageDataModule, held_out_sizes, seeded_split
 from cnnlab.errors import CorruptImageError, DatasetNotFoundError
+from cnnlab.utils.config import ensure_switch
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
     ) -> None:
         super().__init__(augment=augment, **kwargs)
         self.root = Path(root).expanduser()
-        self.download = download
+        self.download = ensure_switch(download, "data.download")
         self.image_size = image_size
         self.val_held_out = val_split  # self.val_split is the loaded split (InMemoryImageDataModule)
         self.split_seed = split_seed

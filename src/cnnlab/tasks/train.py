@@ -48,6 +48,7 @@ from cnnlab.utils.config import (
     RESULTS_FILE,
     config_dict,
     continues_in,
+    ensure_switch,
     ensure_values_set,
     instantiate_all,
     override_key,
@@ -443,6 +444,8 @@ class PreparedRun(NamedTuple):
 def _prepare(cfg: DictConfig) -> PreparedRun:
     """Check the run (its folder, the checkpoint it resumes) and build it; nothing is trained yet."""
     ensure_values_set(cfg)
+    for switch, default in (("test", True), ("tune_host_malloc", False)):  # test=no would be a truthy string
+        ensure_switch(cfg.get(switch, default), switch)
     output_dir = run_folder(cfg)
     ensure_accelerator_available(cfg.trainer.get("accelerator", "auto"))
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), output_dir)

@@ -24,6 +24,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.utils import make_grid
 
 from cnnlab.errors import LayerNotFoundError
+from cnnlab.utils.config import ensure_switch
 from cnnlab.visualize.feature_maps import ActivationCapture, find_layer
 from cnnlab.visualize.figures import (
     confusion_matrix_figure,
@@ -134,7 +135,7 @@ class ConfusionMatrixLogger(Callback):
 
     def __init__(self, every_n_epochs: int = 1, on_test: bool = True) -> None:
         self.every_n_epochs = int(every_n_epochs)
-        self.on_test = bool(on_test)
+        self.on_test = ensure_switch(on_test, "callbacks.confusion_matrix.on_test")
         self._matrix: MulticlassConfusionMatrix | None = None
         self._collecting = False
 
