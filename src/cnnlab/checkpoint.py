@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import textwrap
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from cnnlab.training.callbacks import CHECKPOINT_KEY
 from cnnlab.training.classifier import EPOCH_METRICS, ImageClassifier
 from cnnlab.training.factory import build_classifier
 from cnnlab.utils.config import config_dict, session_overrides
+from cnnlab.utils.io import torch_load_error_detail
 from cnnlab.utils.moved_classes import with_current_targets
 
 
@@ -73,11 +73,7 @@ def _checkpoints_beside(path: Path) -> str:
 
 
 def _not_a_checkpoint(path: Path, error: Exception) -> CheckpointError:
-    # torch's own text can be a bare key ("101") or a paragraph whose telling part is the
-    # unpickler's complaint ("Unsupported operand 35"); one short line of it is enough.
-    text = str(error).rpartition("WeightsUnpickler error:")[2].strip()
-    detail = textwrap.shorten((text.splitlines() or [""])[0], 100, placeholder="...")
-    detail = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+    detail = torch_load_error_detail(error)
     return CheckpointError(
         f"{path} is not a PyTorch checkpoint file, or it is corrupt or truncated (an unfinished copy or "
         f"download); pass a .ckpt file that scripts/train.py wrote ({detail})"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import textwrap
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from torch import nn
 from torchvision.models import Weights, get_model_weights
 
 from cnnlab.errors import WeightsUnavailableError
+from cnnlab.utils.io import torch_load_error_detail
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +42,6 @@ def _is_training_checkpoint(state: object) -> bool:
     holds the classifier's weights, every name under its network ``net.``."""
     inner = state.get("state_dict") if isinstance(state, dict) else None
     return isinstance(inner, dict) and bool(inner) and all(str(name).startswith("net.") for name in inner)
-
-
-def _torch_load_detail(error: Exception) -> str:
-    """One short line of why ``torch.load`` refused a file, e.g. ``UnpicklingError: Unsupported operand 255``.
-
-    torch's text is a paragraph whose telling part follows ``WeightsUnpickler error:`` (the rest
-    advises ``weights_only=False`` and filing an issue: no advice for a file that is no weights file).
-    """
-    text = str(error).rpartition("WeightsUnpickler error:")[2].strip()
-    line = textwrap.shorten((text.splitlines() or [""])[0], 100, placeholder="...")
-    return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
 def _example_weights_file(arch: str, weights: str | None) -> str:
@@ -83,7 +72,7 @@ def _read_local_weights(path: Path, arch: str, weights: str | None = None) -> di
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch.load fails on a bad file in many ways (KeyError, EOFError, ...)
-        detail = _torch_load_detail(error)
+        detail = torch_load_error_detail(error)
         # torch.save writes a zip archive. Only a complete one can hold objects that weights_only
         # refuses (a whole pickled module, say); any other file (an image, text: read as pickle
         # opcodes) or a truncated one is no weights file.

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written file, and a crash leaves the old one."""
+"""File I/O: atomic writes (a reader never sees a half-written file, and a crash leaves the old one),
+and one readable line of why ``torch.load`` refused a file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import secrets
 import stat
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -94,3 +96,15 @@ def ensure_cache_folder_usable(folder: str | os.PathLike, setting: str) -> None:
             f"{setting}={folder} {where}, not a folder: give a folder for the cache (it is created if missing), "
             f"or {setting}=null to keep no cache on disk"
         )
+
+
+def torch_load_error_detail(error: Exception) -> str:
+    """One short line of why ``torch.load`` refused a file, e.g. ``UnpicklingError: Unsupported operand 255``.
+
+    torch's own text can be a bare key ("101") or a paragraph whose telling part follows
+    ``WeightsUnpickler error:``; the rest advises ``weights_only=False`` and filing an issue, no
+    advice for a file that is no checkpoint or weights file.
+    """
+    text = str(error).rpartition("WeightsUnpickler error:")[2].strip()
+    line = textwrap.shorten((text.splitlines() or [""])[0], 100, placeholder="...")
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
