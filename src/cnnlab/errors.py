@@ -104,7 +104,7 @@ def plain_user_errors(record_in_job_log: bool = True) -> Iterator[None]:
         yield
     except Exception as error:
         cause = user_error(error)
-        if record_in_job_log and _hydra_job() is not None:
+        if record_in_job_log and _in_hydra_job():
             from cnnlab.utils.log_filters import JOB_LOG_ONLY  # not at the top: it imports this module
 
             shown = error if cause is None else cause
@@ -116,24 +116,28 @@ def plain_user_errors(record_in_job_log: bool = True) -> Iterator[None]:
             if single_hydra_run():
                 print(f"{type(cause).__name__}: {cause}", file=sys.stderr)
                 raise SystemExit(1) from None
-            job = _hydra_job()
-            if job is not None:
-                raise SweepJobError(f"{type(cause).__name__}: {cause}\n({job})") from cause
+            place = _sweep_job_place()
+            if place is not None:
+                raise SweepJobError(f"{type(cause).__name__}: {cause}\n({place})") from cause
         if cause is error:
             raise
         raise cause.with_traceback(None) from None
 
 
-def _hydra_job() -> str | None:
-    """Where this Hydra job runs, as a sweep's end names it (``job 1 of the sweep, in <folder>; ...``); None outside Hydra."""
+def _in_hydra_job() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized()
+
+
+def _sweep_job_place() -> str | None:
+    """Where this multirun job runs, as the sweep's end names it (``job 1 of the sweep, in <folder>; ...``); else None."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     hydra = HydraConfig.get()
-    if hydra.mode != RunMode.MULTIRUN:
-        return f"in {hydra.runtime.output_dir}"
     where = f"job {hydra.job.num} of the sweep, in {hydra.runtime.output_dir}"
     if hydra.job.name == "train":  # summarize reads training runs
         where += f"; every job's result: python scripts/summarize.py {hydra.sweep.dir}"
