@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.data.augment import RandomBatchAugment
 from cnnlab.errors import ConfigValueError
-from cnnlab.utils.config import ensure_switch
+from cnnlab.utils.config import ensure_count, ensure_switch
 from cnnlab.utils.fingerprint import tensor_fingerprint
 
 log = logging.getLogger(__name__)
@@ -162,9 +162,9 @@ class InMemoryImageDataModule(L.LightningDataModule):
         device_resident: bool = False,
     ) -> None:
         super().__init__()
-        for key, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-                raise ConfigValueError(f"data.{key} must be a whole number of at least 1, got {size!r}")
+        ensure_count(batch_size, "data.batch_size")
+        if eval_batch_size is not None:
+            ensure_count(eval_batch_size, "data.eval_batch_size")
         self.augment = augment
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size

@@ -72,7 +72,7 @@ from cnnlab.tasks.train import no_empty_logger_run, without_logging_callbacks
 from cnnlab.training.callbacks import EpochTimer
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
-from cnnlab.utils.config import ensure_values_set, instantiate_all, run_folder
+from cnnlab.utils.config import ensure_count, ensure_values_set, instantiate_all, is_count, run_folder
 from cnnlab.utils.cuda_check import ensure_accelerator_available, skip_unloadable_nvml_check
 from cnnlab.utils.host_memory import keep_freed_memory
 from cnnlab.utils.io import atomic_write, atomic_write_json
@@ -492,14 +492,12 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     bench = cfg.benchmark
     for key, least in (("rounds", 1), ("steps", 1), ("warmup_steps", 0), ("window_warmup_steps", 0),
                        ("plain_loop_workers", 0)):
-        value = bench[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ConfigValueError(f"benchmark.{key} must be a whole number of at least {least}, got {value!r}")
+        ensure_count(bench[key], f"benchmark.{key}", least)
     for switch in ("epoch", "plain_loop", "split_overhead"):  # a mistyped value would be a truthy string
         if not isinstance(bench[switch], bool):
             raise ConfigValueError(f"benchmark.{switch} must be true or false, got {bench[switch]!r}")
     paired_steps = bench.get("paired_steps", 0)
-    if isinstance(paired_steps, bool) or not isinstance(paired_steps, int) or paired_steps < 0 or paired_steps == 1:
+    if not is_count(paired_steps) or paired_steps == 1:
         # A standard error needs two pairs at least.
         raise ConfigValueError(f"benchmark.paired_steps must be 0 (off) or at least 2 pairs, got {paired_steps!r}")
     ensure_same_step_on_every_path(cfg.trainer)

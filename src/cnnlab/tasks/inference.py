@@ -14,6 +14,7 @@ from cnnlab.data.folder import decode_image_file
 from cnnlab.errors import CheckpointError, ConfigValueError, CorruptImageError, InputNotFoundError
 from cnnlab.training.callbacks import CHECKPOINT_KEY
 from cnnlab.training.classifier import ImageClassifier
+from cnnlab.utils.config import is_count
 from cnnlab.utils.cuda_check import GPU_KINDS, gpu_present
 
 
@@ -82,8 +83,9 @@ def ensure_device_available(device: str) -> None:
 
 def positive_count(value: object, name: str) -> int:
     """``value`` as a whole number of at least 1; a :class:`ConfigValueError` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_count(value, 1):
         raise ConfigValueError(f"{name}={value!r}, but it must be a whole number of at least 1 (e.g. {name}=4)")
+    assert isinstance(value, int)  # is_count says so; for mypy
     return value
 
 

@@ -63,13 +63,13 @@ class Job:
     later_failure: str = ""
     later_interrupted: bool = False
     # The Hydra record (.hydra/ or a resumed session's) the overrides came from, and the values
-    # its config had for swept keys this job left at their default (filled in by summarize()).
+    # its config had for swept keys this job did not override (filled in by summarize()).
     record_dir: Path | None = None
-    defaults: dict[str, str] = field(default_factory=dict)
+    from_config: dict[str, str] = field(default_factory=dict)
 
     def setting(self, key: str) -> str:
         """The job's value of an override key: its own override, else its config's value ('' if unknown)."""
-        return self.overrides.get(key, self.defaults.get(key, ""))
+        return self.overrides.get(key, self.from_config.get(key, ""))
 
     @property
     def unranked(self) -> bool:
@@ -243,21 +243,22 @@ def read_job(job_dir: Path) -> Job:
     return job
 
 
-def configured_value(record_dir: Path, key: str) -> str | None:
-    """What a run's Hydra record says ``key`` was: a config group's choice (``model``), else the
-    config's value (``optimizer.lr``, as written: interpolations unresolved); None if it has none."""
+def configured_values(record_dir: Path, keys: Sequence[str]) -> dict[str, str]:
+    """What a run's Hydra record says each of ``keys`` was: a config group's choice (``model``),
+    else the config's value (``optimizer.lr``, as written: interpolations unresolved); keys it
+    has no value for are left out. Each record file is read once."""
     hydra_file, config_file = record_dir / "hydra.yaml", record_dir / "config.yaml"
-    if hydra_file.is_file():
-        choices = ((((yaml.safe_load(hydra_file.read_text()) or {}).get("hydra") or {}).get("runtime") or {})
-                   .get("choices") or {})
-        if key in choices:
-            return None if choices[key] is None else str(choices[key])
-    node: Any = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
-    for name in key.split("."):
-        if not isinstance(node, dict) or name not in node:
-            return None
-        node = node[name]
-    return None if node is None or isinstance(node, dict) else str(node)
+    hydra = yaml.safe_load(hydra_file.read_text()) if hydra_file.is_file() else None
+    choices = ((((hydra or {}).get("hydra") or {}).get("runtime") or {}).get("choices") or {})
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
+    values: dict[str, str] = {}
+    for key in keys:
+        node: Any = choices.get(key) if key in choices else config
+        for name in [] if key in choices else key.split("."):
+            node = node.get(name) if isinstance(node, dict) else None
+        if node is not None and not isinstance(node, dict):
+            values[key] = str(node)
+    return values
 
 
 def sweep_settings(jobs: Sequence[Job]) -> tuple[str | None, str | None, list[str]]:
@@ -336,10 +337,9 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, direction: str |
     # A job that did not override a swept key (summarize.py logs/train/runs, where some runs chose
     # model= and some did not) shows the value its config gave it (an experiment's or the default).
     for job in jobs:
-        for key in swept:
-            value = configured_value(job.record_dir, key) if key not in job.overrides and job.record_dir else None
-            if value is not None:
-                job.defaults[key] = value
+        unset = [key for key in swept if key not in job.overrides]
+        if unset and job.record_dir:
+            job.from_config = configured_values(job.record_dir, unset)
     ranked = sorted(jobs, key=lambda job: _sort_key(job, ranked_by, direction))  # stable: ties keep job order
     return SweepSummary(sweep_dir, ranked_by, direction, ranked, swept, common, best_found)
 
@@ -357,8 +357,8 @@ def _format_override(value: str) -> str:
 
 
 def _shown_setting(job: Job, key: str) -> str:
-    if key in job.defaults:
-        return f"{_format_override(job.defaults[key])} (config)"
+    if key in job.from_config:
+        return f"{_format_override(job.from_config[key])} (config)"
     return _format_override(job.overrides.get(key, ""))
 
 

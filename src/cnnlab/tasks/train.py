@@ -197,7 +197,14 @@ def fit_progress(trainer: L.Trainer) -> tuple[int, int]:
     return trainer.current_epoch, trainer.global_step
 
 
-def epoch_times(trainer: L.Trainer) -> tuple[list[float], float] | None:
+class RunTimes(NamedTuple):
+    """A run's epoch times (every session's, up to the checkpoint a resumed one started from) and its earlier sessions' fit time."""
+
+    epoch_seconds: list[float]
+    earlier_fit_seconds: float
+
+
+def epoch_times(trainer: L.Trainer) -> RunTimes | None:
     """The seconds of each epoch of the run (a resumed run's earlier sessions' too) and the fit
     seconds of its sessions before this one, or None when the run has no EpochTimer.
 
@@ -209,7 +216,7 @@ def epoch_times(trainer: L.Trainer) -> tuple[list[float], float] | None:
         return None
     times = trainer.callback_metrics.get(EPOCH_SECONDS)
     earlier = trainer.callback_metrics.get(EARLIER_FIT_SECONDS)
-    return (times.tolist() if times is not None else []), (float(earlier) if earlier is not None else 0.0)
+    return RunTimes(times.tolist() if times is not None else [], float(earlier) if earlier is not None else 0.0)
 
 
 @rank_zero_only
@@ -495,7 +502,7 @@ def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
                  "" if resumed.all_metrics else ", which (from an older cnnlab) holds only val/acc_best of them")
     timed = epoch_times(trainer)
     if timed is not None:  # a resumed run's time is that of all its sessions (up to the checkpoint it resumed)
-        fit_seconds += timed[1]
+        fit_seconds += timed.earlier_fit_seconds
     warn_if_last_checkpoint_lags(trainer, global_step)
 
     if cfg.get("test", True):
@@ -509,7 +516,7 @@ def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
 
     results.update(counts)
     if timed is not None:
-        results["epoch_seconds"] = timed[0]
+        results["epoch_seconds"] = timed.epoch_seconds
     results.update(epochs=epochs, global_step=global_step, fit_seconds=round(fit_seconds, 2))
     if ckpt_path:
         results["resumed_from"] = str(Path(ckpt_path).absolute())  # the path as given: last.ckpt may be a link

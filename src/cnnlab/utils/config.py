@@ -76,6 +76,19 @@ _SWITCH_WORDS = {word: False for word in ("no", "n", "off", "false", "0")} | {
     word: True for word in ("yes", "y", "on", "true", "1")}
 
 
+def is_count(value: object, least: int = 0) -> bool:
+    """Whether ``value`` is a whole number (an int, not a bool: ``True`` is an int to Python) of at least ``least``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def ensure_count(value: object, key: str, least: int = 1) -> int:
+    """``value`` when it is a whole number of at least ``least``; else a :class:`ConfigValueError` naming ``key``."""
+    if not is_count(value, least):
+        raise ConfigValueError(f"{key} must be a whole number of at least {least}, got {value!r}")
+    assert isinstance(value, int)  # is_count says so; for mypy
+    return value
+
+
 def ensure_switch(value: object, key: str) -> bool:
     """``value`` itself when it is a real bool; else a :class:`ConfigValueError` naming ``key``.
 

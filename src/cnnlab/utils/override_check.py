@@ -49,12 +49,14 @@ def refuse_unread_additions(config: DictConfig) -> None:
     free_form = FREE_FORM.get(str(hydra_cfg.job.config_name), ())
     composed = OmegaConf.to_container(config, resolve=False)
     assert isinstance(composed, dict)  # a DictConfig's container is a dict
-    suspects = [(override, path) for override in overrides
-                if (override.is_add() or override.is_force_add()) and not override.is_sweep_override()
-                and override.key_or_group not in choices and override.package is None
-                for path in _added_paths(override.key_or_group, override.value())
-                if path[0] not in ("hydra", *free_form)
-                and (not _instantiated(composed, path) or _constructor_refuses(composed, path))]
+    added = [(override, path) for override in overrides
+             if (override.is_add() or override.is_force_add()) and not override.is_sweep_override()
+             and override.key_or_group not in choices and override.package is None
+             for path in _added_paths(override.key_or_group, override.value())
+             if path[0] not in ("hydra", *free_form)]
+    # Each with the constructor that refuses it (and its arguments), or None for a key no constructor is given.
+    suspects = [(override, path, refused) for override, path in added
+                if (refused := _constructor_refuses(composed, path)) is not None or not _instantiated(composed, path)]
     if not suspects:
         return
     from hydra import compose
@@ -62,13 +64,12 @@ def refuse_unread_additions(config: DictConfig) -> None:
     base = OmegaConf.to_container(compose(str(hydra_cfg.job.config_name), overrides=groups), resolve=False)
     assert isinstance(base, dict)
     base.pop("hydra", None)
-    for override, path in suspects:
+    for override, path, refused in suspects:
         level, missing = _first_missing(base, path)
         if missing is None:
             continue
-        arguments = _constructor_refuses(composed, path)
-        if arguments is not None:
-            raise ConfigValueError(_message(override, path, arguments[1], len(path) - 1, constructor=arguments[0]))
+        if refused is not None:
+            raise ConfigValueError(_message(override, path, refused[1], len(path) - 1, constructor=refused[0]))
         raise ConfigValueError(_message(override, path, level, missing))
 
 
