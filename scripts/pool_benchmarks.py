@@ -6,7 +6,7 @@ with its 95% bootstrap interval, and writes the table to ``--out`` when given. R
 different setups (model, data, image size, precision, machine, CPU model where recorded, window
 length and, where the runs keep their Hydra record, every training and benchmark setting but the
 number of rounds) are refused, and so is a run given twice. The runs are pooled in one order (by
-date) whatever order they are given in. ``--out`` must be a new file: it never replaces one.
+date) whatever order they are given in. ``--out`` must be a new file in an existing folder: it never replaces one.
 
 A plain argparse script rather than a Hydra app: it reads finished runs and starts none.
 """
@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigValueError(f"--out {args.out} is a folder; give a new file's path, e.g. {args.out / 'pooled.md'}")
         if args.out is not None and (args.out.exists() or args.out.is_symlink()):
             raise out_exists
+        if args.out is not None and not args.out.parent.is_dir():
+            # A typo in the folder would otherwise leave the table in a new folder nobody looks in.
+            raise ConfigValueError(f"--out {args.out}: there is no folder {args.out.parent}; make it first, or give a "
+                                   f"path in an existing folder")
         runs = [load_run(path) for path in args.runs]
         report = to_markdown(runs, pool(runs))
         print(report, end="")

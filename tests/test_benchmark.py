@@ -219,6 +219,17 @@ def test_a_benchmark_without_a_logger_runs_and_a_failed_one_leaves_no_empty_tens
     assert not list((tmp_path / "b").rglob("events.out.tfevents.*"))  # the folder can be used again
 
 
+def test_a_one_round_benchmark_claims_no_interval(make_config, tmp_path):
+    # Resampling one round gives that round every time: a "95% interval" of zero width.
+    results = benchmark(make_config("benchmark", [*QUICK_BENCH, "~logger"], run_dir=tmp_path))
+    assert results["median_intervals_95"] and set(results["median_intervals_95"].values()) == {None}
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    assert set(saved["median_intervals_95"].values()) == {None}
+    report = (tmp_path / "benchmark.md").read_text()
+    overhead = next(line for line in report.splitlines() if line.startswith("| Lightning overhead, Trainer vs bare loop |"))
+    assert "% (one round) | none from one round |" in overhead
+
+
 def test_the_medians_interval_covers_the_true_median_and_narrows_with_more_rounds():
     rng = random.Random(2)
     # 200 runs of 48 rounds drawn around a true median of 5 (points of overhead, say): a 95%
@@ -236,7 +247,7 @@ def test_the_medians_interval_covers_the_true_median_and_narrows_with_more_round
     short, long = median_interval(rounds[:48]), median_interval(rounds)
     assert 0.1 < (long[1] - long[0]) / (short[1] - short[0]) < 0.5
     assert median_interval(rounds[:48]) == short  # seeded: the same report from the same rounds
-    assert median_interval([2.0]) == (2.0, 2.0)
+    assert median_interval([2.0]) is None  # one round: no interval, not one of zero width
     assert median_interval([3.0] * 10) == (3.0, 3.0)
 
 

@@ -50,9 +50,9 @@ def test_pooling_puts_every_runs_rounds_together(two_runs):
     # Each run's own figures are those its report gave, interval included (the runs in pool's order).
     results_of = {runs[0].file: results_a, runs[1].file: results_b}
     in_order = [results_of[run.file] for run in canonical_order(runs)]
-    for (median, low, high, count), results in zip(overhead.per_run, in_order, strict=True):
+    for (median, interval, count), results in zip(overhead.per_run, in_order, strict=True):
         assert median == pytest.approx(statistics.median(results["ratios_per_round"][OVERHEAD]))
-        assert [low, high] == pytest.approx(results["median_intervals_95"][OVERHEAD])
+        assert list(interval) == pytest.approx(results["median_intervals_95"][OVERHEAD])
         assert count == len(results["ratios_per_round"][OVERHEAD])
 
 
@@ -348,3 +348,48 @@ def test_a_runs_other_file_is_refused_with_a_hint_to_pass_its_folder(tmp_path):
                                                          f"(JSONDecodeError: ") + r".*\); " + re.escape(
                                                              f"pass the run's folder ({run})")):
         load_run(run / "benchmark.md")
+
+
+def test_out_in_a_missing_folder_is_refused_and_nothing_is_made(tmp_path, capsys):
+    run = _fabricated_run(tmp_path / "run", "2026-11-25 10:00", seed=1)
+    out = tmp_path / "reprots" / "pooled.md"  # a typo of an existing folder
+    (tmp_path / "reports").mkdir()
+    assert _main([str(run), "--out", str(out)]) == 1
+    assert capsys.readouterr().err == (f"ConfigValueError: --out {out}: there is no folder {out.parent}; make it first, "
+                                       f"or give a path in an existing folder\n")
+    assert not out.parent.exists()
+
+
+def test_a_run_with_a_corrupt_record_or_no_rounds_is_named_not_a_traceback(tmp_path, capsys):
+    good = _fabricated_run(tmp_path / "good", "2026-11-25 10:00", seed=1)
+    corrupt = _fabricated_run(tmp_path / "corrupt", "2026-11-25 11:00", seed=2)
+    (corrupt / ".hydra").mkdir()
+    (corrupt / ".hydra" / "config.yaml").write_text("model: {_target_: cnnlab.models.SimpleCNN\ndata: [\n")
+    assert _main([str(good), str(corrupt)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"ConfigValueError: {corrupt / '.hydra' / 'config.yaml'} is not a readable Hydra record (")
+    assert error.endswith("restore it from a copy of the run, or leave this run out\n")
+    (corrupt / ".hydra" / "config.yaml").write_text("- a list, not settings\n")
+    assert _main([str(good), str(corrupt)]) == 1
+    assert "is not a readable Hydra record (ListConfig: " in capsys.readouterr().err
+
+    for name, ratios, problem in (("empty", {OVERHEAD: []}, f"ratios_per_round[{OVERHEAD!r}] holds no rounds"),
+                                  ("none", {}, "ratios_per_round holds no ratios"),
+                                  ("text", {OVERHEAD: ["4.6%"]}, "holds a value that is not a number")):
+        run = _fabricated_run(tmp_path / name, "2026-11-25 12:00", seed=3)
+        results = json.loads((run / "benchmark.json").read_text())
+        (run / "benchmark.json").write_text(json.dumps({**results, "ratios_per_round": ratios}))
+        assert _main([str(good), str(run)]) == 1
+        error = capsys.readouterr().err
+        assert error.startswith(f"ConfigValueError: {run / 'benchmark.json'} is not a benchmark report (ValueError: ")
+        assert problem in error and error.endswith("was the run interrupted before it wrote its results?\n")
+
+
+def test_a_one_round_run_shows_no_interval_of_its_own(tmp_path):
+    runs = [load_run(_fabricated_run(tmp_path / "one", "2026-11-25 10:00", seed=1, rounds=1)),
+            load_run(_fabricated_run(tmp_path / "many", "2026-11-25 11:00", seed=2))]
+    overhead = next(ratio for ratio in pool(runs) if ratio.name == OVERHEAD)
+    assert [interval is None for _, interval, _ in overhead.per_run] == [True, False]
+    assert overhead.interval is not None and overhead.rounds == 13
+    row = next(line for line in to_markdown(runs, pool(runs)).splitlines() if line.startswith(f"| {OVERHEAD} |"))
+    assert row.split(" | ")[1].endswith(" [none from one round]")

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.benchmark.rounds import format_ratio, in_report_order, median_interval
+from cnnlab.benchmark.rounds import format_interval, format_ratio, in_report_order, median_interval
 from cnnlab.errors import ConfigValueError, InputNotFoundError
 from cnnlab.utils.moved_classes import with_current_targets
 
@@ -93,9 +94,9 @@ class PooledRatio:
     """One ratio: each run's median and 95% interval, and the same over all the runs' rounds."""
 
     name: str
-    per_run: list[tuple[float, float, float, int]]  # (median, interval low, interval high, rounds)
+    per_run: list[tuple[float, tuple[float, float] | None, int]]  # (median, interval or None for one round, rounds)
     median: float
-    interval: tuple[float, float]
+    interval: tuple[float, float] | None
     rounds: int
 
 
@@ -112,14 +113,15 @@ def load_run(path: Path) -> BenchmarkRun:
                                  f"(logs/benchmark/runs/<run>) or its {RESULTS_FILE}")
     try:
         results = json.loads(file.read_text())
-        image_size, setup = _read_record(file.parent)
-        header = {"image_size": image_size, **results["header"]}
-        return BenchmarkRun(file.parent, header, results["ratios_per_round"], file.resolve(), setup)
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        header = dict(results["header"])
+        ratios = _ratios_per_round(results["ratios_per_round"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
         # Another file of the run (its benchmark.md, say) is a wrong argument, not a cut-off run.
         hint = (f"pass the run's folder ({file.parent})" if file.name != RESULTS_FILE
                 else "was the run interrupted before it wrote its results?")
         raise ConfigValueError(f"{file} is not a benchmark report ({type(error).__name__}: {error}); {hint}") from error
+    image_size, setup = _read_record(file.parent)
+    return BenchmarkRun(file.parent, {"image_size": image_size, **header}, ratios, file.resolve(), setup)
 
 
 def pool(runs: list[BenchmarkRun]) -> list[PooledRatio]:
@@ -181,7 +183,7 @@ def pool(runs: list[BenchmarkRun]) -> list[PooledRatio]:
         per_run = []
         for run in runs:
             values = run.ratios_per_round[name]
-            per_run.append((statistics.median(values), *median_interval(values), len(values)))
+            per_run.append((statistics.median(values), median_interval(values), len(values)))
         values = [value for run in runs for value in run.ratios_per_round[name]]
         pooled.append(PooledRatio(name, per_run, statistics.median(values), median_interval(values), len(values)))
     return pooled
@@ -212,10 +214,22 @@ def to_markdown(runs: list[BenchmarkRun], pooled: list[PooledRatio]) -> str:
               "| ratio | " + " | ".join(f"run {i}" for i in range(1, len(runs) + 1)) + " | pooled | pooled rounds |",
               "|---|" + "---:|" * (len(runs) + 2)]
     for ratio in pooled:
-        cells = [_cell(ratio.name, median, (low, high)) for median, low, high, _ in ratio.per_run]
+        cells = [_cell(ratio.name, median, interval) for median, interval, _ in ratio.per_run]
         lines.append(f"| {ratio.name} | " + " | ".join(cells)
                      + f" | {_cell(ratio.name, ratio.median, ratio.interval)} | {ratio.rounds} |")
     return "\n".join(lines) + "\n"
+
+
+def _ratios_per_round(ratios: Any) -> dict[str, list[float]]:
+    """``benchmark.json``'s per-round ratios, each a non-empty list of numbers (ValueError otherwise)."""
+    if not isinstance(ratios, dict) or not ratios:
+        raise ValueError("ratios_per_round holds no ratios")
+    for name, values in ratios.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"ratios_per_round[{name!r}] holds no rounds")
+        if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
+            raise ValueError(f"ratios_per_round[{name!r}] holds a value that is not a number")
+    return ratios
 
 
 def _read_record(folder: Path) -> tuple[int | None, dict[str, Any] | None]:
@@ -223,7 +237,18 @@ def _read_record(folder: Path) -> tuple[int | None, dict[str, Any] | None]:
     record = folder / ".hydra" / "config.yaml"
     if not record.is_file():
         return None, None
-    config = OmegaConf.load(record)
+    # Pooling a run whose record cannot be read as one without a record would skip the setup check.
+    def unreadable(what: object) -> ConfigValueError:
+        return ConfigValueError(f"{record} is not a readable Hydra record ({type(what).__name__}: {what}); it holds "
+                                f"the run's settings, which pooling compares: restore it from a copy of the run, or "
+                                f"leave this run out")
+
+    try:
+        config = OmegaConf.load(record)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise unreadable(error) from error
+    if not isinstance(config, DictConfig):
+        raise unreadable(config)
     image_size = OmegaConf.select(config, "data.image_size", throw_on_resolution_failure=False)
     setup: dict[str, Any] = {}
     # Unresolved: interpolations (${data.image_size}, ${paths...}) compare as written, and
@@ -247,6 +272,5 @@ def _flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-def _cell(name: str, median: float, interval: tuple[float, float]) -> str:
-    low, high = (format_ratio(name, bound) for bound in interval)
-    return f"{format_ratio(name, median)} [{low}, {high}]"
+def _cell(name: str, median: float, interval: tuple[float, float] | None) -> str:
+    return f"{format_ratio(name, median)} [{format_interval(name, interval, separator=', ')}]"

@@ -45,20 +45,29 @@ def median_and_middle_half(values: list[float]) -> tuple[float, float, float]:
 
 
 def median_interval(values: list[float], confidence: float = 0.95, resamples: int = 2000,
-                    seed: int = 0) -> tuple[float, float]:
+                    seed: int = 0) -> tuple[float, float] | None:
     """Percentile-bootstrap interval of the median of the per-round values.
 
     The middle half says how much single rounds scatter; this says how far the median itself
     can be trusted, i.e. whether a run decides a comparison at all (a 5% target, say, with an
     interval of 3-8% is undecided). Resampling with a fixed seed keeps a report's figures
-    reproducible from its ``benchmark.json``.
+    reproducible from its ``benchmark.json``. None for a single round: resampling one value
+    always gives that value, an interval of zero width that would claim a certainty one round
+    cannot give.
     """
     if len(values) < 2:
-        return values[0], values[0]
+        return None
     rng = random.Random(seed)
     medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
     tail = (1 - confidence) / 2
     return medians[int(tail * (resamples - 1))], medians[round((1 - tail) * (resamples - 1))]
+
+
+def format_interval(name: str, interval: tuple[float, float] | None, separator: str = " to ") -> str:
+    """A median's interval as the report prints it, or why there is none."""
+    if interval is None:
+        return "none from one round"
+    return separator.join(format_ratio(name, bound) for bound in interval)
 
 
 def format_ratio(name: str, value: float) -> str:

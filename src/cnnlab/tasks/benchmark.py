@@ -62,6 +62,7 @@ from cnnlab.benchmark.rounds import (
     SPEED_UP,
     TRAINER_EFFICIENCY,
     fastest_quarter,
+    format_interval,
     format_ratio,
     median_and_middle_half,
     median_interval,
@@ -595,7 +596,8 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     intervals = {name: median_interval(values) for name, values in per_round.items()}
     for name, values in per_round.items():
         middle, low, high = (format_ratio(name, value) for value in median_and_middle_half(values))
-        summary[name] = (f"{middle} ({low} to {high})", " to ".join(format_ratio(name, bound) for bound in intervals[name]),
+        spread = f"{low} to {high}" if len(values) > 1 else "one round"
+        summary[name] = (f"{middle} ({spread})", format_interval(name, intervals[name]),
                          format_ratio(name, undisturbed[name][0]))
     epoch = None
     if epoch_seconds is not None:
@@ -611,7 +613,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         "summary": {name: {"per_round_median": a, "median_interval_95": b, "fastest_quarter": c}
                     for name, (a, b, c) in summary.items()},
         "ratios_per_round": per_round,
-        "median_intervals_95": {name: list(bounds) for name, bounds in intervals.items()},
+        "median_intervals_95": {name: None if bounds is None else list(bounds) for name, bounds in intervals.items()},
         "ratios_fastest_quarter": {name: values[0] for name, values in undisturbed.items()},
         "epoch_seconds": epoch_seconds,
         "paired_steps": paired,
