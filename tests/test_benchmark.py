@@ -25,6 +25,7 @@ from cnnlab.benchmark.measure import Measurement, PeakMemory
 from cnnlab.benchmark.rounds import median_interval
 from cnnlab.errors import ConfigValueError, user_error
 from cnnlab.tasks.benchmark import (
+    BARE,
     CEILING,
     TRAINER,
     TRAINER_LOOP_ONLY,
@@ -170,6 +171,7 @@ def test_the_report_describes_the_plain_loop_only_where_it_ran():
 @pytest.mark.parametrize(("override", "message"), [
     ("benchmark.rounds=0", "benchmark.rounds must be a whole number of at least 1, got 0"),
     ("benchmark.rounds=2.5", "benchmark.rounds must be a whole number of at least 1, got 2.5"),
+    ("benchmark.rounds=true", "benchmark.rounds must be a whole number of at least 1, got True"),  # True == 1 in Python
     ("benchmark.steps=abc", "benchmark.steps must be a whole number of at least 1, got 'abc'"),
     ("benchmark.warmup_steps=-5", "benchmark.warmup_steps must be a whole number of at least 0, got -5"),
     ("benchmark.window_warmup_steps=-1", "benchmark.window_warmup_steps must be a whole number of at least 0, got -1"),
@@ -360,6 +362,29 @@ def test_the_windows_count_the_images_of_a_last_partial_batch(tmp_path):
     # Steps 0 (warm-up), 1-2 (window: 3 + 1), 3 (closes it), 4 (untimed), 5-6 (window: 1 + 3).
     assert windows.times[TRAINER].images == [4, 4]
     assert windows.times["other"].images == [2, 2]  # its steps' own counts
+
+
+def test_the_speeds_are_the_images_each_window_trained_on_over_its_time(make_config, tmp_path):
+    # 20 training images in batches of 8: epochs of 8 + 8 + 4, so a 3-step window trains on 20 to 24 images.
+    overrides = [*QUICK_BENCH, "~logger", "data.num_images=40", "data.val_split=10", "data.test_split=10",
+                 "data.batch_size=8", "benchmark.steps=3", "benchmark.rounds=3"]
+    results = benchmark(make_config("benchmark", overrides, run_dir=tmp_path))
+    for row in results["rows"]:
+        images, seconds = row["extra"]["window_images"], row["extra"]["window_seconds"]
+        assert len(images) == len(seconds) == 3
+        assert row["images_per_s"] == pytest.approx(statistics.median(i / s for i, s in zip(images, seconds, strict=True)))
+    counted = {row["name"]: row["extra"]["window_images"] for row in results["rows"]}
+    assert counted[CEILING] == [24, 24, 24]  # one full batch, made once
+    for path in (BARE, TRAINER):  # each crosses an epoch's last batch of 4
+        assert all(20 <= images <= 24 for images in counted[path]) and any(images < 24 for images in counted[path])
+
+
+def test_a_training_split_of_exactly_one_batch_is_enough_for_the_plain_loop(make_config, tmp_path):
+    overrides = [*QUICK_BENCH, "~logger", "data.num_images=56", "data.val_split=20", "data.test_split=20",
+                 "benchmark.plain_loop=true", "benchmark.plain_loop_workers=0"]
+    results = benchmark(make_config("benchmark", overrides, run_dir=tmp_path))  # 16 training images, batch 16
+    plain = [row for row in results["rows"] if row["name"].startswith("plain loop")]
+    assert plain and all(row["extra"]["window_images"] == [16] for row in plain)
 
 
 def test_paired_steps_time_each_trainer_step_apart_from_its_bare_step(tmp_path):

@@ -23,6 +23,7 @@ from cnnlab.data.cifar10 import CIFAR10DataModule
 from cnnlab.data.folder import ImageFolderDataModule
 from cnnlab.data.synthetic import SyntheticDataModule
 from cnnlab.errors import ConfigValueError, CorruptImageError, DatasetNotFoundError
+from cnnlab.training.visual_callbacks import ConfusionMatrixLogger
 from conftest import CIFAR_CLASSES, write_cifar_batches, write_image_folder
 
 
@@ -670,8 +671,17 @@ def test_a_cache_folder_that_cannot_be_written_only_costs_the_cache(tmp_path: Pa
     (lambda: SyntheticDataModule(num_images=40, device_resident="off"), "data.device_resident"),
     (lambda: CIFAR10DataModule(root="x", download="no"), "data.download"),
     (lambda: RandomBatchAugment(hflip="no"), "data.augment.hflip"),
+    (lambda: ConfusionMatrixLogger(on_test="no"), "callbacks.confusion_matrix.on_test"),
 ])
 def test_a_switch_given_as_a_yes_no_word_is_refused_not_taken_as_true(build, key):
     # OmegaConf reads data.drop_last=no as the string 'no', which is truthy.
     with pytest.raises(ConfigValueError, match=f"{key} must be true or false, got '(no|off)': pass {key}=false"):
         build()
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
+def test_a_bad_eval_batch_size_is_named_not_taken_as_the_training_batch(value):
+    # 0 would have fallen back to data.batch_size in silence; -1 and 2.5 failed later inside the DataLoader.
+    with pytest.raises(ConfigValueError, match=rf"^data\.eval_batch_size must be a whole number of at least 1, got {value!r}$"):
+        SyntheticDataModule(num_images=40, eval_batch_size=value)
+    assert SyntheticDataModule(num_images=40, batch_size=8, eval_batch_size=None).eval_batch_size == 8

@@ -67,6 +67,7 @@ def test_other_unread_additions_are_refused(name: str, override: str, part: str)
     ("eval", ["ckpt_path=x.ckpt", "+callbacks.stop={_target_: lightning.pytorch.callbacks.EarlyStopping}"]),
     ("train", ["+optimizer.betas=[0.8,0.99]", "+optimizer.amsgrad=true", "++data.augment.rotation_degrees=5"]),
     ("train", ["++trainer.max_epochs=3", "+trainer.enable_checkpointing=false"]),  # arguments their constructors take
+    ("train", ["+logger.tensorboard.flush_secs=30"]),  # TensorBoardLogger hands **kwargs on to its SummaryWriter
     ("train", ["+model._convert_=all"]),  # Hydra's own instantiate option, not an argument
     ("train", ["+hydra.launcher.foo=1", "++hydra.job.env_set.FOO=1"]),  # Hydra's own
     ("train", ["model=torchvision_ft", "+model/normalize=cifar10"]),  # a config group choice, not a key

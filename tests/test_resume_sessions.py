@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from test_scripts import script_command, train_overrides
 from cnnlab.checkpoint import ensure_training_left
 from cnnlab.errors import CheckpointError
 from cnnlab.tasks.train import continuing_sweep_command, train
+from cnnlab.training.callbacks import EpochTimer
 from cnnlab.utils.config import run_dir_of_checkpoint
 from conftest import CONF_DIR, ROOT
 
@@ -53,7 +55,11 @@ def test_a_resume_with_nothing_left_to_train_tests_and_records_the_checkpoints_m
     assert again["epoch_seconds"][:-1] == first["epoch_seconds"][:-1]
     # A checkpoint saved at the validation's end holds its epoch's time up to then.
     assert 0 < again["epoch_seconds"][-1] <= first["epoch_seconds"][-1]
-    assert sum(first["epoch_seconds"]) < again["fit_seconds"] < first["fit_seconds"] + 60
+    # The fit time is the checkpoint's (saved during the last epoch, so below the first session's own) plus the
+    # test-only session's fit, which trains nothing.
+    last = (run_dir / "checkpoints" / "last.ckpt").resolve()
+    saved = torch.load(last, map_location="cpu", weights_only=True)["callbacks"]["EpochTimer"]["fit_seconds"]
+    assert sum(again["epoch_seconds"]) - 0.01 < saved <= again["fit_seconds"] < saved + 60
     epochs, steps = first["epochs"], first["global_step"]
     assert (f"training was already complete: {run_dir / 'checkpoints' / 'last.ckpt'} is from the end of the run "
             f"(epoch {epochs}, step {steps}), so only the test runs; the train/ and val/ metrics are the checkpoint's\n"
@@ -201,3 +207,34 @@ def test_no_sweep_command_for_a_single_run_a_search_or_a_sweep_without_its_recor
         assert continuing_sweep_command() is None
     finally:
         HydraConfig.instance().cfg = None
+
+
+class _Module:
+    def log(self, *args, **kwargs) -> None:
+        pass
+
+
+def _timed_epoch(timer: EpochTimer, epoch: int) -> None:
+    trainer = SimpleNamespace(current_epoch=epoch, callback_metrics={})
+    timer.on_train_epoch_start(trainer, _Module())
+    timer.on_train_epoch_end(trainer, _Module())
+
+
+def test_an_epoch_resumed_from_a_checkpoint_inside_it_counts_the_time_before_the_checkpoint():
+    # A Ctrl-C, every_n_train_steps or train_time_interval checkpoint: 5 s into epoch 2.
+    timer = EpochTimer()
+    timer.load_state_dict({"epoch_seconds": [7.0, 8.0], "epoch_in_progress": [2, 5.0], "fit_seconds": 21.0})
+    _timed_epoch(timer, 2)
+    assert timer.epoch_seconds[:2] == [7.0, 8.0] and 5.0 <= timer.epoch_seconds[2] < 6.0
+
+
+def test_the_fit_time_adds_up_over_every_session_of_a_run_resumed_twice():
+    first = EpochTimer()
+    first.load_state_dict({"epoch_seconds": [40.0], "epoch_in_progress": None, "fit_seconds": 100.0})
+    first.on_fit_start(SimpleNamespace(), _Module())
+    saved = first.state_dict()  # the second session's checkpoint
+    assert 100.0 <= saved["fit_seconds"] < 101.0 and saved["epoch_seconds"] == [40.0]
+    second = EpochTimer()
+    second.load_state_dict(saved)
+    second.on_fit_start(SimpleNamespace(), _Module())
+    assert second.earlier_fit_seconds >= 100.0 and second.state_dict()["fit_seconds"] >= 100.0

@@ -130,7 +130,9 @@ def test_a_user_error_fails_its_sweep_job_and_the_sweep_goes_on(tmp_path: Path, 
     assert result.returncode == 1  # as a sweep with a failed job ends, after the other jobs
     assert f"DatasetNotFoundError: CIFAR-10 is not in {missing}" in result.stderr
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
-    assert "training failed: DatasetNotFoundError" in (sweep / "0" / "train.log").read_text()
+    failed_job_log = (sweep / "0" / "train.log").read_text()
+    assert "training failed: DatasetNotFoundError" in failed_job_log
+    assert failed_job_log.count("DatasetNotFoundError") == 1  # training records its own failure, once
     assert (sweep / "1" / "metrics.json").is_file()
     # The sweep ends with the failed job's message and where to look, not a traceback through cnnlab's frames.
     assert "Traceback" not in result.stderr, result.stderr

@@ -20,6 +20,7 @@ from cnnlab.tasks.summarize import (
     FAILED_LOG_MARK,
     INTERRUPTED_LOG_MARK,
     RESUME_REFUSED_LOG_MARK,
+    plot_points,
     summarize,
     to_csv,
     to_markdown,
@@ -376,3 +377,6 @@ def test_a_run_that_left_a_swept_key_at_its_default_shows_the_value_it_ran_with(
     assert rows[1].startswith("| 2 | 1 | simple_cnn (config) | 0.001 (config) | 0.6000 |")
     table = list(csv.DictReader(io.StringIO(to_csv(summary))))
     assert (table[1]["model"], table[1]["optimizer.lr"]) == ("simple_cnn", "0.001")
+    # The plot puts that run at the same values.
+    assert plot_points(summary, "model") == [("simple_cnn_bn", 0.7), ("simple_cnn", 0.6)]
+    assert plot_points(summary, "optimizer.lr") == [("0.01", 0.7), ("0.001", 0.6)]

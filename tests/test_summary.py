@@ -53,6 +53,18 @@ def test_a_checkpoint_is_not_resized_and_another_input_size_is_a_clear_error(tmp
         summary(summary_config([f"ckpt_path={ckpt}", "input_size=64"]))
 
 
+def test_a_checkpoint_of_another_model_than_summarys_default_shows_its_own_network(tmp_path: Path, cifar_root: Path,
+                                                                                   capsys):
+    # summary.yaml composes model=simple_cnn: only a model= the user typed is compared with the checkpoint's.
+    cfg = compose_run_config("train", tmp_path, tmp_path / "run", ["model=simple_cnn_bn"], cifar_root)
+    model = build_classifier(cfg, ["a", "b", "c"], train=False)
+    ckpt = tmp_path / "simple_cnn_bn.ckpt"
+    record = {"format": CHECKPOINT_FORMAT, "config": OmegaConf.to_container(cfg, resolve=True), "class_names": ["a", "b", "c"]}
+    torch.save({"state_dict": model.state_dict(), CHECKPOINT_KEY: record}, ckpt)
+    assert summary(summary_config([f"ckpt_path={ckpt}"]))["params_total"] == 1_147_690 - 7 * 513
+    assert layer(capsys.readouterr().out, "features.1")[1] == "BatchNorm2d"
+
+
 def test_an_override_fixing_the_size_against_input_size_is_a_clear_error():
     with pytest.raises(ConfigValueError, match=r"fixed by an override \(e\.g\. model\.input_size\) and cannot take 64x64 images"):
         summary(summary_config(["model=simple_cnn", "model.input_size=32", "input_size=64"]))

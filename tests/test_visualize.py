@@ -467,13 +467,16 @@ def test_predict_one_file_and_refuse_a_missing_input(cnn_run, image_inputs, tmp_
     base = [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'out'}", f"ckpt_path={cnn_run.ckpt}"]
     results = predict(compose_config("predict", [*base, f"inputs={image_inputs / 'b_tall.jpg'}"]))
     assert results["classified"] == 1 and results["failed"] == []
-    # More classes asked for than the model has: all of them, and a word that it is so.
+    # More classes asked for than the model has (one more, the edge): all of them, and a word that it is so.
     caplog.set_level(logging.WARNING, logger="cnnlab")
-    predict(compose_config("predict", [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'k'}",
-                                       f"ckpt_path={cnn_run.ckpt}", f"inputs={image_inputs / 'b_tall.jpg'}", "top_k=20"]))
-    (record,) = json.loads((tmp_path / "k" / "predictions.json").read_text())
-    assert len(record["top_k"]) == 10
-    assert "top_k=20, but the model has 10 classes: listing all 10" in caplog.text
+    for top_k, warned in ((11, True), (10, False)):
+        caplog.clear()
+        out = tmp_path / f"k{top_k}"
+        predict(compose_config("predict", [f"paths.root_dir={tmp_path}", f"paths.output_dir={out}", f"ckpt_path={cnn_run.ckpt}",
+                                           f"inputs={image_inputs / 'b_tall.jpg'}", f"top_k={top_k}"]))
+        (record,) = json.loads((out / "predictions.json").read_text())
+        assert len(record["top_k"]) == 10
+        assert (f"top_k={top_k}, but the model has 10 classes: listing all 10" in caplog.text) is warned
     with pytest.raises(InputNotFoundError, match="missing.jpg"):
         predict(compose_config("predict", [*base, f"inputs={image_inputs / 'missing.jpg'}"]))
 

@@ -586,7 +586,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
                     notes=(f"{bench.plain_loop_workers} DataLoader workers, whose memory the peak RSS does not count"
                            if name.startswith("plain loop") and bench.plain_loop_workers else ""),
                     best_images_per_s=max(speeds[name]),
-                    extra={"window_seconds": windows.times[name].windows,
+                    extra={"window_seconds": windows.times[name].windows, "window_images": windows.times[name].images,
                            "fastest_quarter_images_per_s": fastest_quarter(speeds[name])})
         for name in names
     ]

@@ -416,6 +416,17 @@ def _as_number(value: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def plot_points(summary: SweepSummary, param: str) -> list[tuple[str, float]]:
+    """The finished jobs' (value of ``param``, optimised metric) pairs the plot shows; ``param="job"`` gives the job's name.
+
+    A job that left ``param`` at its config's value is shown at that value, as the table shows
+    it; a job without a finite metric is left out.
+    """
+    points = [(job.name if param == "job" else job.setting(param), job.metrics.get(summary.metric))
+              for job in summary.finished]
+    return [(x, y) for x, y in points if isinstance(y, (int, float)) and math.isfinite(y)]
+
+
 def plot(summary: SweepSummary, path: Path) -> Path:
     """A PNG of the optimised metric against each swept parameter (one panel each), finished jobs only."""
     import matplotlib
@@ -426,9 +437,7 @@ def plot(summary: SweepSummary, path: Path) -> Path:
     params = summary.swept or ["job"]
     fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.6), squeeze=False)
     for ax, param in zip(axes[0], params, strict=True):
-        points = [(job.name if param == "job" else job.setting(param), job.metrics.get(summary.metric))
-                  for job in summary.finished]
-        points = [(x, y) for x, y in points if isinstance(y, (int, float)) and math.isfinite(y)]
+        points = plot_points(summary, param)
         numbers = [_as_number(x) for x, _ in points]
         if points and param != "job" and all(n is not None for n in numbers):
             ax.scatter(numbers, [y for _, y in points])
