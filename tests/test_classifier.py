@@ -134,6 +134,10 @@ def test_label_smoothing_shapes_the_training_loss_and_not_the_test_loss():
         logits = model(batch.images)
     assert results["test/loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, batch.labels).item(), rel=1e-6)
     assert model.criterion(logits, batch.labels).item() != pytest.approx(results["test/loss"], rel=1e-3)
+    # The training step's loss is the smoothed one.
+    train_loss, train_logits, _ = model._loss_and_logits(batch, "train")
+    smoothed = torch.nn.functional.cross_entropy(train_logits, batch.labels, label_smoothing=0.2)
+    assert train_loss.item() == pytest.approx(smoothed.item(), rel=1e-6) != pytest.approx(results["test/loss"], rel=1e-3)
 
 
 @pytest.mark.parametrize("smoothing", [-0.1, 1.0, 1.5])
@@ -226,6 +230,47 @@ def test_val_acc_best_is_the_best_epochs_accuracy_not_the_last():
     trainer(max_epochs=3, callbacks=[script]).fit(model, train_dataloaders=batches(1), val_dataloaders=val)
     assert [epoch["val/acc"] for epoch in seen] == [0.5, 1.0, 0.25]
     assert [epoch["val/acc_best"] for epoch in seen] == [0.5, 1.0, 1.0]  # the best so far, kept after a worse epoch
+
+
+def test_train_accuracy_is_each_epochs_own_not_a_running_mean_over_epochs():
+    net = ScriptedNet()
+    model = ImageClassifier(net, len(CLASSES), optimizer=functools.partial(torch.optim.SGD, lr=0.1), class_names=CLASSES)
+    labels = torch.tensor([0, 1, 2, 0])
+    train = DataLoader([Batch(labels.float().view(-1, 1, 1, 1).expand(-1, 3, 2, 2), labels, torch.arange(4))],
+                       batch_size=None)
+    right_per_epoch = [4, 0, 4]  # train/acc 1.0, 0.0, 1.0
+    seen: list[float] = []
+
+    def start_epoch(trainer: L.Trainer, _: L.LightningModule) -> None:
+        if trainer.current_epoch:  # the epoch before, logged at its end
+            seen.append(trainer.callback_metrics["train/acc"].item())
+        net.right = right_per_epoch[trainer.current_epoch]
+
+    script = LambdaCallback(on_train_epoch_start=start_epoch,
+                            on_train_end=lambda trainer, _: seen.append(trainer.callback_metrics["train/acc"].item()))
+    trainer(max_epochs=3, limit_val_batches=0, callbacks=[script]).fit(model, train_dataloaders=train)
+    assert seen == [1.0, 0.0, 1.0]
+
+
+def test_flip_tta_averages_the_mirror_images_logits_in_evaluation_only():
+    calls: list[torch.Tensor] = []
+
+    def net(images: torch.Tensor) -> torch.Tensor:
+        calls.append(images)
+        return images.float().flatten(1)[:, : len(CLASSES)]
+
+    class Counting(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return net(images)
+
+    model = ImageClassifier(Counting(), len(CLASSES), flip_tta=True, channels_last=False)
+    images = torch.rand(2, 3, 2, 2)
+    model.train()
+    assert torch.equal(model(images), images.flatten(1)[:, :3]) and len(calls) == 1  # training sees the images as they are
+    calls.clear()
+    model.eval()
+    expected = (images.flatten(1)[:, :3] + images.flip(3).flatten(1)[:, :3]) / 2
+    assert torch.allclose(model(images), expected) and len(calls) == 2
 
 
 def test_the_model_summary_shows_each_layers_output_size_and_flops_for_a_training_image(make_config):

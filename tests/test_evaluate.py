@@ -205,6 +205,9 @@ def test_models_of_one_architecture_name_are_told_apart_by_class(tmp_path: Path)
     # Other weights by name are another model: the name sets the default normalisation.
     with pytest.raises(CheckpointError, match=r"holds a resnet18 model with weights=IMAGENET1K_V1, not one with weights=None"):
         ensure_same_model(stored, model_config(tmp_path, "model=resnet18_ft", "model.weights=null"), "ft.ckpt")
+    # Another input normalisation is another model: the network would see other numbers.
+    with pytest.raises(CheckpointError, match=r"with normalize=None, not one with normalize=\{'_target_': 'cnnlab.models.normalize.NormalizeBatch'"):
+        ensure_same_model(stored, model_config(tmp_path, "model=resnet18_ft", "+model/normalize=cifar10"), "ft.ckpt")
 
 
 def test_a_folder_or_a_file_that_is_no_checkpoint_is_named_as_such(trained_run: Path, tmp_path: Path):

@@ -248,6 +248,28 @@ def test_discriminative_learning_rates(resnet_weights: Path):
     assert not any(id(p) in rates for p in net.backbone.layer2.parameters())
 
 
+def test_discriminative_learning_rates_hold_under_the_one_cycle_schedule(resnet_weights: Path):
+    # OneCycleLR sets every group's lr from its max_lr: one max_lr for all would train the backbone at the head's rate.
+    net = resnet18_ft(resnet_weights, trainable_stages=2, backbone_lr_scale=0.1)
+    model = ImageClassifier(net, num_classes=10, optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+                            scheduler=functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=10))
+    optimizer = model.configure_optimizers()["optimizer"]
+    peaks = {id(p): group["max_lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert {peaks[id(p)] for p in net.head.parameters()} == {0.1}
+    assert all(peaks[id(p)] == pytest.approx(0.01) for p in net.backbone.layer3.parameters())
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vit_b_16"])
+def test_trainable_stages_minus_one_trains_the_whole_backbone(arch: str):
+    # The stem too, and tensors in no stage (ViT's class token and position embedding); no BatchNorm held in eval mode.
+    size = 224 if arch == "vit_b_16" else 32
+    net = TorchvisionFineTuner(num_classes=10, arch=arch, weights=None, input_size=size, trainable_stages=-1)
+    assert all(p.requires_grad for p in net.backbone.parameters())
+    assert not net.fully_frozen and list(net.kept_in_eval_mode) == []
+    net.train()
+    assert all(module.training for module in net.backbone.modules())
+
+
 # name -> (input size its weights expect, kind of head torchvision gives it)
 ZOO = {
     "resnet34": (224, "fc"),

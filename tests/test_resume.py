@@ -118,13 +118,14 @@ def test_resuming_with_another_setup_is_refused_and_a_moved_dataset_is_not(make_
     # Lightning would restore Adam's learning rate from the checkpoint: the override would be a no-op.
     with pytest.raises(CheckpointError) as refused:
         train(make_config(overrides=[f"ckpt_path={last}", "trainer.max_epochs=2", "optimizer.lr=0.01",
-                                     "data/augment=full"], run_dir=run_dir))
+                                     "data/augment=full", "data.batch_size=8"], run_dir=run_dir))
     message = str(refused.value)
     assert "optimizer.lr: 0.001 in the run, 0.01 in this command" in message
     assert "data.augment.rotation_degrees: 0 in the run, 15 in this command" in message
     listed = [line.split(":")[0].strip() for line in message.splitlines() if line.startswith("  ")]
+    # Another batch size is another run (other steps per epoch, other gradients): refused too.
     assert listed == ["data.augment.brightness", "data.augment.contrast", "data.augment.rotation_degrees",
-                      "optimizer.lr"]  # not trainer.max_epochs, nor the config's paths
+                      "data.batch_size", "optimizer.lr"]  # not trainer.max_epochs, nor the config's paths
     assert {p.relative_to(run_dir): p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before, "nothing written"
 
     # Where the data lives and how it is loaded may change: the same images, copied elsewhere.
