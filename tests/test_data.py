@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from hydra.utils import instantiate
 from PIL import Image
 
 from cnnlab.benchmark.plain_loop import FolderAsDataModuleReads
@@ -224,6 +225,27 @@ def test_a_test_folder_alone_is_labelled_by_the_class_list_it_is_given(tmp_path:
     write_image_folder(root, per_class=1)
     with pytest.raises(ValueError, match="has train/"):
         ImageFolderDataModule(str(root), cache_dir=None).label_with(["cat", "dog", "fox"])
+
+
+def test_a_cached_test_folder_labelled_by_another_class_list_gets_the_new_labels(tmp_path: Path):
+    # Same files in the same order, same decode cache, but a checkpoint with one more class first:
+    # the labels must follow the class list, not the cached one.
+    root = write_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=2, splits=("test",))
+
+    def test_split(class_names: list[str]):
+        dm = ImageFolderDataModule(str(root), image_size=8, cache_dir=str(tmp_path / "cache"))
+        dm.label_with(class_names)
+        dm.setup("test")
+        return dm.test_split
+
+    first = test_split(["cat", "dog"])
+    assert first.labels.tolist() == [0, 0, 1, 1]
+    again = test_split(["bird", "cat", "dog"])
+    assert again.labels.tolist() == [1, 1, 2, 2]
+    assert torch.equal(again.images, first.images)
+    swapped = test_split(["dog", "cat"])  # the dog images come first, labelled 0
+    assert swapped.labels.tolist() == [0, 0, 1, 1]
+    assert torch.equal(swapped.images, first.images[[2, 3, 0, 1]])
 
 
 def test_held_out_splits_that_leave_no_training_images_are_refused_before_decoding(
@@ -685,3 +707,13 @@ def test_a_bad_eval_batch_size_is_named_not_taken_as_the_training_batch(value):
     with pytest.raises(ConfigValueError, match=rf"^data\.eval_batch_size must be a whole number of at least 1, got {value!r}$"):
         SyntheticDataModule(num_images=40, eval_batch_size=value)
     assert SyntheticDataModule(num_images=40, batch_size=8, eval_batch_size=None).eval_batch_size == 8
+
+
+@pytest.mark.parametrize("data", ["cifar10", "folder", "synthetic"])
+def test_every_data_config_trains_with_crop_padding_4_and_a_horizontal_flip(make_config, tmp_path: Path, data: str):
+    # The standard CIFAR augmentation; data/augment=full adds to it, ~data/augment removes it.
+    overrides = [f"data={data}"] + ([f"data.root={tmp_path}"] if data == "folder" else [])
+    augment = instantiate(make_config(overrides=overrides).data).augment
+    assert isinstance(augment, RandomBatchAugment)
+    assert (augment.crop_padding, augment.hflip) == (4, True)
+    assert (augment.rotation_degrees, augment.brightness, augment.contrast) == (0, 0, 0)

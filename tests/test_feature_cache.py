@@ -10,6 +10,8 @@ import torch
 
 from cnnlab.checkpoint import read_checkpoint
 from cnnlab.errors import ConfigValueError, user_error
+from cnnlab.models.feature_cache import module_fingerprint
+from cnnlab.models.normalize import NormalizeBatch
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.train import train
 from cnnlab.training.factory import build_classifier
@@ -54,6 +56,30 @@ def test_complete_stores_persist_on_disk_for_the_same_weights_only(resnet_weight
                                    cache_features=True, feature_cache_dir=str(tmp_path)).train()
     resized.forward_cached(images, torch.arange(6), "train", "data-a", 6)
     assert resized._feature_cache.computed == 6  # other input size: computed afresh
+
+
+def test_stored_features_are_not_served_to_a_net_that_normalises_its_input_otherwise(resnet_weights: Path,
+                                                                                        tmp_path: Path):
+    # Same backbone weights, other input normalisation: other features.
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    probe(resnet_weights, feature_cache_dir=str(tmp_path)).forward_cached(images, torch.arange(6), "train", "data-a", 6)
+    other = probe(resnet_weights, feature_cache_dir=str(tmp_path), normalize=NormalizeBatch([0.5] * 3, [0.5] * 3))
+    logits = other.forward_cached(images, torch.arange(6), "train", "data-a", 6)
+    assert other._feature_cache.computed == 6
+    with torch.no_grad():
+        assert torch.allclose(logits, other.head(other.backbone(other._prepare(images))), atol=1e-5)
+
+
+def test_module_fingerprint_covers_buffers_non_persistent_ones_included():
+    # BatchNorm statistics and NormalizeBatch's constants are buffers, not parameters, yet change the output.
+    bn = torch.nn.BatchNorm2d(3)
+    before = module_fingerprint(bn)
+    bn.running_mean.add_(0.1)
+    assert module_fingerprint(bn) != before
+    half, other_mean, half_again = (NormalizeBatch([m] * 3, [0.5] * 3) for m in (0.5, 0.4, 0.5))
+    assert not half.state_dict()  # its constants are non-persistent buffers
+    assert module_fingerprint(half) != module_fingerprint(other_mean)
+    assert module_fingerprint(half) == module_fingerprint(half_again)
 
 
 def test_cached_head_training_matches_the_slow_way(make_config, resnet_weights, tmp_path):

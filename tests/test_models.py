@@ -11,7 +11,9 @@ from hydra.utils import instantiate
 from torch import nn
 
 from cnnlab.errors import ConfigValueError, InputSizeError, user_error
+from cnnlab.models.fast_resnet import FastResNet, Residual, conv_bn
 from cnnlab.models.normalize import NormalizeBatch
+from cnnlab.models.resnet_cifar import CifarResNet
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.train import train
@@ -150,3 +152,73 @@ def test_simple_cnn_pool_before_relu_equals_the_classic_order(batch_norm):
     assert torch.equal(out_new, out_old)
     for new, old in zip(grads_new, grads_old, strict=True):
         assert torch.equal(new, old)
+
+
+@pytest.mark.parametrize("network", [SimpleCNN, FastResNet, CifarResNet])
+def test_a_network_built_without_a_normalisation_takes_uint8_to_zero_to_one(network):
+    # Built in Python with no normalize=, a network must still see pixels in [0, 1], not 0..255 or [-1, 1].
+    normalize = network().normalize
+    assert torch.equal(normalize(torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)), torch.ones(2, 3, 4, 4))
+    assert torch.equal(normalize(torch.zeros(2, 3, 4, 4, dtype=torch.uint8)), torch.zeros(2, 3, 4, 4))
+
+
+def test_fast_resnet_conv_block_pools_before_batchnorm_and_gelu():
+    assert [type(m) for m in conv_bn(3, 8, pool=True)] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.GELU]
+    assert [type(m) for m in conv_bn(3, 8)] == [nn.Conv2d, nn.BatchNorm2d, nn.GELU]
+    assert conv_bn(3, 8)[0].bias is None  # BatchNorm's shift replaces the conv bias
+
+
+def test_fast_resnet_residual_block_adds_its_input_back():
+    torch.manual_seed(0)
+    block = Residual(4).eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(block(x), x + block.body(x))
+        last_bn = block.body[-1][1]  # a body whose last BatchNorm outputs 0 outputs GELU(0) = 0
+        last_bn.weight.zero_()
+        last_bn.bias.zero_()
+        assert torch.equal(block(x), x)
+
+
+def test_fast_resnet_scales_its_logits_by_logit_scale_from_conf(make_config):
+    torch.manual_seed(0)
+    widths = (4, 8, 8, 8)
+    scaled = FastResNet(widths=widths, logit_scale=0.125).eval()
+    unscaled = FastResNet(widths=widths, logit_scale=1.0).eval()
+    unscaled.load_state_dict(scaled.state_dict())
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        logits = unscaled(images)
+        assert logits.abs().max() > 0
+        assert torch.allclose(scaled(images), logits * 0.125, atol=1e-6)
+    # The documented value, in the conf and as the Python default.
+    cfg = make_config(overrides=["model=fast_resnet", "model.widths=[4,8,8,8]"])
+    assert cfg.model.logit_scale == 0.125
+    assert instantiate(cfg.model, num_classes=10).logit_scale == 0.125 == FastResNet().logit_scale
+
+
+CIFAR10_MEAN = [0.4914, 0.4822, 0.4465]
+CIFAR10_STD = [0.2470, 0.2435, 0.2616]  # the training set's pixel std (not the widely copied 0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def same_normalisation(module: nn.Module, mean: list[float], std: list[float]) -> bool:
+    expected = NormalizeBatch(mean, std)
+    return (isinstance(module, NormalizeBatch) and torch.allclose(module.scale, expected.scale)
+            and torch.allclose(module.shift, expected.shift))
+
+
+@pytest.mark.parametrize("model", ["fast_resnet", "resnet18_cifar"])
+def test_the_cifar_networks_normalise_by_cifar10s_published_statistics(make_config, model):
+    cfg = make_config(overrides=[f"model={model}"])
+    assert list(cfg.model.normalize.mean) == CIFAR10_MEAN
+    assert list(cfg.model.normalize.std) == CIFAR10_STD
+    assert same_normalisation(instantiate(cfg.model, num_classes=10).normalize, CIFAR10_MEAN, CIFAR10_STD)
+
+
+def test_the_imagenet_and_tutorial_normalisations_hold_their_documented_statistics(make_config):
+    imagenet = make_config(overrides=["model=resnet18_ft", "+model/normalize=imagenet"]).model.normalize
+    assert (list(imagenet.mean), list(imagenet.std)) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert same_normalisation(instantiate(imagenet), IMAGENET_MEAN, IMAGENET_STD)
+    tutorial = instantiate(make_config(overrides=["model=simple_cnn"]).model, num_classes=10).normalize
+    assert same_normalisation(tutorial, [0.5] * 3, [0.5] * 3)
