@@ -182,6 +182,7 @@ def test_the_report_describes_the_plain_loop_only_where_it_ran():
     # Only the Trainer's path would read cached features.
     ("model=resnet18_ft", "model.cache_features=true trains the head on stored features, which only the Trainer"),
     ("benchmark.split_overhead=flase", "benchmark.split_overhead must be true or false, got 'flase'"),
+    ("tune_host_malloc=no", "tune_host_malloc must be true or false, got 'no': pass tune_host_malloc=false"),
     ("benchmark.paired_steps=-5", "benchmark.paired_steps must be 0 \\(off\\) or at least 2 pairs, got -5"),
     ("benchmark.paired_steps=1", "benchmark.paired_steps must be 0 \\(off\\) or at least 2 pairs, got 1"),
     # Settings that would change only the Trainer's step, which the report would call Lightning's overhead.

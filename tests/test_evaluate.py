@@ -39,6 +39,12 @@ def evaluate_with(tmp_path: Path, *overrides: str) -> dict:
     return evaluate(compose_run_config("eval", tmp_path, tmp_path / "eval", list(overrides)))
 
 
+def test_a_yes_no_word_for_tune_host_malloc_is_refused_before_the_checkpoint_is_read(tmp_path: Path):
+    # 'no' is a string to OmegaConf, and truthy: the allocator would have been tuned against the user's word.
+    with pytest.raises(ConfigValueError, match="^tune_host_malloc must be true or false, got 'no': pass tune_host_malloc=false$"):
+        evaluate_with(tmp_path, f"ckpt_path={tmp_path / 'missing.ckpt'}", "tune_host_malloc=no")
+
+
 def test_other_data_is_preprocessed_as_in_training(trained_run: Path, image_folder: Path, tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture):
     # data=folder's own default is image_size: 32, which the 40x40 network cannot take.

@@ -73,7 +73,7 @@ from cnnlab.tasks.train import no_empty_logger_run, without_logging_callbacks
 from cnnlab.training.callbacks import EpochTimer
 from cnnlab.training.classifier import ImageClassifier
 from cnnlab.training.factory import build_classifier
-from cnnlab.utils.config import ensure_count, ensure_values_set, instantiate_all, is_count, run_folder
+from cnnlab.utils.config import ensure_count, ensure_switch, ensure_values_set, instantiate_all, is_count, run_folder
 from cnnlab.utils.cuda_check import ensure_accelerator_available, skip_unloadable_nvml_check
 from cnnlab.utils.host_memory import keep_freed_memory
 from cnnlab.utils.io import atomic_write, atomic_write_json
@@ -495,8 +495,8 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
                        ("plain_loop_workers", 0)):
         ensure_count(bench[key], f"benchmark.{key}", least)
     for switch in ("epoch", "plain_loop", "split_overhead"):  # a mistyped value would be a truthy string
-        if not isinstance(bench[switch], bool):
-            raise ConfigValueError(f"benchmark.{switch} must be true or false, got {bench[switch]!r}")
+        ensure_switch(bench[switch], f"benchmark.{switch}")
+    tune_host_malloc = ensure_switch(cfg.get("tune_host_malloc", False), "tune_host_malloc")
     paired_steps = bench.get("paired_steps", 0)
     if not is_count(paired_steps) or paired_steps == 1:
         # A standard error needs two pairs at least.
@@ -527,7 +527,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     # Process-wide settings apply to every path, the tutorial's loop included (they can only
     # help it): the allocator setting, and no NVML probe on every optimizer step where there is
     # no NVML (a cost Lightning's import brings, which the tutorial's script would not pay).
-    malloc_tuned = bool(cfg.get("tune_host_malloc")) and keep_freed_memory()
+    malloc_tuned = tune_host_malloc and keep_freed_memory()
     skip_unloadable_nvml_check()
 
     epoch_seconds = None

@@ -19,7 +19,7 @@ from cnnlab.tasks.results import metric_values, write_metrics
 from cnnlab.tasks.summarize import FINISHED_LOG_MARK
 from cnnlab.training.callbacks import CHECKPOINT_KEY
 from cnnlab.training.classifier import ImageClassifier
-from cnnlab.utils.config import RESULTS_FILE, instantiate_all, print_config, run_folder
+from cnnlab.utils.config import RESULTS_FILE, ensure_switch, instantiate_all, print_config, run_folder
 from cnnlab.utils.cuda_check import ensure_accelerator_available
 from cnnlab.utils.host_memory import keep_freed_memory
 from cnnlab.utils.job_logging import log_spawned_workers_to_job_log
@@ -43,8 +43,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise CheckpointError("eval needs ckpt_path=<path to a .ckpt file from a training run>")
     output_dir = run_folder(cfg)
     ensure_accelerator_available(cfg.trainer.get("accelerator", "auto"))
+    tune_host_malloc = ensure_switch(cfg.get("tune_host_malloc", False), "tune_host_malloc")  # 'no' would be truthy
     checkpoint = read_checkpoint(cfg.ckpt_path)
-    if cfg.get("tune_host_malloc"):
+    if tune_host_malloc:
         keep_freed_memory()
     trained = checkpoint_config(checkpoint)
     if cfg.trainer.get("precision") is None:  # as trained, so that the test metrics reproduce

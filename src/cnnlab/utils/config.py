@@ -237,7 +237,7 @@ def ddp_strategy() -> str:
 
 def slurm_count(value: Any, name: str) -> int:
     """A count SLURM needs as a positive number, e.g. tasks per node from ``trainer.devices``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_count(value, 1):
         raise ValueError(f"{name}={value!r}, but on SLURM it must be a positive number (e.g. {name}=4), "
                          f"which also sets the GPUs and tasks per node of the job")
     return value
