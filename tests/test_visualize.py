@@ -522,6 +522,7 @@ def test_predict_and_visualize_predict_as_eval_scores_with_flip_tta(cnn_run, ima
     ("batch_size=0", "batch_size=0, but it must be a whole number of at least 1"),
     ("device=cuda", "device=cuda, but this machine has no CUDA GPU; run on the CPU with device=cpu"),
     ("device=gpu", "device=gpu is not a device torch knows"),
+    ("recursive=no", "recursive must be true or false, got 'no': pass recursive=false"),  # 'no' would read sub-folders
 ])
 def test_predict_refuses_bad_settings_by_name(cnn_run, image_inputs, tmp_path, monkeypatch, override, message):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

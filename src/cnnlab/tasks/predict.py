@@ -23,7 +23,7 @@ from cnnlab.data.folder import (
 )
 from cnnlab.errors import InputNotFoundError
 from cnnlab.tasks.inference import class_probabilities, load_trained_network, positive_count
-from cnnlab.utils.config import ensure_values_set, run_folder
+from cnnlab.utils.config import ensure_switch, ensure_values_set, run_folder
 from cnnlab.utils.io import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -149,9 +149,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     positive_count(cfg.top_k, "top_k")
     positive_count(cfg.batch_size, "batch_size")
     positive_count(cfg.get("decode_workers", 2), "decode_workers")
+    recursive = ensure_switch(cfg.get("recursive", True), "recursive")  # recursive=no would be a truthy string
     output_dir = run_folder(cfg)
     trained = load_trained_network(cfg.ckpt_path, device=cfg.get("device", "cpu"))
-    files = list_input_files(cfg.inputs, recursive=cfg.get("recursive", True))
+    files = list_input_files(cfg.inputs, recursive=recursive)
     log.info("classifying %d file(s) with %s (%d classes, images resized to %d)", len(files), trained.ckpt_path,
              len(trained.class_names), trained.image_size)
     predictions = predict_files(trained.model, trained.class_names, files, trained.image_size, top_k=cfg.top_k,
