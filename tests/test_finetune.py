@@ -9,14 +9,17 @@ import urllib.error
 import warnings
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from PIL import Image
 from test_classifier import batches
 from test_classifier import trainer as quiet_trainer
 from torch import nn
+from torch.utils.data import DataLoader
 from torchvision.models import get_model
 
+from cnnlab.data.base import Batch
 from cnnlab.errors import ConfigValueError, WeightsUnavailableError, user_error
 from cnnlab.models.resnet_cifar import CifarResNet
 from cnnlab.models.simple_cnn import SimpleCNN
@@ -371,6 +374,25 @@ def test_the_eval_mode_warning_is_hidden_for_one_fit_only(resnet_weights: Path, 
         warnings.simplefilter("always")
         quiet_trainer(max_steps=1).fit(first, batches(1))
         assert not [w for w in shown if "in eval mode" in str(w.message)]
+        monkeypatch.setattr(TorchvisionFineTuner, "kept_in_eval_mode", property(lambda self: []))
+        quiet_trainer(max_steps=1).fit(second, batches(1))
+    assert [str(w.message).split(" module(s)")[0] for w in shown if "in eval mode" in str(w.message)] == ["Found 68"]
+
+
+def test_the_eval_mode_warning_filter_does_not_outlive_a_fit_that_fails_before_training(
+        resnet_weights: Path, monkeypatch: pytest.MonkeyPatch):
+    # The filter is opened as the fit starts and closed as training starts; a fit that fails in
+    # between (here in its sanity check, on one-channel images) must close it too.
+    first, second = (ImageClassifier(resnet18_ft(resnet_weights), 10, optimizer=functools.partial(torch.optim.Adam))
+                     for _ in range(2))
+    one_channel = DataLoader([Batch(torch.rand(2, 1, 2, 2), torch.zeros(2, dtype=torch.long), torch.arange(2))],
+                             batch_size=None)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        failing = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=1, max_steps=1)
+        with pytest.raises(ValueError, match="1 channels"):
+            failing.fit(first, batches(1), one_channel)
         monkeypatch.setattr(TorchvisionFineTuner, "kept_in_eval_mode", property(lambda self: []))
         quiet_trainer(max_steps=1).fit(second, batches(1))
     assert [str(w.message).split(" module(s)")[0] for w in shown if "in eval mode" in str(w.message)] == ["Found 68"]

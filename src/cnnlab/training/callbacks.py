@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from datetime import timedelta
@@ -12,6 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 CHECKPOINT_KEY = "cnnlab"
 CHECKPOINT_FORMAT = 1
@@ -30,6 +32,50 @@ class RunRecordInCheckpoint(Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.record
+
+
+class HideFrozenStagesEvalModeWarning(Callback):
+    """Hide Lightning's warning about modules in eval mode, from the fit's start until training starts, when they are
+    exactly the network's frozen stages.
+
+    A fine-tuner keeps its frozen stages in eval mode on purpose (``kept_in_eval_mode`` in
+    models/torchvision_ft.py), and Lightning warns about every module it finds in eval mode as
+    training starts ("Found 68 module(s) ... may lead to unexpected behavior"). Matched by that
+    count, and only for this fit, the warning still shows when any other module is in eval mode.
+    The filter is taken out as training starts, and also when the fit fails before that (in its
+    sanity check, say), so it never outlives its fit. The classifier attaches this callback itself
+    (``ImageClassifier.configure_callbacks``).
+    """
+
+    def __init__(self) -> None:
+        self._hidden: warnings.catch_warnings | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._show_again()
+        network = getattr(pl_module, "net", None)
+        kept = {id(module) for root in getattr(network, "kept_in_eval_mode", []) for module in root.modules()}
+        in_eval = {id(module) for module in pl_module.modules() if not module.training}
+        # <=, not ==: a stage may be a container of its own (the stem's conv1 and bn1 in a
+        # ModuleList), which is not in the model's module tree.
+        if in_eval and in_eval <= kept:
+            self._hidden = warnings.catch_warnings()
+            self._hidden.__enter__()
+            warnings.filterwarnings("ignore", category=PossibleUserWarning, message=re.escape(
+                f"Found {len(in_eval)} module(s) in eval mode at the start of training."))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._show_again()  # Lightning has checked the modes
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._show_again()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._show_again()
+
+    def _show_again(self) -> None:
+        if self._hidden is not None:
+            self._hidden.__exit__(None, None, None)
+            self._hidden = None
 
 
 class RunFolderCheckpoint(ModelCheckpoint):

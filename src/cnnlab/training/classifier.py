@@ -5,8 +5,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import re
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, cast
@@ -16,7 +14,6 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -26,6 +23,7 @@ from torchmetrics.classification import MulticlassStatScores
 from cnnlab.data.base import Batch
 from cnnlab.errors import CheckpointError, ConfigValueError
 from cnnlab.tasks.results import metric_values
+from cnnlab.training.callbacks import HideFrozenStagesEvalModeWarning
 from cnnlab.training.metrics import TopKAccuracy
 from cnnlab.utils.config import ensure_switch
 
@@ -127,7 +125,6 @@ class ImageClassifier(L.LightningModule):
         self._resumed_scheduler_states: list[dict[str, Any]] | None = None
         self._log_this_step = False  # whether this training step's logs reach the loggers
         # Open from the fit's start to its training's start: hides Lightning's eval-mode warning.
-        self._frozen_stages_warning_hidden: warnings.catch_warnings | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning records which hook is running (_current_fx_name) before and after each of
@@ -181,8 +178,11 @@ class ImageClassifier(L.LightningModule):
                 and self._run_net is self.net):
             self.example_input_array = split.images[:1].clone()  # not a view: it would hold (and pickle) every image
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The callback that keeps Lightning quiet about the frozen stages held in eval mode (only they, only as a fit starts)."""
+        return [HideFrozenStagesEvalModeWarning()]
+
     def on_fit_start(self) -> None:
-        self._expect_frozen_stages_in_eval_mode()
         if getattr(self.net, "cache_features", False):
             datamodule = self.trainer.datamodule  # type: ignore[attr-defined]  # set outside Trainer.__init__
             if not hasattr(datamodule, "split_identity"):
@@ -200,31 +200,6 @@ class ImageClassifier(L.LightningModule):
                     "only the unflipped images' features): pass classifier.flip_tta=false, or "
                     "model.cache_features=false to run the backbone on every image and its mirror image"
                 )
-
-    def _expect_frozen_stages_in_eval_mode(self) -> None:
-        """Hide Lightning's warning about modules in eval mode, until training starts, when they are exactly the frozen stages.
-
-        The network keeps its frozen stages in eval mode on purpose (models/torchvision_ft.py), and
-        Lightning warns about every module it finds in eval mode as training starts ("Found 68
-        module(s) ... may lead to unexpected behavior"). Matched by that count, and only for this
-        fit (``on_train_start`` takes the filter out), the warning still shows when any other
-        module is in eval mode.
-        """
-        self._show_eval_mode_warning_again()  # one left open by a fit that failed before training
-        kept = {id(module) for root in getattr(self.net, "kept_in_eval_mode", []) for module in root.modules()}
-        in_eval = {id(module) for module in self.modules() if not module.training}
-        # <=, not ==: a stage may be a container of its own (the stem's conv1 and bn1 in a
-        # ModuleList), which is not in the model's module tree.
-        if in_eval and in_eval <= kept:
-            self._frozen_stages_warning_hidden = warnings.catch_warnings()
-            self._frozen_stages_warning_hidden.__enter__()
-            warnings.filterwarnings("ignore", category=PossibleUserWarning, message=re.escape(
-                f"Found {len(in_eval)} module(s) in eval mode at the start of training."))
-
-    def _show_eval_mode_warning_again(self) -> None:
-        if self._frozen_stages_warning_hidden is not None:
-            self._frozen_stages_warning_hidden.__exit__(None, None, None)
-            self._frozen_stages_warning_hidden = None
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         """Note whether this step's logs reach the loggers; a subclass overriding this calls ``super()``."""
@@ -259,7 +234,6 @@ class ImageClassifier(L.LightningModule):
 
     # --- epoch ends: compute (synchronised across processes under DDP), log, reset ------------
     def on_train_start(self) -> None:
-        self._show_eval_mode_warning_again()  # Lightning has checked the modes
         # The sanity check's validation batches must not count as the best epoch.
         self.val_metrics.reset()
         self.val_acc_best.reset()
