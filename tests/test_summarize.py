@@ -380,3 +380,21 @@ def test_a_run_that_left_a_swept_key_at_its_default_shows_the_value_it_ran_with(
     # The plot puts that run at the same values.
     assert plot_points(summary, "model") == [("simple_cnn_bn", 0.7), ("simple_cnn", 0.6)]
     assert plot_points(summary, "optimizer.lr") == [("0.01", 0.7), ("0.001", 0.6)]
+
+
+def test_a_resumed_run_shows_the_config_values_of_the_session_that_wrote_its_metrics(tmp_path: Path):
+    # Run 1 left trainer.max_epochs at its config value; between its sessions the config file
+    # changed (2 epochs, then 4), and its metrics came from the resumed session.
+    runs = tmp_path / "runs"
+    make_job(runs, 0, ["trainer.max_epochs=5"], {"val/acc_best": 0.7})
+    resumed_run = make_job(runs, 1, [], {"val/acc_best": 0.6, "epochs": 4, "resumed_from": "/r/last.ckpt",
+                                         "session": "resumed_2026-01-01_10-00-00"})
+    (resumed_run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_epochs": 2}}))
+    add_session(resumed_run, "resumed_2026-01-01_10-00-00", ["ckpt_path=last"])
+    (resumed_run / ".hydra" / "resumed_2026-01-01_10-00-00" / "config.yaml").write_text(
+        yaml.safe_dump({"trainer": {"max_epochs": 4}}))
+    summary = summarize(runs)
+    assert summary.swept == ["trainer.max_epochs", "ckpt_path"]
+    rows = [line for line in to_markdown(summary).splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    assert rows[1].startswith("| 2 | 1 | 4 (config) | last | 0.6000 |")
+    assert plot_points(summary, "trainer.max_epochs") == [("5", 0.7), ("4", 0.6)]
