@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -77,6 +78,46 @@ def test_a_resume_with_nothing_left_to_train_tests_and_records_the_checkpoints_m
     assert trained_metrics(older) == {"val/acc_best": first["val/acc_best"]}
     assert "the train/ and val/ metrics are the checkpoint's, which (from an older cnnlab) holds only val/acc_best" \
         in caplog.text
+
+
+def test_a_finished_and_tested_run_resumed_again_keeps_its_results_and_is_not_tested_again(
+        make_config, tmp_path: Path, caplog, monkeypatch: pytest.MonkeyPatch):
+    # A continued sweep resumes its finished jobs too (ckpt_path=last); their test would give the same figures.
+    run_dir = tmp_path / "run"
+    schedule = [*LIGHT, "trainer.max_epochs=1"]
+    first_config = make_config(overrides=schedule, run_dir=run_dir)
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(first_config, run_dir / ".hydra" / "config.yaml")  # Hydra's record, written as the session starts
+    first = train(first_config)
+    written = (run_dir / "metrics.json").read_bytes()
+    caplog.set_level(logging.INFO, logger="cnnlab")
+    with monkeypatch.context() as patched:
+        patched.setattr(L.Trainer, "test", lambda *args, **kwargs: pytest.fail("tested again"))
+        again = train(make_config(overrides=[*schedule, "ckpt_path=last"], run_dir=run_dir))
+    assert again == first
+    assert (run_dir / "metrics.json").read_bytes() == written and not list(run_dir.glob("metrics.before_*"))
+    last, best = run_dir / "checkpoints" / "last.ckpt", first["best_checkpoint"]
+    assert (f"the run was already complete and tested: {last} is from the end of the run (epoch 1, step "
+            f"{first['global_step']}) and {run_dir / 'metrics.json'} holds the test of its best checkpoint with this "
+            f"same config, so its results stand and nothing runs again (scripts/eval.py ckpt_path={best} tests it anew)"
+            ) in caplog.text
+
+    # Another setting (a trainer's, which a resume may change) tests again, the earlier results kept beside the new.
+    caplog.clear()
+    changed = make_config(overrides=[*schedule, "ckpt_path=last", "trainer.limit_test_batches=1"], run_dir=run_dir)
+    session = changed.session
+    (run_dir / ".hydra" / session).mkdir()
+    OmegaConf.save(changed, run_dir / ".hydra" / session / "config.yaml")
+    retested = train(changed)
+    assert "training was already complete" in caplog.text and "already complete and tested" not in caplog.text
+    assert retested["session"] == session and retested["best_checkpoint"] == best
+    assert json.loads((run_dir / f"metrics.before_{session}.json").read_bytes()) == first
+    # Results that do not name their session's record (an older cnnlab's resumed session's) are tested again too.
+    unnamed = {key: value for key, value in retested.items() if key != "session"}
+    (run_dir / "metrics.json").write_text(json.dumps(unnamed))
+    caplog.clear()
+    train(make_config(overrides=[*schedule, "ckpt_path=last", "trainer.limit_test_batches=1"], run_dir=run_dir))
+    assert "training was already complete" in caplog.text and "already complete and tested" not in caplog.text
 
 
 def test_limits_before_the_checkpoint_are_refused_with_the_limit_that_completes_the_run(tmp_path: Path):
@@ -147,7 +188,7 @@ def test_an_interrupted_run_logs_how_to_continue_it(tmp_path: Path, cifar_root: 
 
 def test_an_interrupted_sweep_logs_the_command_that_continues_it_and_that_command_does(tmp_path: Path,
                                                                                         cifar_root: Path):
-    overrides = [*train_overrides(cifar_root), "trainer.max_epochs=2", "test=false", *LIGHT, "optimizer.lr=0.01,0.02"]
+    overrides = [*train_overrides(cifar_root), "trainer.max_epochs=2", *LIGHT, "optimizer.lr=0.01,0.02"]
     command = script_command("train.py", tmp_path, *overrides, multirun=True)
     stopped = subprocess.run([sys.executable, "-c", INTERRUPTED_TRAIN, *command[1:]], capture_output=True, text=True,
                              cwd=ROOT, timeout=300)
@@ -155,7 +196,7 @@ def test_an_interrupted_sweep_logs_the_command_that_continues_it_and_that_comman
     (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0"]  # Ctrl-C ends the whole sweep
     told = ("To continue the whole sweep, each job from its own folder's last checkpoint or from scratch where it has "
-            "none (a job that had finished is tested again, its results kept beside the new ones): ")
+            "none (a job that had finished and been tested keeps its results, and is not tested again): ")
     logged = next(line for line in (sweep / "0" / "train.log").read_text().splitlines() if told in line)
     continuing = shlex.split(logged.split(told, 1)[1])
     # The sweep's command (both values of the swept key), continued in its folder.
@@ -166,6 +207,15 @@ def test_an_interrupted_sweep_logs_the_command_that_continues_it_and_that_comman
     first, second = (json.loads((sweep / job / "metrics.json").read_text()) for job in ("0", "1"))
     assert first["resumed_from"] == str(sweep / "0" / "checkpoints" / "last.ckpt") and first["epochs"] == 2
     assert "resumed_from" not in second and second["epochs"] == 2 and second["global_step"] == first["global_step"]
+    # Continued once more, the finished jobs (tested with the same config) stay as they were: nothing runs again.
+    written = {job: (sweep / job / "metrics.json").read_bytes() for job in ("0", "1")}
+    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *continuing[2:]],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for job in ("0", "1"):
+        assert (sweep / job / "metrics.json").read_bytes() == written[job]
+        assert not list((sweep / job).glob("metrics.before_*"))
+        assert "the run was already complete and tested" in (sweep / job / "train.log").read_text()
 
 
 QUICK = ["test=false", "~callbacks.confusion_matrix", *LIGHT]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import OmegaConf
 from torch import Tensor
 
+from cnnlab.utils.config import RESULTS_FILE
 from cnnlab.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,39 @@ def metric_values(metrics: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict
 def write_metrics(path: Path, results: Mapping[str, Any]) -> None:
     """Write the final metrics as JSON, atomically."""
     atomic_write_json(path, dict(results))
+
+
+def earlier_test_results(output_dir: Path, composed: dict[str, Any], global_step: int,
+                         best_checkpoint: str) -> dict[str, Any] | None:
+    """The run's ``metrics.json`` when it already holds this very test, else None.
+
+    A continued sweep (``-m ... hydra.sweep.dir=<sweep> ckpt_path=last``) resumes every job, also
+    those that had finished: they train nothing, and testing the same best checkpoint with the same
+    settings again would cost a whole test pass for the same figures. "The same" is strict: the
+    results are of this global step and this best checkpoint, and the session that wrote them ran
+    with exactly the config this session ``composed`` (its Hydra record in ``.hydra/``, unresolved,
+    ``ckpt_path`` aside). Anything else (results of an older cnnlab that do not name their session,
+    a record that is missing or unreadable, one changed setting) means the run is tested again.
+    """
+    try:
+        results = json.loads((output_dir / RESULTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(results, dict) or results.get("global_step") != global_step
+            or results.get("best_checkpoint") != best_checkpoint or not any(key.startswith("test/") for key in results)):
+        return None
+    session = results.get("session", None if "resumed_from" in results else "")
+    if not isinstance(session, str):
+        return None
+    try:
+        recorded = OmegaConf.to_container(OmegaConf.load(output_dir / ".hydra" / session / "config.yaml"), resolve=False)
+    except Exception:  # noqa: BLE001 - a missing or unreadable record: test again rather than guess
+        return None
+    if not isinstance(recorded, dict):
+        return None
+    ignored = {"ckpt_path"}
+    same = {k: v for k, v in recorded.items() if k not in ignored} == {k: v for k, v in composed.items() if k not in ignored}
+    return results if same else None
 
 
 @rank_zero_only

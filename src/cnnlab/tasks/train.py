@@ -31,7 +31,7 @@ from cnnlab.checkpoint import (
     saved_epoch_metrics,
 )
 from cnnlab.errors import ConfigValueError, single_hydra_run, user_error
-from cnnlab.tasks.results import log_hparams_with_metrics, metric_values, write_metrics
+from cnnlab.tasks.results import earlier_test_results, log_hparams_with_metrics, metric_values, write_metrics
 from cnnlab.tasks.summarize import FAILED_LOG_MARK, FINISHED_LOG_MARK, INTERRUPTED_LOG_MARK, RESUME_REFUSED_LOG_MARK
 from cnnlab.training.callbacks import (
     EARLIER_FIT_SECONDS,
@@ -346,7 +346,7 @@ def log_interrupted(run: PreparedRun) -> None:
     _log_job_interrupted(run)
     if sweep_command := continuing_sweep_command():
         log.warning("To continue the whole sweep, each job from its own folder's last checkpoint or from scratch "
-                    "where it has none (a job that had finished is tested again, its results kept beside the new ones): "
+                    "where it has none (a job that had finished and been tested keeps its results, and is not tested again): "
                     "python scripts/train.py %s", shlex.join(sweep_command))
 
 
@@ -446,11 +446,13 @@ class PreparedRun(NamedTuple):
     trainer: L.Trainer
     counts: dict[str, int]
     resumed: ResumedFrom | None
+    composed: dict[str, Any]  # the config as composed (Hydra's record of it), before the build filled in the data's values
 
 
 def _prepare(cfg: DictConfig) -> PreparedRun:
     """Check the run (its folder, the checkpoint it resumes) and build it; nothing is trained yet."""
     ensure_values_set(cfg)
+    composed = config_dict(cfg, resolve=False)
     for switch, default in (("test", True), ("tune_host_malloc", False)):  # test=no would be a truthy string
         ensure_switch(cfg.get(switch, default), switch)
     output_dir = run_folder(cfg)
@@ -480,21 +482,34 @@ def _prepare(cfg: DictConfig) -> PreparedRun:
     counts = model.parameter_counts()
     log_once(logging.INFO, "model: %s parameters, %s trainable", f"{counts['params_total']:,}",
              f"{counts['params_trainable']:,}")
-    return PreparedRun(output_dir, ckpt_path, datamodule, model, trainer, counts, resumed)
+    return PreparedRun(output_dir, ckpt_path, datamodule, model, trainer, counts, resumed, composed)
 
 
 def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
     """Fit, test the best checkpoint, and record the results in the run's folder."""
-    output_dir, ckpt_path, datamodule, model, trainer, counts, resumed = run
+    output_dir, ckpt_path, datamodule, model, trainer, counts, resumed, composed = run
     started = time.perf_counter()
     with no_empty_logger_run(trainer):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
     results: dict[str, Any] = metric_values(trainer.callback_metrics, prefixes=("val/", "train/"))
     epochs, global_step = fit_progress(trainer)
+    checkpoint_callback = trainer.checkpoint_callback
+    best = checkpoint_callback.best_model_path if isinstance(checkpoint_callback, ModelCheckpoint) else ""
     if resumed and global_step == resumed.global_step:
-        # Nothing was left to train (a requeued job whose training had ended): the results of that epoch are the
-        # run's. Lightning may run the epoch's end again (its checkpoint was saved before), logging empty metrics.
+        # Nothing was left to train: a requeued job whose training had ended, or a finished job of a continued sweep.
+        # Rank zero's reading for every process: all of them test, or none does.
+        earlier = trainer.strategy.broadcast(
+            earlier_test_results(output_dir, composed, global_step, best) if cfg.get("test", True) else None)
+        if earlier is not None:
+            log_once(logging.INFO, "the run was already complete and tested: %s is from the end of the run (epoch %d, "
+                     "step %d) and %s holds the test of its best checkpoint with this same config, so its results "
+                     "stand and nothing runs again (scripts/eval.py ckpt_path=%s tests it anew)", ckpt_path,
+                     resumed.epoch + 1, global_step, output_dir / RESULTS_FILE, best)
+            log_once(logging.INFO, "%s%s", FINISHED_LOG_MARK, output_dir)
+            return earlier
+        # The results of that epoch are the run's. Lightning may run the epoch's end again (its checkpoint was saved
+        # before), logging empty metrics.
         results = dict(resumed.metrics)
         log_once(logging.INFO if resumed.all_metrics else logging.WARNING,
                  "training was already complete: %s is from the end of the run (epoch %d, step %d), so only the test "
@@ -506,8 +521,6 @@ def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
     warn_if_last_checkpoint_lags(trainer, global_step)
 
     if cfg.get("test", True):
-        checkpoint_callback = trainer.checkpoint_callback
-        best = checkpoint_callback.best_model_path if isinstance(checkpoint_callback, ModelCheckpoint) else ""
         if not best and not trainer.fast_dev_run:  # type: ignore[attr-defined]  # fast_dev_run saves none, by design
             log_once(logging.WARNING, "no best checkpoint was saved; testing the weights as they are after training")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
