@@ -91,11 +91,14 @@ def test_a_finished_and_tested_run_resumed_again_keeps_its_results_and_is_not_te
     first = train(first_config)
     written = (run_dir / "metrics.json").read_bytes()
     caplog.set_level(logging.INFO, logger="cnnlab")
+    continued = make_config(overrides=[*schedule, "ckpt_path=last"], run_dir=run_dir)
+    logs = run_dir / "tensorboard" / continued.session
     with monkeypatch.context() as patched:
         patched.setattr(L.Trainer, "test", lambda *args, **kwargs: pytest.fail("tested again"))
-        again = train(make_config(overrides=[*schedule, "ckpt_path=last"], run_dir=run_dir))
+        again = train(continued)
     assert again == first
     assert (run_dir / "metrics.json").read_bytes() == written and not list(run_dir.glob("metrics.before_*"))
+    assert not logs.exists() and (run_dir / "tensorboard").is_dir()  # no TensorBoard run without data
     last, best = run_dir / "checkpoints" / "last.ckpt", first["best_checkpoint"]
     assert (f"the run was already complete and tested: {last} is from the end of the run (epoch 1, step "
             f"{first['global_step']}) and {run_dir / 'metrics.json'} holds the test of its best checkpoint with this "
@@ -110,6 +113,7 @@ def test_a_finished_and_tested_run_resumed_again_keeps_its_results_and_is_not_te
     OmegaConf.save(changed, run_dir / ".hydra" / session / "config.yaml")
     retested = train(changed)
     assert "training was already complete" in caplog.text and "already complete and tested" not in caplog.text
+    assert list((run_dir / "tensorboard" / session).glob("events.out.tfevents.*"))  # the test's metrics
     assert retested["session"] == session and retested["best_checkpoint"] == best
     assert json.loads((run_dir / f"metrics.before_{session}.json").read_bytes()) == first
     # Results that do not name their session's record (an older cnnlab's resumed session's) are tested again too.

@@ -8,7 +8,7 @@ import math
 import os
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -238,24 +238,30 @@ def warn_if_last_checkpoint_lags(trainer: L.Trainer, global_step: int) -> None:
 
 
 EVENT_FILES = "events.out.tfevents.*"
+LOGGER_HPARAMS_FILE = "hparams.yaml"  # what Lightning's TensorBoard and CSV loggers write beside their logs
 
 
 @contextlib.contextmanager
-def no_empty_logger_run(trainer: L.Trainer) -> Iterator[None]:
+def no_empty_logger_run(trainer: L.Trainer) -> Iterator[Callable[[], None]]:
     """On a failure, remove the TensorBoard event files and the logger folders this block created that hold no data.
 
     Lightning opens the loggers' event files and folders before it sets up the data, so a data
     error (a corrupt image, too few images to split) would leave a run without data that
     ``tensorboard --logdir`` lists, and an empty ``csv/`` folder. Files and folders that were
-    there before, and event files with anything logged in them, stay.
+    there before, and event files with anything logged in them, stay. The block gets the removal
+    itself, for a fit that succeeded without logging anything (a finished run resumed again).
     """
     folders = [Path(logger.log_dir) for logger in trainer.loggers if isinstance(logger, (TensorBoardLogger, CSVLogger))]
     before = {folder: (set(folder.glob(EVENT_FILES)) if folder.is_dir() else None) for folder in folders}
-    try:
-        yield
-    except BaseException:
+
+    def remove_empty() -> None:
         for folder, earlier in before.items():
             remove_empty_logs(folder, earlier)
+
+    try:
+        yield remove_empty
+    except BaseException:
+        remove_empty()
         raise
 
 
@@ -263,16 +269,18 @@ def no_empty_logger_run(trainer: L.Trainer) -> Iterator[None]:
 def remove_empty_logs(folder: Path, earlier: set[Path] | None) -> None:
     """Remove the event files in ``folder`` that are not in ``earlier`` and hold only the file's version record.
 
-    ``earlier`` None means the folder did not exist before: it goes too, if nothing else is left in it
-    (a CSV logger's folder holds no event files, so only this applies to it).
+    ``earlier`` None means the folder did not exist before: it goes too, if nothing else is left in
+    it but Lightning's ``hparams.yaml`` (a CSV logger's folder holds no event files, so only this
+    applies to it).
     """
     if not folder.is_dir():
         return
     for events in set(folder.glob(EVENT_FILES)) - (earlier or set()):
         if all(event.WhichOneof("what") == "file_version" for event in EventFileLoader(str(events)).Load()):
             events.unlink()
-            log.info("removed %s: the run failed before logging anything to it", events)
-    if earlier is None and not any(folder.iterdir()):
+            log.info("removed %s: nothing was logged to it", events)
+    if earlier is None and {path.name for path in folder.iterdir()} <= {LOGGER_HPARAMS_FILE}:
+        (folder / LOGGER_HPARAMS_FILE).unlink(missing_ok=True)
         folder.rmdir()
 
 
@@ -489,7 +497,7 @@ def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
     """Fit, test the best checkpoint, and record the results in the run's folder."""
     output_dir, ckpt_path, datamodule, model, trainer, counts, resumed, composed = run
     started = time.perf_counter()
-    with no_empty_logger_run(trainer):
+    with no_empty_logger_run(trainer) as remove_empty_logger_runs:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - started
     results: dict[str, Any] = metric_values(trainer.callback_metrics, prefixes=("val/", "train/"))
@@ -506,6 +514,7 @@ def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
                      "step %d) and %s holds the test of its best checkpoint with this same config, so its results "
                      "stand and nothing runs again (scripts/eval.py ckpt_path=%s tests it anew)", ckpt_path,
                      resumed.epoch + 1, global_step, output_dir / RESULTS_FILE, best)
+            remove_empty_logger_runs()  # the session logged nothing: no run without data in TensorBoard
             log_once(logging.INFO, "%s%s", FINISHED_LOG_MARK, output_dir)
             return earlier
         # The results of that epoch are the run's. Lightning may run the epoch's end again (its checkpoint was saved
