@@ -106,22 +106,32 @@ def test_a_finished_and_tested_run_resumed_again_keeps_its_results_and_is_not_te
             ) in caplog.text
 
     # Another setting (a trainer's, which a resume may change) tests again, the earlier results kept beside the new.
+    def resumed_session(*overrides: str):
+        config = make_config(overrides=[*schedule, "ckpt_path=last", *overrides], run_dir=run_dir)
+        (run_dir / ".hydra" / config.session).mkdir(exist_ok=True)
+        OmegaConf.save(config, run_dir / ".hydra" / config.session / "config.yaml")
+        return config
+
     caplog.clear()
-    changed = make_config(overrides=[*schedule, "ckpt_path=last", "trainer.limit_test_batches=1"], run_dir=run_dir)
+    changed = resumed_session("trainer.limit_test_batches=1")
     session = changed.session
-    (run_dir / ".hydra" / session).mkdir()
-    OmegaConf.save(changed, run_dir / ".hydra" / session / "config.yaml")
     retested = train(changed)
     assert "training was already complete" in caplog.text and "already complete and tested" not in caplog.text
     assert list((run_dir / "tensorboard" / session).glob("events.out.tfevents.*"))  # the test's metrics
     assert retested["session"] == session and retested["best_checkpoint"] == best
+    assert retested["test_data"] == first["test_data"] and re.fullmatch("[0-9a-f]{64}", first["test_data"])
     assert json.loads((run_dir / f"metrics.before_{session}.json").read_bytes()) == first
-    # Results that do not name their session's record (an older cnnlab's resumed session's) are tested again too.
-    unnamed = {key: value for key, value in retested.items() if key != "session"}
-    (run_dir / "metrics.json").write_text(json.dumps(unnamed))
+    # So do results of another test split (images added to the folder since, say) and results that do not name
+    # their session's record (an older cnnlab's resumed session's).
+    for spoiled in ({**retested, "test_data": "0" * 64}, {k: v for k, v in retested.items() if k != "session"}):
+        (run_dir / "metrics.json").write_text(json.dumps(spoiled))
+        caplog.clear()
+        train(resumed_session("trainer.limit_test_batches=1"))
+        assert "training was already complete" in caplog.text and "already complete and tested" not in caplog.text
+    # Unspoiled, the same session's settings again: not tested.
     caplog.clear()
-    train(make_config(overrides=[*schedule, "ckpt_path=last", "trainer.limit_test_batches=1"], run_dir=run_dir))
-    assert "training was already complete" in caplog.text and "already complete and tested" not in caplog.text
+    train(resumed_session("trainer.limit_test_batches=1"))
+    assert "already complete and tested" in caplog.text
 
 
 def test_limits_before_the_checkpoint_are_refused_with_the_limit_that_completes_the_run(tmp_path: Path):

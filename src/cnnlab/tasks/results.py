@@ -38,24 +38,31 @@ def write_metrics(path: Path, results: Mapping[str, Any]) -> None:
     atomic_write_json(path, dict(results))
 
 
-def earlier_test_results(output_dir: Path, composed: dict[str, Any], global_step: int,
-                         best_checkpoint: str) -> dict[str, Any] | None:
+TEST_DATA_KEY = "test_data"  # metrics.json: the digest of the test split the test/ metrics were measured on
+
+
+def earlier_test_results(output_dir: Path, composed: dict[str, Any], global_step: int, best_checkpoint: str,
+                         test_data: str | None) -> dict[str, Any] | None:
     """The run's ``metrics.json`` when it already holds this very test, else None.
 
     A continued sweep (``-m ... hydra.sweep.dir=<sweep> ckpt_path=last``) resumes every job, also
     those that had finished: they train nothing, and testing the same best checkpoint with the same
     settings again would cost a whole test pass for the same figures. "The same" is strict: the
-    results are of this global step and this best checkpoint, and the session that wrote them ran
-    with exactly the config this session ``composed`` (its Hydra record in ``.hydra/``, unresolved,
-    ``ckpt_path`` aside). Anything else (results of an older cnnlab that do not name their session,
-    a record that is missing or unreadable, one changed setting) means the run is tested again.
+    results are of this global step, this best checkpoint and this test split (``test_data``, its
+    digest: images added to a folder since count), and the session that wrote them ran with exactly
+    the config this session ``composed`` (its Hydra record in ``.hydra/``, unresolved, ``ckpt_path``
+    aside). Anything else (no digest of the test data, results of an older cnnlab that do not name
+    their session, a record that is missing or unreadable, one changed setting) tests the run again.
     """
+    if test_data is None:
+        return None
     try:
         results = json.loads((output_dir / RESULTS_FILE).read_text())
     except (OSError, ValueError):
         return None
     if (not isinstance(results, dict) or results.get("global_step") != global_step
-            or results.get("best_checkpoint") != best_checkpoint or not any(key.startswith("test/") for key in results)):
+            or results.get("best_checkpoint") != best_checkpoint or results.get(TEST_DATA_KEY) != test_data
+            or not any(key.startswith("test/") for key in results)):
         return None
     session = results.get("session", None if "resumed_from" in results else "")
     if not isinstance(session, str):

@@ -31,7 +31,13 @@ from cnnlab.checkpoint import (
     saved_epoch_metrics,
 )
 from cnnlab.errors import ConfigValueError, single_hydra_run, user_error
-from cnnlab.tasks.results import earlier_test_results, log_hparams_with_metrics, metric_values, write_metrics
+from cnnlab.tasks.results import (
+    TEST_DATA_KEY,
+    earlier_test_results,
+    log_hparams_with_metrics,
+    metric_values,
+    write_metrics,
+)
 from cnnlab.tasks.summarize import FAILED_LOG_MARK, FINISHED_LOG_MARK, INTERRUPTED_LOG_MARK, RESUME_REFUSED_LOG_MARK
 from cnnlab.training.callbacks import (
     EARLIER_FIT_SECONDS,
@@ -435,6 +441,17 @@ def failure_reason(error: BaseException) -> str:
     return f"{type(shown).__name__}: {str(shown).strip()}"
 
 
+def test_data_fingerprint(datamodule: L.LightningDataModule) -> str | None:
+    """A digest of the test split's images and labels, where the data module is one of cnnlab's and set up in this process."""
+    identity = getattr(datamodule, "split_identity", None)
+    if identity is None:
+        return None
+    try:
+        return str(identity("test")[0])
+    except RuntimeError:  # not set up here (ddp_spawn sets it up in its worker processes)
+        return None
+
+
 class ResumedFrom(NamedTuple):
     """What a resumed session needs of its checkpoint once it is loaded."""
 
@@ -508,7 +525,8 @@ def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
         # Nothing was left to train: a requeued job whose training had ended, or a finished job of a continued sweep.
         # Rank zero's reading for every process: all of them test, or none does.
         earlier = trainer.strategy.broadcast(
-            earlier_test_results(output_dir, composed, global_step, best) if cfg.get("test", True) else None)
+            earlier_test_results(output_dir, composed, global_step, best, test_data_fingerprint(datamodule))
+            if cfg.get("test", True) else None)
         if earlier is not None:
             log_once(logging.INFO, "the run was already complete and tested: %s is from the end of the run (epoch %d, "
                      "step %d) and %s holds the test of its best checkpoint with this same config, so its results "
@@ -535,6 +553,8 @@ def _fit_and_test(cfg: DictConfig, run: PreparedRun) -> dict[str, Any]:
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         results.update(metric_values(trainer.callback_metrics, prefixes=("test/",)))
         results["best_checkpoint"] = best
+        if (test_data := test_data_fingerprint(datamodule)) is not None:
+            results[TEST_DATA_KEY] = test_data
 
     results.update(counts)
     if timed is not None:
