@@ -99,11 +99,11 @@ def classic_example() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def to_grayscale(rgb: np.ndarray) -> np.ndarray:
-    """An (H, W, 3) RGB image as (H, W) brightness in [0, 1] (ITU-R 601 luma weights)."""
-    rgb = np.asarray(rgb, dtype=np.float64)
-    if rgb.max(initial=0) > 1:
-        rgb = rgb / 255.0
-    return rgb @ np.array([0.299, 0.587, 0.114])
+    """An (H, W, 3) RGB image, integers in 0..255 (uint8) or floats in [0, 1], as (H, W) brightness in [0, 1]
+    (ITU-R 601 luma weights)."""
+    # By the type, not the values: a dark uint8 image of only 0s and 1s is not already in [0, 1].
+    scale = 255.0 if np.issubdtype(np.asarray(rgb).dtype, np.integer) else 1.0
+    return np.asarray(rgb, dtype=np.float64) / scale @ np.array([0.299, 0.587, 0.114])
 
 
 def generated_image(size: int = 64) -> np.ndarray:
