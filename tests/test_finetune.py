@@ -25,6 +25,7 @@ from cnnlab.models.resnet_cifar import CifarResNet
 from cnnlab.models.simple_cnn import SimpleCNN
 from cnnlab.models.torchvision_ft import TorchvisionFineTuner
 from cnnlab.tasks.train import train
+from cnnlab.training.callbacks import HideFrozenStagesEvalModeWarning
 from cnnlab.training.classifier import ImageClassifier
 
 
@@ -396,3 +397,19 @@ def test_the_eval_mode_warning_filter_does_not_outlive_a_fit_that_fails_before_t
         monkeypatch.setattr(TorchvisionFineTuner, "kept_in_eval_mode", property(lambda self: []))
         quiet_trainer(max_steps=1).fit(second, batches(1))
     assert [str(w.message).split(" module(s)")[0] for w in shown if "in eval mode" in str(w.message)] == ["Found 68"]
+
+
+def test_a_trainer_that_fits_then_tests_holds_one_eval_mode_filter_and_announces_no_override(
+        resnet_weights: Path, monkeypatch: pytest.MonkeyPatch):
+    # Lightning asks configure_callbacks at every run and announces each callback of a type the trainer
+    # already holds as overriding it: with a new filter at the test, every training run printed that line.
+    from lightning.pytorch.trainer.connectors import callback_connector
+
+    announced: list[str] = []
+    monkeypatch.setattr(callback_connector, "rank_zero_info", lambda message, *args, **kwargs: announced.append(message))
+    model = ImageClassifier(resnet18_ft(resnet_weights), 10, optimizer=functools.partial(torch.optim.Adam))
+    trainer = quiet_trainer(max_steps=1)
+    trainer.fit(model, batches(1))
+    trainer.test(model, batches(1))
+    assert sum(isinstance(callback, HideFrozenStagesEvalModeWarning) for callback in trainer.callbacks) == 1
+    assert not [message for message in announced if "will override" in message]

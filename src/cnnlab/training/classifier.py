@@ -179,7 +179,15 @@ class ImageClassifier(L.LightningModule):
             self.example_input_array = split.images[:1].clone()  # not a view: it would hold (and pickle) every image
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """The callback that keeps Lightning quiet about the frozen stages held in eval mode (only they, only as a fit starts)."""
+        """The callback that keeps Lightning quiet about the frozen stages held in eval mode (only they, only as a fit starts).
+
+        Lightning asks at every fit, test or validate; the trainer keeps what it was given, so a
+        later run of the same trainer (the test after the fit) gets nothing new, and Lightning has
+        no callback of ours to announce as overridden.
+        """
+        attached = self.trainer.callbacks  # type: ignore[attr-defined]  # set outside Trainer.__init__, unseen by mypy
+        if any(isinstance(callback, HideFrozenStagesEvalModeWarning) for callback in attached):
+            return []
         return [HideFrozenStagesEvalModeWarning()]
 
     def on_fit_start(self) -> None:
