@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from cnnlab.utils.config import RESULTS_FILE
+from cnnlab.utils.config import RESULTS_FILE, session_overrides
 from cnnlab.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def earlier_test_results(output_dir: Path, composed: dict[str, Any], global_step
     if not isinstance(session, str):
         return None
     try:
-        recorded = OmegaConf.to_container(OmegaConf.load(output_dir / ".hydra" / session / "config.yaml"), resolve=False)
+        record = session_overrides(output_dir, session).with_name("config.yaml")  # beside that session's overrides
+        recorded = OmegaConf.to_container(OmegaConf.load(record), resolve=False)
     except Exception:  # noqa: BLE001 - a missing or unreadable record: test again rather than guess
         return None
     if not isinstance(recorded, dict):
