@@ -398,3 +398,23 @@ def test_a_resumed_run_shows_the_config_values_of_the_session_that_wrote_its_met
     rows = [line for line in to_markdown(summary).splitlines() if line.startswith("| ") and not line.startswith("| rank")]
     assert rows[1].startswith("| 2 | 1 | 4 (config) | last | 0.6000 |")
     assert plot_points(summary, "trainer.max_epochs") == [("5", 0.7), ("4", 0.6)]
+
+
+def test_a_metrics_file_holding_json_but_no_metrics_by_name_is_that_jobs_failure_and_the_table_still_comes(tmp_path: Path):
+    # A hand-edited or foreign metrics.json ([0.7], "done", null, an image saved under that name) once crashed the
+    # whole summary (AttributeError, UnicodeDecodeError).
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["optimizer.lr=0.1"], {"val/acc_best": 0.5})
+    for num, content in ((1, b"[0.7]"), (2, b'"done"'), (3, b"null"), (4, b"[" + b"0.25, " * 20 + b"1]"),
+                         (5, b"\x89PNG\r\n\x1a\n\x00")):
+        folder = make_job(sweep, num, [f"optimizer.lr=0.{num + 1}"], None)
+        (folder / "metrics.json").write_bytes(content)
+    summary = summarize(sweep)
+    assert [job.name for job in summary.finished] == ["0"]
+    assert [job.status for job in summary.jobs[1:]] == [
+        "failed: unreadable metrics.json: it holds [0.7], not metrics by name",
+        'failed: unreadable metrics.json: it holds "done", not metrics by name',
+        "failed: unreadable metrics.json: it holds null, not metrics by name",
+        "failed: unreadable metrics.json: it holds [0.25, 0.25, 0.25, 0.25, 0.25, 0.25, ..., not metrics by name",
+        "failed: unreadable metrics.json: 'utf-8' codec can't decode byte 0x89 in position 0: invalid start byte"]
+    assert "| failed: unreadable metrics.json: it holds [0.7], not metrics by name |" in to_markdown(summary)

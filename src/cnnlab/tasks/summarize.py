@@ -220,10 +220,15 @@ def read_job(job_dir: Path) -> Job:
     error, metrics = "", None
     if results.is_file():
         try:
-            metrics = json.loads(results.read_text())
-        except json.JSONDecodeError as decode_error:
+            metrics = json.loads(results.read_text(encoding="utf-8"))
+        except ValueError as decode_error:  # not JSON, or not text at all (UnicodeDecodeError)
             error = f"unreadable {RESULTS_FILE}: {decode_error}"
-    overrides_file = session_overrides_file(job_dir, metrics if isinstance(metrics, dict) else None, outcome)
+        else:
+            if not isinstance(metrics, dict):  # JSON, but no metrics by name: [0.7], "done", null
+                shown = json.dumps(metrics)
+                shown = shown if len(shown) <= 40 else f"{shown[:37]}..."
+                error, metrics = f"unreadable {RESULTS_FILE}: it holds {shown}, not metrics by name", None
+    overrides_file = session_overrides_file(job_dir, metrics, outcome)
     overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else {}
     job = Job(job_dir.name, job_dir, overrides, error=error, record_dir=overrides_file.parent)
     if not results.is_file():
