@@ -331,3 +331,19 @@ def test_without_the_epoch_the_trainer_rows_peak_memory_is_the_timing_fits(eight
     # benchmark.epoch=false: the peak of the windows' fit until the other paths were built, not nothing.
     rows = {row["name"]: row for row in eight_rounds["rows"]}
     assert rows[TRAINER]["peak_host_mb"] is not None and rows[TRAINER]["peak_host_mb"] > 0
+
+
+@pytest.mark.parametrize(("accelerator", "devices", "one_process"), [
+    ("cpu", 1, True), ("gpu", "1", True), ("gpu", [0], True), ("cpu", "auto", True),
+    # On a machine with several GPUs Lightning gives devices=auto every one of them.
+    ("gpu", "auto", False), ("auto", "auto", False), ("gpu", 2, False), ("gpu", -1, False), ("gpu", [0, 1], False),
+])
+def test_the_benchmark_takes_only_settings_that_run_as_one_process(accelerator: str, devices: Any, one_process: bool):
+    trainer_cfg = _trainer_cfg(accelerator=accelerator, devices=devices)
+    if one_process:
+        ensure_same_step_on_every_path(trainer_cfg)
+    else:
+        every_gpu = "on a GPU machine, every GPU Lightning finds: " if devices == "auto" else ""
+        with pytest.raises(ConfigValueError, match=re.escape(f"trainer.devices={trainer_cfg.devices} trainer.num_nodes=1 "
+                                                             f"({every_gpu}several processes")):
+            ensure_same_step_on_every_path(trainer_cfg)

@@ -37,7 +37,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.precision import Precision
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -451,6 +451,19 @@ def _format_report(rows: list[Measurement], summary: dict[str, tuple[str, str, s
     return "\n".join(lines) + "\n"
 
 
+def runs_in_one_process(devices: Any, accelerator: Any) -> bool:
+    """Whether Lightning runs ``trainer.devices`` on ``trainer.accelerator`` as one process.
+
+    One device: ``1``, or one device's index in a list (``[0]``). ``auto`` is one device on a CPU
+    only: on a GPU machine Lightning takes every GPU it finds.
+    """
+    if isinstance(devices, (list, ListConfig)):
+        return len(devices) == 1
+    if str(devices) == "auto":
+        return str(accelerator) == "cpu"
+    return str(devices) == "1"
+
+
 def ensure_same_step_on_every_path(trainer_cfg: DictConfig) -> None:
     """Refuse trainer settings that would make the Trainer's step another step than the other paths'.
 
@@ -469,9 +482,10 @@ def ensure_same_step_on_every_path(trainer_cfg: DictConfig) -> None:
     if profiler is not None and not (isinstance(profiler, DictConfig) and str(profiler.get("_target_", "")).endswith("NoProfiler")):
         changed.append("trainer.profiler (a profiler's cost per hook)")
     devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1)
-    if str(devices) not in ("1", "auto") or nodes != 1:
-        changed.append(f"trainer.devices={devices} trainer.num_nodes={nodes} (several processes: every path would run "
-                       f"in each, the Trainer's with gradient all-reduce)")
+    if not runs_in_one_process(devices, trainer_cfg.get("accelerator", "auto")) or nodes != 1:
+        every_gpu = "on a GPU machine, every GPU Lightning finds: " if str(devices) == "auto" else ""
+        changed.append(f"trainer.devices={devices} trainer.num_nodes={nodes} ({every_gpu}several processes: every path "
+                       f"would run in each, the Trainer's with gradient all-reduce)")
     for limit in ("limit_train_batches", "limit_val_batches"):
         if trainer_cfg.get(limit) is not None:
             changed.append(f"trainer.{limit}={trainer_cfg[limit]} (the whole epoch would not be whole; "
