@@ -243,3 +243,18 @@ def test_the_batch_folder_under_root_wins_over_stray_batch_files_beside_it(tmp_p
     assert dm.batch_dir == root / "cifar-10-batches-py"
     dm.setup("fit")
     assert len(loaded(dm.test_split)) == 5
+
+
+@pytest.mark.parametrize("spec", [2.5, 1.0, 5000.0, float("nan"), float("inf"), -1, -0.5, "0.1x", None])
+def test_a_split_that_is_no_fraction_below_one_nor_a_whole_count_is_refused_by_name(spec: Any):
+    # 2.5 was cut to 2 images in silence, 1.0 (all images, or one?) taken as one; nan, inf and a mistyped 0.1x
+    # (text) raised errors naming no setting.
+    with pytest.raises(ConfigValueError) as refused:
+        held_out_sizes({"data.val_split": 0.1, "data.test_split": spec}, 100)
+    assert str(refused.value) == ("data.test_split must be a fraction in [0, 1) such as 0.1, or a whole count of "
+                                  f"images written without a decimal point such as 5000, got {spec!r}")
+
+
+def test_a_split_is_a_fraction_below_one_or_a_whole_count():
+    assert held_out_sizes({"data.val_split": 0.125, "data.test_split": 0.0}, 80) == [10, 0]
+    assert held_out_sizes({"data.val_split": 5000, "data.test_split": 1}, 50000) == [5000, 1]

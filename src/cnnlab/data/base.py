@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cnnlab.data.augment import RandomBatchAugment
 from cnnlab.errors import ConfigValueError
-from cnnlab.utils.config import ensure_count, ensure_switch
+from cnnlab.utils.config import ensure_count, ensure_switch, is_count
 from cnnlab.utils.fingerprint import tensor_fingerprint
 
 log = logging.getLogger(__name__)
@@ -105,13 +105,21 @@ def seeded_split(n: int, sizes: list[int], seed: int) -> list[Tensor]:
     return parts
 
 
-def split_size(spec: float | int, total: int, name: str) -> int:
-    """Turn a split spec (a fraction in (0, 1) or a count) into a number of samples."""
-    if isinstance(spec, bool) or spec < 0:
-        raise ConfigValueError(f"{name} must be a fraction in [0, 1) or a non-negative count, got {spec!r}")
-    if isinstance(spec, float) and spec < 1:
+def split_size(spec: object, total: int, name: str) -> int:
+    """Turn a split spec (a fraction in [0, 1) such as ``0.1``, or a count such as ``5000``) into a number of samples.
+
+    Raises:
+        ConfigValueError: naming ``name``, for anything else: a negative number, ``true``, ``nan``,
+            a mistyped ``0.1x`` (which arrives as text), or a decimal of 1 or more (``2.5``; and
+            ``1.0``, which could mean one image or all of them).
+    """
+    if is_count(spec):
+        assert isinstance(spec, int)  # is_count says so; for mypy
+        return spec
+    if isinstance(spec, float) and 0 <= spec < 1:
         return int(round(spec * total))
-    return int(spec)
+    raise ConfigValueError(f"{name} must be a fraction in [0, 1) such as 0.1, or a whole count of images "
+                           f"written without a decimal point such as 5000, got {spec!r}")
 
 
 def held_out_sizes(specs: dict[str, float | int], total: int) -> list[int]:
