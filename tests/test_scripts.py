@@ -283,3 +283,14 @@ def test_predict_lists_only_the_folder_itself_without_recursion_and_refuses_a_fo
     assert str(refused.value).startswith(f"the folder {photos / 'trip'} holds no image files to classify (.bmp, ")
     assert str(refused.value).endswith("): pass inputs= a folder of images or one image file")
     assert not caplog.records
+
+
+def test_what_the_scripts_read_before_a_task_runs_imports_neither_torch_nor_lightning():
+    # A mistyped override or a used run folder is refused in under a second, not after seconds of imports.
+    early = ["cnnlab.errors", "cnnlab.utils.config", "cnnlab.utils.hydra_callbacks", "cnnlab.utils.log_filters",
+             "hydra_plugins.cnnlab_launchers.resuming_submitit"]
+    check = (f"import importlib, sys\nfor name in {early!r}: importlib.import_module(name)\n"
+             "print(sorted(m for m in ('torch', 'lightning', 'torchvision') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"

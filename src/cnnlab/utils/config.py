@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.errors import ConfigValueError
@@ -259,9 +258,14 @@ def config_dict(cfg: DictConfig, resolve: bool, throw_on_missing: bool = False) 
     return cast(dict[str, Any], container)
 
 
-@rank_zero_only
 def print_config(cfg: DictConfig, sections: Iterable[str] | None = None) -> None:
-    """Print the composed config (or some of its top-level sections) as YAML."""
+    """Print the composed config (or some of its top-level sections) as YAML, from the rank-zero process only."""
+    # Imported here, not at the top: Lightning takes seconds to import, and the scripts' early checks
+    # (a mistyped override, a used run folder) read this module before any task runs.
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
     keys = list(sections) if sections is not None else [k for k in cfg if k != "hydra"]
     resolved = config_dict(cfg, resolve=True)
     shown = {key: resolved[key] for key in keys if key in resolved}

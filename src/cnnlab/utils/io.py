@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from cnnlab.errors import ConfigValueError
 
 
@@ -77,6 +75,8 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` atomically."""
+    import torch  # here, not at the top: the scripts' early checks use this module, and torch takes seconds to import
+
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
