@@ -264,8 +264,10 @@ def print_config(cfg: DictConfig, sections: Iterable[str] | None = None) -> None
     # (a mistyped override, a used run folder) read this module before any task runs.
     from lightning.pytorch.utilities import rank_zero_only
 
-    if rank_zero_only.rank != 0:
-        return
+    rank_zero_only(_print_config)(cfg, sections)
+
+
+def _print_config(cfg: DictConfig, sections: Iterable[str] | None) -> None:
     keys = list(sections) if sections is not None else [k for k in cfg if k != "hydra"]
     resolved = config_dict(cfg, resolve=True)
     shown = {key: resolved[key] for key in keys if key in resolved}
