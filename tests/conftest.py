@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -160,3 +161,14 @@ def make_config(tmp_path: Path, cifar_root: Path) -> Callable[..., DictConfig]:
         return compose_run_config(name, tmp_path, run_dir or tmp_path / "run", list(overrides or []), cifar_root)
 
     return make
+
+
+@pytest.fixture
+def hydra_multirun_job(tmp_path: Path) -> Iterator[DictConfig]:
+    """Hydra's runtime config as a multirun job sees it (set for this test only), its run folder ``tmp_path/run``."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra.mode=MULTIRUN"], return_hydra_config=True)
+    cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+    HydraConfig.instance().set_config(cfg)
+    yield cfg
+    HydraConfig.instance().cfg = None  # type: ignore[assignment]

@@ -14,14 +14,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 
 from cnnlab.errors import ConfigValueError
 from cnnlab.tasks.summarize import FINISHED_LOG_MARK
 from cnnlab.tasks.train import build_run
 from cnnlab.utils.config import ddp_strategy
-from conftest import CONF_DIR, FAST, ROOT
+from conftest import FAST, ROOT
 
 TESTS = Path(__file__).resolve().parent
 
@@ -105,16 +103,6 @@ def test_ddp_spawn_workers_log_to_the_job_log(tmp_path: Path, cifar_root: Path):
                "+trainer.enable_progress_bar=false", "-m")
     (eval_job,) = (tmp_path / "logs" / "eval" / "multiruns").glob("*/0")
     assert (eval_job / "eval.log").read_text().count(data_line) == 1
-
-
-@pytest.fixture
-def hydra_multirun_job():
-    """Hydra's runtime config as a multirun job sees it."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra.mode=MULTIRUN"], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    yield
-    HydraConfig.instance().cfg = None
 
 
 def test_ddp_strategy_re_runs_the_command_only_outside_a_local_multirun(monkeypatch, hydra_multirun_job):

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +19,6 @@ import matplotlib.axes
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
@@ -55,7 +53,6 @@ from cnnlab.utils.config import (
 )
 from cnnlab.utils.cuda_check import gpu_present, skip_unloadable_nvml_check
 from cnnlab.utils.job_logging import JobLoggingLauncher, log_spawned_workers_to_job_log
-from conftest import CONF_DIR
 
 NVML_FLAG = "PYTORCH_NVML_BASED_CUDA_CHECK"
 SESSION = "resumed_2026-01-01_10-00-00"
@@ -64,17 +61,6 @@ SESSION = "resumed_2026-01-01_10-00-00"
 def table_rows(markdown: str) -> list[str]:
     """The job rows of a summary's Markdown table."""
     return [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
-
-
-@pytest.fixture
-def hydra_multirun_job(tmp_path: Path) -> Iterator[DictConfig]:
-    """Hydra's runtime config as a multirun job sees it, its run folder ``tmp_path/run``."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra.mode=MULTIRUN"], return_hydra_config=True)
-    cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-    HydraConfig.instance().set_config(cfg)
-    yield cfg
-    HydraConfig.instance().cfg = None  # type: ignore[assignment]
 
 
 # --- cnnlab.utils.config ---------------------------------------------------------------------------------------
