@@ -122,7 +122,7 @@ def split_size(spec: object, total: int, name: str) -> int:
                            f"written without a decimal point such as 5000, got {spec!r}")
 
 
-def held_out_sizes(specs: dict[str, float | int], total: int) -> list[int]:
+def held_out_sizes(specs: dict[str, object], total: int) -> list[int]:
     """The sizes of held-out splits taken out of ``total`` training images, in the order of ``specs``.
 
     ``specs`` maps each setting's name (``data.val_split``) to its value (a fraction or a
